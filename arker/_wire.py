@@ -1,0 +1,252 @@
+"""The Arker wire protocol (v1) as pydantic models: one definition for client and server.
+
+Every request the SDK sends is built from one of these models, and every response it
+receives is validated into one. `arker serve` uses the very same classes for its
+routes, so the protocol has exactly one definition in this code base.
+
+Rules that keep old clients working against newer servers (see WIRE.md):
+
+* responses ignore unknown fields (``extra="ignore"``);
+* enum-like strings (``encoding``, error ``code``) are plain ``str``: an unknown value
+  must reach the caller, never fail validation;
+* extension fields are optional with defaults, so a server that never sends them
+  still validates.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+__all__ = [
+    "ChunkEntry",
+    "CommitEntry",
+    "DeleteResponse",
+    "Envelope",
+    "ErrorBody",
+    "ErrorEnvelope",
+    "ForkRequest",
+    "ForkResponse",
+    "HealthResponse",
+    "ListVmsResponse",
+    "PresignEntry",
+    "RunRequest",
+    "RunResponse",
+    "SyncReadRequest",
+    "SyncReadResponse",
+    "SyncRequest",
+    "SyncWriteRequest",
+    "SyncWriteResponse",
+    "VmSummaryWire",
+    "WriteEntry",
+    "WriteResult",
+]
+
+SortOrder = Literal["created_at", "-created_at", "region", "-region"]
+"""Sort keys accepted by the list route."""
+
+
+class WireModel(BaseModel):
+    """Base of every wire model: unknown fields are ignored, never an error."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+# --- envelope ---------------------------------------------------------------------------
+
+
+class ErrorBody(WireModel):
+    """The ``error`` object of a failure envelope (or of one write result)."""
+
+    code: str
+    message: str = ""
+
+
+class Envelope(WireModel):
+    """Fields every response may carry. Success responses subclass it."""
+
+    ok: bool = True
+
+
+class ErrorEnvelope(Envelope):
+    """``{"ok": false, "error": {...}}``."""
+
+    ok: bool = False
+    error: ErrorBody
+
+
+# --- list -------------------------------------------------------------------------------
+
+
+class VmSummaryWire(WireModel):
+    """One VM as the list route (and, as an extension, fork) describes it."""
+
+    vm_id: str
+    name: str | None = None
+    base_image: str
+    region: str
+    created_at: datetime
+
+
+class ListVmsResponse(Envelope):
+    items: list[VmSummaryWire] = Field(default_factory=list)
+    total: int = 0
+
+
+# --- fork -------------------------------------------------------------------------------
+
+
+class ForkRequest(WireModel):
+    """Body of both fork routes. ``from_`` is set only on the by-name route."""
+
+    is_public: bool = False
+    name: str | None = Field(default=None, max_length=256)
+    region: str | None = Field(default=None, max_length=64)
+    from_: str | None = Field(default=None, alias="from", max_length=256)
+
+
+class ForkResponse(Envelope):
+    vm_id: str
+    # (ext) the new VM's summary fields; absent on servers that don't send them.
+    name: str | None = None
+    base_image: str | None = None
+    region: str | None = None
+    created_at: datetime | None = None
+
+
+# --- delete -----------------------------------------------------------------------------
+
+
+class DeleteResponse(Envelope):
+    pass
+
+
+# --- run --------------------------------------------------------------------------------
+
+
+class RunRequest(WireModel):
+    command: str
+    session_id: Annotated[str, Field(max_length=128)] | int = 0
+    timeout: Annotated[int, Field(ge=1)] | None = None
+
+
+class RunResponse(Envelope):
+    stdout: str = ""
+    stdout_encoding: str = "utf-8"
+    stderr: str = ""
+    stderr_encoding: str = "utf-8"
+    exit_code: int
+    duration_ms: float = 0.0
+    session_id: str = ""
+    cwd: str = ""
+    # (ext)
+    timed_out: bool = False
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+
+# --- sync -------------------------------------------------------------------------------
+
+
+class SyncReadRequest(WireModel):
+    op: Literal["read"] = "read"
+    path: str
+
+
+class SyncReadResponse(Envelope):
+    """Either inline ``content`` (+ ``encoding``) or a ``presigned_url`` to GET."""
+
+    content: str | None = None
+    encoding: str | None = None
+    presigned_url: str | None = None
+    size: int | None = None
+    expires_in: int | None = None
+    sha256: str | None = None  # (ext)
+
+
+class ChunkEntry(WireModel):
+    """Bytes ``[start, end)`` of a ``size``-byte file, inline as base64."""
+
+    path: str
+    size: int = Field(ge=0)
+    upload_id: str = Field(min_length=1, max_length=64)
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+    content: str
+    sha256: str | None = None  # (ext) of the whole file
+
+
+class PresignEntry(WireModel):
+    """Ask for a presigned PUT URL for a ``size``-byte file."""
+
+    path: str
+    size: int = Field(ge=0)
+    presigned: Literal[True] = True
+
+
+class CommitEntry(WireModel):
+    """Place the bytes uploaded under ``upload_id`` at ``path``."""
+
+    path: str
+    size: int = Field(ge=0)
+    upload_id: str = Field(min_length=1, max_length=64)
+    sha256: str | None = None  # (ext)
+
+
+def _write_entry_kind(value: Any) -> str:
+    """Tell the three entry kinds apart by the fields they carry (they share no tag)."""
+    if isinstance(value, dict):
+        if value.get("presigned"):
+            return "presign"
+        return "chunk" if "content" in value else "commit"
+    if isinstance(value, PresignEntry):
+        return "presign"
+    return "chunk" if isinstance(value, ChunkEntry) else "commit"
+
+
+WriteEntry = Annotated[
+    Union[
+        Annotated[ChunkEntry, Tag("chunk")],
+        Annotated[PresignEntry, Tag("presign")],
+        Annotated[CommitEntry, Tag("commit")],
+    ],
+    Discriminator(_write_entry_kind),
+]
+
+
+class SyncWriteRequest(WireModel):
+    op: Literal["write"] = "write"
+    writes: list[WriteEntry] = Field(min_length=1, max_length=64)
+
+
+SyncRequest = Annotated[
+    Union[SyncReadRequest, SyncWriteRequest],
+    Field(discriminator="op"),
+]
+"""Body of ``POST /api/v1/vms/{id}/sync``: dispatched on ``op``."""
+
+
+class WriteResult(WireModel):
+    """One result per write entry, in order; ``error`` concerns that entry alone."""
+
+    complete: bool | None = None
+    written: bool | None = None
+    received_bytes: int | None = None  # (ext)
+    presigned_url: str | None = None
+    upload_id: str | None = None
+    expires_in: int | None = None  # (ext)
+    error: ErrorBody | None = None
+
+
+class SyncWriteResponse(Envelope):
+    results: list[WriteResult] = Field(default_factory=list)
+
+
+# --- health -----------------------------------------------------------------------------
+
+
+class HealthResponse(Envelope):
+    version: str = ""
+    backend: str = ""
