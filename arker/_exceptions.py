@@ -3,6 +3,7 @@
 The tree::
 
     ArkerError                       code, message, status always set
+    ├── ConfigurationError           bad client arguments (also a ValueError)
     ├── APIConnectionError           no usable HTTP response (refused, reset, DNS…)
     │   └── APITimeoutError          connect or read timeout
     ├── ResponseValidationError      the server answered something off-protocol
@@ -37,6 +38,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "CommandNotFoundError",
+    "ConfigurationError",
     "ConflictError",
     "InternalServerError",
     "NotFoundError",
@@ -70,7 +72,8 @@ class ArkerError(Exception):
         self.status = status
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r}, status={self.status})"
+        name = type(self).__name__
+        return f"{name}(code={self.code!r}, message={self.message!r}, status={self.status})"
 
     def __reduce__(self) -> tuple[object, ...]:
         # Keep errors picklable (multiprocessing, Celery): rebuild from the same fields.
@@ -81,6 +84,16 @@ def _rebuild(cls: type[ArkerError], code: str, message: str, status: int) -> Ark
     err = ArkerError.__new__(cls)
     ArkerError.__init__(err, code, message, status)
     return err
+
+
+class ConfigurationError(ArkerError, ValueError):
+    """The client was constructed with missing or invalid settings (e.g. no API key).
+
+    Also a `ValueError`, which is what 0.1.0 raised for a missing key.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__("configuration", message, 0)
 
 
 class APIConnectionError(ArkerError):
@@ -109,6 +122,13 @@ class APIStatusError(ArkerError):
 
     #: The code a server sends for this class; `None` on the generic class.
     wire_code: ClassVar[str | None] = None
+
+    def __init__(
+        self, code: str, message: str, status: int, *, retry_after: float | None = None
+    ) -> None:
+        super().__init__(code, message, status)
+        #: Seconds the server asked us to wait (``Retry-After``), when it said.
+        self.retry_after = retry_after
 
 
 class BadRequestError(APIStatusError):
@@ -248,14 +268,16 @@ def status_for_code(code: str) -> int:
 
 def code_for_status(status: int) -> str:
     """A fallback code for an error status that came without an envelope."""
-    return _CODE_BY_STATUS.get(status, "internal" if status >= 500 else "bad_request")
+    return _CODE_BY_STATUS.get(status, "bad_request" if 400 <= status < 500 else "internal")
 
 
-def error_for(code: str, message: str, status: int) -> APIStatusError:
+def error_for(
+    code: str, message: str, status: int, *, retry_after: float | None = None
+) -> APIStatusError:
     """Build the most specific `APIStatusError` subclass for a server error."""
     cls: type[APIStatusError]
     if code.startswith("unsupported_"):
         cls = UnsupportedError
     else:
         cls = _CLASS_BY_CODE.get(code, APIStatusError)
-    return cls(code, message, status)
+    return cls(code, message, status, retry_after=retry_after)

@@ -15,10 +15,10 @@ Rules that keep old clients working against newer servers (see WIRE.md):
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
 
 __all__ = [
     "ChunkEntry",
@@ -46,6 +46,15 @@ __all__ = [
 
 SortOrder = Literal["created_at", "-created_at", "region", "-region"]
 """Sort keys accepted by the list route."""
+
+
+def _assume_utc(value: datetime) -> datetime:
+    """WIRE.md timestamps are UTC; a server that omits the offset still means UTC."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_assume_utc)]
+"""A timestamp that is always timezone-aware after validation."""
 
 
 class WireModel(BaseModel):
@@ -87,7 +96,7 @@ class VmSummaryWire(WireModel):
     name: str | None = None
     base_image: str
     region: str
-    created_at: datetime
+    created_at: UtcDatetime
 
 
 class ListVmsResponse(Envelope):
@@ -113,7 +122,7 @@ class ForkResponse(Envelope):
     name: str | None = None
     base_image: str | None = None
     region: str | None = None
-    created_at: datetime | None = None
+    created_at: UtcDatetime | None = None
 
 
 # --- delete -----------------------------------------------------------------------------

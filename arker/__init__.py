@@ -1,0 +1,74 @@
+"""Arker: Python SDK for Arker virtual computers.
+
+```python
+from arker import Arker
+
+client = Arker()  # ARKER_API_KEY, ARKER_BASE_URL, ARKER_CONTROL_URL
+with client.vm("arkuntu").fork(name="hello") as vm:
+    print(vm.run("python3 -c 'print(2+2)'").stdout_text)
+```
+"""
+
+from ._base_client import Timeout
+from ._client import Arker
+from ._computer import Computer, Sync
+from ._constants import ARKUNTU_ID
+from ._exceptions import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    ArkerError,
+    AuthenticationError,
+    BadRequestError,
+    CommandNotFoundError,
+    ConfigurationError,
+    ConflictError,
+    InternalServerError,
+    NotFoundError,
+    NotImplementedByServerError,
+    PayloadTooLargeError,
+    PaymentRequiredError,
+    PermissionDeniedError,
+    RateLimitError,
+    ResponseValidationError,
+    ServiceUnavailableError,
+    UnsupportedError,
+    VmBusyError,
+)
+from ._models import ForkResult, RunResult, VmList, VmSummary
+from ._retry import RetryPolicy
+from ._version import __version__
+
+__all__ = [
+    "ARKUNTU_ID",
+    "APIConnectionError",
+    "APIStatusError",
+    "APITimeoutError",
+    "Arker",
+    "ArkerError",
+    "AuthenticationError",
+    "BadRequestError",
+    "CommandNotFoundError",
+    "Computer",
+    "ConfigurationError",
+    "ConflictError",
+    "ForkResult",
+    "InternalServerError",
+    "NotFoundError",
+    "NotImplementedByServerError",
+    "PayloadTooLargeError",
+    "PaymentRequiredError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ResponseValidationError",
+    "RetryPolicy",
+    "RunResult",
+    "ServiceUnavailableError",
+    "Sync",
+    "Timeout",
+    "UnsupportedError",
+    "VmBusyError",
+    "VmList",
+    "VmSummary",
+    "__version__",
+]

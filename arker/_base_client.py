@@ -1,0 +1,300 @@
+"""The request pipeline: build → send (one attempt) → decode, wrapped in tenacity retries.
+
+Where things happen:
+
+* `BaseClient.call` builds an API request (URL, headers, JSON body from a wire model)
+  and runs it under the retry policy;
+* `BaseClient._send` sends exactly one attempt and turns transport failures into
+  `APIConnectionError` / `APITimeoutError`, logging one record per attempt;
+* `arker._response.decode_response` validates the answer into a wire model;
+* `arker._retry` decides what is retried and how long to wait.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import IO, Literal, TypeVar, Union
+
+import requests
+from pydantic import BaseModel
+from requests.adapters import HTTPAdapter
+
+from ._exceptions import APIConnectionError, APITimeoutError
+from ._logging import log, redact_url
+from ._response import decode_response, error_from_response
+from ._retry import RetryPolicy, build_retrying
+from ._version import __version__
+
+__all__ = ["DEFAULT_TIMEOUT", "BaseClient", "ClientConfig", "Timeout", "TimeoutTypes"]
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+Host = Literal["base", "control"]
+
+
+@dataclass(frozen=True)
+class Timeout:
+    """Seconds to wait for a connection, and for each read from the socket."""
+
+    connect: float
+    read: float
+
+    def with_read_at_least(self, seconds: float) -> Timeout:
+        return self if self.read >= seconds else replace(self, read=seconds)
+
+
+TimeoutTypes = Union[float, tuple[float, float], Timeout]
+DEFAULT_TIMEOUT = Timeout(connect=10.0, read=120.0)
+
+
+def to_timeout(value: TimeoutTypes) -> Timeout:
+    """Normalise a user-supplied timeout; one number sets both parts."""
+    if isinstance(value, Timeout):
+        return value
+    if isinstance(value, tuple):
+        return Timeout(float(value[0]), float(value[1]))
+    return Timeout(float(value), float(value))
+
+
+class _BearerAuth(requests.auth.AuthBase):
+    """Set ``Authorization`` per request. Unlike a plain header, an explicit auth object
+    is not overridden by credentials from ``~/.netrc``."""
+
+    def __init__(self, api_key: str) -> None:
+        self._header = f"Bearer {api_key}"
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = self._header
+        return request
+
+    def __repr__(self) -> str:  # never show the key
+        return "_BearerAuth(<redacted>)"
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Everything that can differ between a client and its `with_options` copies."""
+
+    api_key: str
+    base_url: str
+    control_url: str
+    timeout: Timeout
+    retry: RetryPolicy
+    default_headers: Mapping[str, str]
+
+    def __repr__(self) -> str:  # keep the key out of reprs, tracebacks and logs
+        return (
+            f"ClientConfig(base_url={self.base_url!r}, control_url={self.control_url!r}, "
+            f"timeout={self.timeout!r}, retry={self.retry!r})"
+        )
+
+
+def new_session(pool_maxsize: int) -> requests.Session:
+    """One pooled session; the adapter never retries (tenacity is the only retry layer)."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_maxsize, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class BaseClient:
+    """Holds the session and configuration; resources call `call` and `transfer`."""
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        session: requests.Session,
+        sleep: Callable[[float], None],
+        owns_session: bool,
+    ) -> None:
+        self._config = config
+        self._session = session
+        self._sleep = sleep
+        self._owns_session = owns_session
+        self._auth = _BearerAuth(config.api_key)
+
+    # -- building ---------------------------------------------------------------------
+
+    def _url(self, host: Host, path: str) -> str:
+        root = self._config.control_url if host == "control" else self._config.base_url
+        return root + path
+
+    def _headers(self, idempotency_key: str | None, json_body: bool) -> dict[str, str]:
+        headers = {
+            "User-Agent": f"arker-python/{__version__}",
+            "Accept": "application/json",
+            **self._config.default_headers,
+        }
+        if json_body:
+            headers["Content-Type"] = "application/json"
+        if idempotency_key is not None:
+            headers["Idempotency-Key"] = idempotency_key
+        return headers
+
+    # -- sending ----------------------------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str],
+        timeout: Timeout,
+        attempt: int,
+        data: bytes | IO[bytes] | Iterable[bytes] | None = None,
+        params: Mapping[str, str] | None = None,
+        authenticated: bool = True,
+        stream: bool = False,
+    ) -> requests.Response:
+        """Send one attempt. Transport failures become `APIConnectionError`s."""
+        started = time.perf_counter()
+        status: int | None = None
+        try:
+            response = self._session.request(
+                method,
+                url,
+                params=params,
+                data=data,
+                headers=headers,
+                # Presigned URLs carry their own signature: never send them the API key.
+                auth=self._auth if authenticated else None,
+                timeout=(timeout.connect, timeout.read),
+                stream=stream,
+                allow_redirects=False,
+            )
+            status = response.status_code
+            return response
+        except requests.Timeout as exc:
+            raise APITimeoutError(f"{method} {redact_url(url)} timed out: {exc}") from None
+        except requests.RequestException as exc:
+            raise APIConnectionError(f"{method} {redact_url(url)} failed: {exc}") from None
+        finally:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            shown_url = redact_url(url)
+            log.info(
+                "%s %s -> %s (%.1f ms, attempt %d)",
+                method,
+                shown_url,
+                status if status is not None else "no response",
+                elapsed_ms,
+                attempt,
+                extra={
+                    "arker_method": method,
+                    "arker_url": shown_url,
+                    "arker_status": status,
+                    "arker_duration_ms": round(elapsed_ms, 3),
+                    "arker_attempt": attempt,
+                },
+            )
+
+    # -- the two entry points resources use --------------------------------------------
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        model: type[M],
+        *,
+        host: Host = "base",
+        body: BaseModel | None = None,
+        params: Mapping[str, str] | None = None,
+        idempotency_key: str | None = None,
+        timeout: Timeout | None = None,
+        check: Callable[[M], None] | None = None,
+    ) -> M:
+        """Make one API call, retried under the client's policy.
+
+        Args:
+            method: HTTP method.
+            path: Route path, e.g. ``/api/v1/vms/list``.
+            model: Wire model the success envelope validates into.
+            host: ``"base"`` (regional) or ``"control"`` (list, fork by name).
+            body: Request wire model, serialised once and resent as-is on retries.
+            params: Query parameters.
+            idempotency_key: Sent as ``Idempotency-Key`` on every attempt.
+            timeout: Overrides the client's timeout for this call.
+            check: Runs on the decoded model inside the attempt; an `ArkerError` it
+                raises is retried like any other (used for per-entry write errors).
+        """
+        url = self._url(host, path)
+        data = None if body is None else body.model_dump_json(by_alias=True, exclude_none=True)
+        payload = None if data is None else data.encode("utf-8")
+        headers = self._headers(idempotency_key, json_body=payload is not None)
+        effective_timeout = timeout or self._config.timeout
+
+        attempts = 0
+
+        def attempt_once() -> M:
+            nonlocal attempts
+            attempts += 1
+            response = self._send(
+                method,
+                url,
+                headers=headers,
+                timeout=effective_timeout,
+                attempt=attempts,
+                data=payload,
+                params=params,
+            )
+            with response:
+                result = decode_response(response, model)
+            if check is not None:
+                check(result)
+            return result
+
+        return build_retrying(self._config.retry, self._sleep)(attempt_once)
+
+    def transfer(
+        self,
+        method: Literal["GET", "PUT"],
+        url: str,
+        *,
+        data: Callable[[], bytes | IO[bytes] | Iterable[bytes]] | None = None,
+        consume: Callable[[requests.Response], T],
+        timeout: Timeout | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> T:
+        """Move raw bytes to or from a presigned URL, retried like an API call.
+
+        ``data`` is a factory so every attempt gets a fresh body (a stream can be read
+        once). ``consume`` reads the successful response inside the attempt, so a
+        connection dropped mid-body is retried too.
+        """
+        base_headers = {"User-Agent": f"arker-python/{__version__}", **(headers or {})}
+        effective_timeout = timeout or self._config.timeout
+
+        attempts = 0
+
+        def attempt_once() -> T:
+            nonlocal attempts
+            attempts += 1
+            response = self._send(
+                method,
+                url,
+                headers=dict(base_headers),
+                timeout=effective_timeout,
+                attempt=attempts,
+                data=data() if data is not None else None,
+                authenticated=False,
+                stream=True,
+            )
+            with response:
+                if response.status_code >= 400:
+                    raise error_from_response(response)
+                try:
+                    return consume(response)
+                except requests.RequestException as exc:
+                    raise APIConnectionError(
+                        f"{method} {redact_url(url)} broke mid-body: {exc}"
+                    ) from None
+
+        return build_retrying(self._config.retry, self._sleep)(attempt_once)
+
+    def close(self) -> None:
+        """Close the pooled connections (only if this client created the session)."""
+        if self._owns_session:
+            self._session.close()

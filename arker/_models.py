@@ -1,0 +1,157 @@
+"""Public result models. They are pydantic models so they serialise into logs and pipelines."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterator
+from datetime import datetime
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from ._exceptions import ResponseValidationError
+from ._wire import ForkResponse, ListVmsResponse, RunResponse, VmSummaryWire
+
+__all__ = ["ForkResult", "RunResult", "VmList", "VmSummary"]
+
+
+class _PublicModel(BaseModel):
+    # bytes fields dump to JSON as base64 (and load back from it), so output that is not
+    # UTF-8 still round-trips through model_dump_json()/model_validate_json().
+    model_config = ConfigDict(
+        extra="ignore", frozen=True, ser_json_bytes="base64", val_json_bytes="base64"
+    )
+
+
+class RunResult(_PublicModel):
+    """The outcome of one command.
+
+    Attributes:
+        stdout: Raw bytes the command wrote to standard output.
+        stderr: Raw bytes the command wrote to standard error.
+        exit_code: The command's exit status (124 when it timed out).
+        duration_ms: Server-measured wall time of the command.
+        session_id: The session the command ran in.
+        cwd: The working directory the command ended in.
+        timed_out: The server killed the command at its timeout.
+        stdout_truncated: Standard output passed the server's cap and was cut.
+        stderr_truncated: Standard error passed the server's cap and was cut.
+    """
+
+    stdout: bytes
+    stderr: bytes
+    exit_code: int
+    duration_ms: float
+    session_id: str
+    cwd: str
+    timed_out: bool = False
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when the command exited with status 0."""
+        return self.exit_code == 0
+
+    @property
+    def stdout_text(self) -> str:
+        """Standard output decoded as UTF-8 (undecodable bytes become U+FFFD)."""
+        return self.stdout.decode("utf-8", "replace")
+
+    @property
+    def stderr_text(self) -> str:
+        """Standard error decoded as UTF-8 (undecodable bytes become U+FFFD)."""
+        return self.stderr.decode("utf-8", "replace")
+
+    @classmethod
+    def from_wire(cls, wire: RunResponse) -> RunResult:
+        return cls(
+            stdout=_decode_stream(wire.stdout, wire.stdout_encoding, "stdout"),
+            stderr=_decode_stream(wire.stderr, wire.stderr_encoding, "stderr"),
+            exit_code=wire.exit_code,
+            duration_ms=wire.duration_ms,
+            session_id=wire.session_id,
+            cwd=wire.cwd,
+            timed_out=wire.timed_out,
+            stdout_truncated=wire.stdout_truncated,
+            stderr_truncated=wire.stderr_truncated,
+        )
+
+
+def _decode_stream(text: str, encoding: str, field: str) -> bytes:
+    """Turn a wire output stream into bytes. Unknown encodings are taken as text."""
+    if encoding == "base64":
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ResponseValidationError(f"{field}: invalid base64 ({exc})") from exc
+    return text.encode("utf-8", "surrogatepass")
+
+
+class VmSummary(_PublicModel):
+    """One VM as listed by `Arker.list` / `client.vms.list`.
+
+    Attributes:
+        vm_id: The VM's id.
+        name: Its name, if it has one.
+        base_image: The id of the image it descends from.
+        region: Where it runs.
+        created_at: Creation time, timezone-aware (UTC).
+    """
+
+    vm_id: str
+    name: str | None = None
+    base_image: str
+    region: str
+    created_at: AwareDatetime
+
+    @classmethod
+    def from_wire(cls, wire: VmSummaryWire) -> VmSummary:
+        return cls.model_validate(wire.model_dump())
+
+
+class VmList(_PublicModel):
+    """One page of VMs. Iterable and ``len()``-able over this page's items.
+
+    Attributes:
+        items: The VMs on this page.
+        total: How many VMs match the query, ignoring limit and offset.
+    """
+
+    items: list[VmSummary] = Field(default_factory=list)
+    total: int = 0
+
+    def __iter__(self) -> Iterator[VmSummary]:  # type: ignore[override]
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> VmSummary:
+        return self.items[index]
+
+    @classmethod
+    def from_wire(cls, wire: ListVmsResponse) -> VmList:
+        return cls(items=[VmSummary.from_wire(i) for i in wire.items], total=wire.total)
+
+
+class ForkResult(_PublicModel):
+    """The VM a fork created. Fields other than ``vm_id`` are set when the server sends them.
+
+    Attributes:
+        vm_id: The new VM's id.
+        name: Its name, if any.
+        base_image: The image it descends from.
+        region: Where it runs.
+        created_at: Creation time, timezone-aware.
+    """
+
+    vm_id: str
+    name: str | None = None
+    base_image: str | None = None
+    region: str | None = None
+    created_at: datetime | None = None
+
+    @classmethod
+    def from_wire(cls, wire: ForkResponse) -> ForkResult:
+        return cls.model_validate(wire.model_dump())

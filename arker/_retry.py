@@ -1,0 +1,161 @@
+"""When to retry, and how long to wait. Tenacity is the only retry layer in the SDK.
+
+Each decision is a small named function with a table test in ``tests/test_retry.py``:
+
+* `is_transient_status` — HTTP statuses worth another attempt;
+* `is_transient_envelope_error` — an ``internal`` error whose message carries one of the
+  throttling hints listed in WIRE.md (sent with HTTP 200 or 500, or inside one write
+  result);
+* `parse_retry_after` — the server's ``Retry-After`` header, in seconds;
+* `should_retry` — the verdict for one exception under a `RetryPolicy`.
+
+Safety is decided by the callers, not here: every request the SDK retries is either
+read-only, idempotent by construction (DELETE, sync writes keyed by ``upload_id``) or
+carries an ``Idempotency-Key`` minted once per call (fork, run).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from ._exceptions import APIConnectionError, APIStatusError, ArkerError
+
+__all__ = [
+    "TRANSIENT_HINTS",
+    "TRANSIENT_STATUSES",
+    "RetryPolicy",
+    "build_retrying",
+    "is_transient_envelope_error",
+    "is_transient_status",
+    "parse_retry_after",
+    "should_retry",
+]
+
+log = logging.getLogger("arker")
+
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+TRANSIENT_HINTS = ("503", "Service Unavailable", "throttle", "SlowDown", "ThrottlingException")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard the SDK tries before giving up.
+
+    Attributes:
+        max_retries: Attempts after the first one (0 disables retries).
+        initial_backoff: First backoff in seconds; it doubles each retry.
+        max_backoff: Ceiling of one backoff, in seconds.
+        max_retry_after: The longest ``Retry-After`` the SDK will sleep for; a server
+            asking for more gets its error raised instead of a minutes-long sleep.
+    """
+
+    max_retries: int = 3
+    initial_backoff: float = 0.5
+    max_backoff: float = 8.0
+    max_retry_after: float = 60.0
+
+
+def is_transient_status(status: int) -> bool:
+    """HTTP 429, 502, 503 and 504 are worth retrying; nothing else is."""
+    return status in TRANSIENT_STATUSES
+
+
+def is_transient_envelope_error(code: str, message: str) -> bool:
+    """An ``internal`` error is transient when its message names a throttling condition.
+
+    WIRE.md allows reading message text for this purpose only.
+    """
+    return code == "internal" and any(hint in message for hint in TRANSIENT_HINTS)
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return None
+    return max(0.0, seconds)
+
+
+def should_retry(exc: BaseException, policy: RetryPolicy) -> bool:
+    """Whether one failed attempt deserves another.
+
+    Connection failures and timeouts retry; so do transient statuses and transient
+    envelope errors, unless the server asked us to wait longer than the policy allows.
+    """
+    if isinstance(exc, APIConnectionError):
+        return True
+    if not isinstance(exc, APIStatusError):
+        return False
+    transient = is_transient_status(exc.status) or is_transient_envelope_error(
+        exc.code, exc.message
+    )
+    if not transient:
+        return False
+    return exc.retry_after is None or exc.retry_after <= policy.max_retry_after
+
+
+class _Wait:
+    """Exponential backoff with jitter, or the server's ``Retry-After`` when it sent one."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self._backoff = wait_exponential_jitter(
+            initial=policy.initial_backoff,
+            max=policy.max_backoff,
+            jitter=policy.initial_backoff,
+        )
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, APIStatusError) and exc.retry_after is not None:
+            return exc.retry_after
+        return float(self._backoff(state))
+
+
+def _log_before_sleep(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    wait = state.next_action.sleep if state.next_action is not None else 0.0
+    if isinstance(exc, ArkerError):
+        log.info(
+            "retrying after %s (attempt %d, sleeping %.2fs)",
+            exc.code,
+            state.attempt_number,
+            wait,
+            extra={"arker_attempt": state.attempt_number, "arker_retry_in": wait},
+        )
+
+
+def build_retrying(policy: RetryPolicy, sleep: Callable[[float], None]) -> Retrying:
+    """A tenacity controller for one SDK call; ``sleep`` is injectable for tests."""
+    return Retrying(
+        stop=stop_after_attempt(policy.max_retries + 1),
+        wait=_Wait(policy),
+        retry=retry_if_exception(lambda exc: should_retry(exc, policy)),
+        # At exhaustion raise the last real error, not tenacity's RetryError.
+        reraise=True,
+        sleep=sleep,
+        before_sleep=_log_before_sleep,
+    )

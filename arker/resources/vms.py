@@ -1,0 +1,129 @@
+"""``client.vms``: list, iterate, fork and delete VMs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from urllib.parse import quote
+
+from .._exceptions import BadRequestError
+from .._ids import looks_like_vm_id, new_ulid, resolve_source
+from .._models import ForkResult, VmList, VmSummary
+from .._wire import DeleteResponse, ForkRequest, ForkResponse, ListVmsResponse, SortOrder
+from ._resource import Resource, build_request
+
+__all__ = ["VmsResource"]
+
+_SORTS = ("created_at", "-created_at", "region", "-region")
+
+
+def _check_list_args(limit: int, offset: int, sort: str | None) -> None:
+    if not 1 <= limit <= 100:
+        raise BadRequestError("bad_request", f"limit must be 1-100, got {limit}", 400)
+    if offset < 0:
+        raise BadRequestError("bad_request", f"offset must be >= 0, got {offset}", 400)
+    if sort is not None and sort not in _SORTS:
+        raise BadRequestError("bad_request", f"sort must be one of {_SORTS}, got {sort!r}", 400)
+
+
+def vm_path(vm_id: str, suffix: str = "") -> str:
+    """``/api/v1/vms/<id><suffix>`` with the id percent-encoded (ids come from users)."""
+    if not vm_id or not isinstance(vm_id, str):
+        raise BadRequestError("bad_request", f"vm_id must be a non-empty string: {vm_id!r}", 400)
+    return f"/api/v1/vms/{quote(vm_id, safe='')}{suffix}"
+
+
+class VmsResource(Resource):
+    """VMs of your organisation. List routes go to the control host."""
+
+    def list(
+        self,
+        *,
+        limit: int = 25,
+        offset: int = 0,
+        q: str | None = None,
+        sort: SortOrder | None = None,
+    ) -> VmList:
+        """One page of your organisation's VMs.
+
+        Args:
+            limit: Page size, 1–100.
+            offset: How many matches to skip.
+            q: Only VMs whose name contains this substring.
+            sort: ``created_at``, ``-created_at`` (default), ``region`` or ``-region``.
+
+        Returns:
+            The page; ``total`` counts every match.
+        """
+        _check_list_args(limit, offset, sort)
+        params = {"limit": str(limit), "offset": str(offset)}
+        if q is not None:
+            params["q"] = q
+        if sort is not None:
+            params["sort"] = sort
+        wire = self._client.call(
+            "GET", "/api/v1/vms/list", ListVmsResponse, host="control", params=params
+        )
+        return VmList.from_wire(wire)
+
+    def list_all(
+        self, *, q: str | None = None, sort: SortOrder | None = None, page_size: int = 100
+    ) -> Iterator[VmSummary]:
+        """Every matching VM, fetching pages lazily as you iterate.
+
+        Pages are read by offset: VMs created or deleted while you iterate may shift
+        the pages. Pass ``sort="created_at"`` (oldest first) for a stable walk while
+        new VMs are being made.
+        """
+        offset = 0
+        while True:
+            page = self.list(limit=page_size, offset=offset, q=q, sort=sort)
+            yield from page.items
+            offset += len(page.items)
+            if not page.items or offset >= page.total:
+                return
+
+    def fork(
+        self,
+        source: str,
+        *,
+        name: str | None = None,
+        is_public: bool = False,
+        region: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> ForkResult:
+        """Create a copy-on-write child of ``source`` in constant time.
+
+        Args:
+            source: A VM id, a public image alias (``"arkuntu"``) or a VM name.
+            name: Name for the new VM.
+            is_public: Let other organisations fork the new VM.
+            region: Region for the new VM (server default when omitted).
+            idempotency_key: Makes the fork exactly-once across retries and calls;
+                one is minted per call when omitted.
+
+        Returns:
+            The new VM.
+        """
+        resolved = resolve_source(source)
+        key = idempotency_key or new_ulid()
+        body = build_request(ForkRequest, is_public=is_public, name=name, region=region)
+        if looks_like_vm_id(resolved):
+            wire = self._client.call(
+                "POST", vm_path(resolved, "/fork"), ForkResponse, body=body, idempotency_key=key
+            )
+        else:
+            # A name, not an id: only the control host can resolve it.
+            body = body.model_copy(update={"from_": source})
+            wire = self._client.call(
+                "POST",
+                "/api/v1/vms/fork",
+                ForkResponse,
+                host="control",
+                body=body,
+                idempotency_key=key,
+            )
+        return ForkResult.from_wire(wire)
+
+    def delete(self, vm_id: str) -> None:
+        """Delete a VM. Its forks keep working."""
+        self._client.call("DELETE", vm_path(vm_id), DeleteResponse)
