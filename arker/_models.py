@@ -7,7 +7,7 @@ import binascii
 from collections.abc import Iterator
 from datetime import datetime
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer
 
 from ._exceptions import ResponseValidationError
 from ._wire import ForkResponse, ListVmsResponse, RunResponse, VmSummaryWire
@@ -16,11 +16,9 @@ __all__ = ["ForkResult", "RunResult", "VmList", "VmSummary"]
 
 
 class _PublicModel(BaseModel):
-    # bytes fields dump to JSON as base64 (and load back from it), so output that is not
-    # UTF-8 still round-trips through model_dump_json()/model_validate_json().
-    model_config = ConfigDict(
-        extra="ignore", frozen=True, ser_json_bytes="base64", val_json_bytes="base64"
-    )
+    # bytes fields load from JSON as base64, so output that is not UTF-8 still
+    # round-trips through model_dump_json()/model_validate_json().
+    model_config = ConfigDict(extra="ignore", frozen=True, val_json_bytes="base64")
 
 
 class RunResult(_PublicModel):
@@ -47,6 +45,11 @@ class RunResult(_PublicModel):
     timed_out: bool = False
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+
+    @field_serializer("stdout", "stderr", when_used="json")
+    def _bytes_as_base64(self, value: bytes) -> str:
+        # Standard base64 (pydantic's own choice is the URL-safe alphabet).
+        return base64.b64encode(value).decode("ascii")
 
     @property
     def ok(self) -> bool:
