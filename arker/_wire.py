@@ -117,7 +117,7 @@ class ForkRequest(WireModel):
 
 
 class ForkResponse(Envelope):
-    vm_id: str
+    vm_id: str = Field(min_length=1)
     # (ext) the new VM's summary fields; absent on servers that don't send them.
     name: str | None = None
     base_image: str | None = None
