@@ -1,0 +1,188 @@
+"""`create_app`: the FastAPI app serving every route of the Arker wire protocol.
+
+Handlers are thin: parse with the shared `arker._wire` models, call the service
+objects, dump the response model. Handlers that touch the (blocking) engine are plain
+``def`` so FastAPI runs them in its thread pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import Body, Depends, FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from .._version import __version__
+from .._wire import (
+    DeleteResponse,
+    Envelope,
+    ForkRequest,
+    HealthResponse,
+    RunRequest,
+    SortOrder,
+    SyncReadRequest,
+    SyncRequest,
+)
+from .auth import require_org
+from .config import BACKEND, ServerConfig
+from .errors import ApiError, BodyLimitMiddleware, install_error_handlers
+from .idempotency import Idempotency
+from .presign import READ_ROUTE, UPLOAD_ROUTE, Signer
+from .store import Store
+from .sync import Sync
+from .uploads import Uploads
+from .vms import Vms
+
+OrgId = Annotated[str, Depends(require_org)]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything the routes use, built once at start-up."""
+
+    config: ServerConfig
+    store: Store
+    vms: Vms
+    sync: Sync
+    uploads: Uploads
+    signer: Signer
+    idempotency: Idempotency
+
+
+def _json(model: Envelope, *, exclude_none: bool = False) -> JSONResponse:
+    return JSONResponse(model.model_dump(mode="json", by_alias=True, exclude_none=exclude_none))
+
+
+def create_app(services: Services) -> FastAPI:
+    """Build the app around already-started services.
+
+    Args:
+        services: Store, engine-backed services and config of this server.
+
+    Returns:
+        The ASGI app.
+    """
+    app = FastAPI(title="arker serve", version=__version__, docs_url=None, redoc_url=None)
+    app.state.services = services
+    install_error_handlers(app)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=services.config.max_body_bytes,
+        exempt_prefixes=("/api/v1/presigned/",),
+    )
+    s = services
+
+    @app.get("/api/v1/health")
+    def health() -> JSONResponse:
+        return _json(HealthResponse(version=__version__, backend=BACKEND))
+
+    @app.get("/api/v1/vms/list")
+    def list_vms(
+        org_id: OrgId,
+        limit: Annotated[int, Query(ge=1, le=100)] = 25,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        q: Annotated[str | None, Query(max_length=256)] = None,
+        sort: SortOrder = "-created_at",
+    ) -> JSONResponse:
+        return _json(s.vms.list(org_id, limit=limit, offset=offset, q=q, sort=sort))
+
+    @app.post("/api/v1/vms/fork")
+    def fork_by_name(
+        org_id: OrgId, body: ForkRequest, idempotency_key: IdempotencyKey = None
+    ) -> JSONResponse:
+        return JSONResponse(
+            s.idempotency.execute(
+                org_id,
+                "fork-by-name",
+                idempotency_key,
+                body.model_dump(mode="json", by_alias=True),
+                lambda: _dump(s.vms.fork_by_name(org_id, body)),
+            )
+        )
+
+    @app.post("/api/v1/vms/{vm_id}/fork")
+    def fork_by_id(
+        vm_id: str, org_id: OrgId, body: ForkRequest, idempotency_key: IdempotencyKey = None
+    ) -> JSONResponse:
+        return JSONResponse(
+            s.idempotency.execute(
+                org_id,
+                f"fork:{vm_id}",
+                idempotency_key,
+                body.model_dump(mode="json", by_alias=True),
+                lambda: _dump(s.vms.fork_by_id(org_id, vm_id, body)),
+            )
+        )
+
+    @app.delete("/api/v1/vms/{vm_id}")
+    def delete_vm(vm_id: str, org_id: OrgId) -> JSONResponse:
+        s.vms.delete(org_id, vm_id)
+        return _json(DeleteResponse())
+
+    @app.post("/api/v1/vms/{vm_id}/run")
+    def run(
+        vm_id: str, org_id: OrgId, body: RunRequest, idempotency_key: IdempotencyKey = None
+    ) -> JSONResponse:
+        request_body = body.model_dump(mode="json")
+        request_body["session_id"] = str(body.session_id)
+        return JSONResponse(
+            s.idempotency.execute(
+                org_id,
+                f"run:{vm_id}",
+                idempotency_key,
+                request_body,
+                lambda: _dump(s.vms.run(org_id, vm_id, body)),
+            )
+        )
+
+    @app.post("/api/v1/vms/{vm_id}/sync")
+    def sync(
+        vm_id: str,
+        org_id: OrgId,
+        request: Request,
+        body: Annotated[SyncRequest, Body()],
+    ) -> JSONResponse:
+        vm = s.vms.owned(org_id, vm_id)
+        base_url = str(request.base_url)
+        if isinstance(body, SyncReadRequest):
+            return _json(s.sync.read(vm.id, body.path, base_url), exclude_none=True)
+        return _json(s.sync.write(vm.id, body, base_url), exclude_none=True)
+
+    @app.get(READ_ROUTE)
+    def presigned_read(
+        vm_id: str,
+        path: str = "",
+        expires: str | None = None,
+        signature: str | None = None,
+    ) -> StreamingResponse:
+        s.signer.verify("GET", vm_id, path, expires, signature)
+        if s.store.get_vm(vm_id) is None:
+            raise ApiError("not_found", f"vm not found: {vm_id}")
+        blocks, size = s.sync.stream(vm_id, path)
+        return StreamingResponse(
+            blocks,
+            media_type="application/octet-stream",
+            headers={"Content-Length": str(size)},
+        )
+
+    @app.put(UPLOAD_ROUTE)
+    async def presigned_upload(
+        vm_id: str,
+        upload_id: str,
+        request: Request,
+        expires: str | None = None,
+        signature: str | None = None,
+    ) -> JSONResponse:
+        s.signer.verify("PUT", vm_id, upload_id, expires, signature)
+        if s.store.get_vm(vm_id) is None:
+            raise ApiError("not_found", f"vm not found: {vm_id}")
+        await s.uploads.receive_put(vm_id, upload_id, request.stream())
+        return _json(Envelope())
+
+    return app
+
+
+def _dump(model: Envelope) -> dict[str, Any]:
+    return model.model_dump(mode="json", by_alias=True)

@@ -1,0 +1,119 @@
+"""Command line of `arker serve` (argument parsing only; the work is elsewhere).
+
+Usage::
+
+    arker serve [--host H] [--port N] [--data-dir DIR] [--api-key KEY]
+                [--no-network] [--base host|debian]
+    arker serve keys create --org NAME [--data-dir DIR]
+    arker serve build-image debian [--data-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .config import ServerConfig, default_data_dir, prepare_data_dir
+
+MISSING_EXTRA = "arker serve needs the local extra: pip install 'arker[local]'"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``arker serve`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="arker serve", description="Run a local Arker server with sandboxed VMs."
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8733, help="TCP port (0: a free port)")
+    _add_data_dir(parser, None)
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("ARKER_API_KEY") or None,
+        help="key of the default org (default: $ARKER_API_KEY, else kept from last start)",
+    )
+    parser.add_argument("--no-network", action="store_true", help="VMs get no network")
+    parser.add_argument("--base", choices=("host", "debian"), default="host")
+    actions = parser.add_subparsers(dest="action")
+
+    keys = actions.add_parser("keys", help="manage API keys")
+    key_actions = keys.add_subparsers(dest="keys_action", required=True)
+    create = key_actions.add_parser("create", help="create an org's key and print it")
+    create.add_argument("--org", required=True, help="organisation name (created if new)")
+    _add_data_dir(create, argparse.SUPPRESS)
+
+    image = actions.add_parser("build-image", help="build a base image")
+    image.add_argument("flavour", choices=("debian",))
+    _add_data_dir(image, argparse.SUPPRESS)
+    return parser
+
+
+def _add_data_dir(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=default,
+        help="state directory (default: $XDG_DATA_HOME/arker or ~/.local/share/arker)",
+    )
+
+
+def serve_main(argv: Sequence[str]) -> int:
+    """Entry point of ``arker serve …``; returns the exit status."""
+    args = build_parser().parse_args(list(argv))
+    data_dir: Path = args.data_dir or default_data_dir()
+    if args.action == "keys":
+        return _create_key(data_dir, args.org)
+    if args.action == "build-image":
+        return _build_image(data_dir, args.flavour)
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        print(MISSING_EXTRA, file=sys.stderr)
+        return 2
+    from .server import serve
+
+    config = ServerConfig(
+        data_dir=data_dir,
+        host=args.host,
+        port=args.port,
+        network=not args.no_network,
+        base=args.base,
+        api_key=args.api_key,
+    )
+    return serve(config)
+
+
+def _create_key(data_dir: Path, org: str) -> int:
+    from .server import new_api_key
+    from .store import Store
+
+    config = ServerConfig(data_dir=prepare_data_dir(data_dir))
+    store = Store(config.db_path)
+    try:
+        key = new_api_key()
+        store.add_key(store.ensure_org(org), key)
+    finally:
+        store.close()
+    print(key, flush=True)
+    return 0
+
+
+def _build_image(data_dir: Path, flavour: str) -> int:
+    from .sandbox.baseimage import build_debian_rootfs, default_debian_rootfs
+
+    data_dir = prepare_data_dir(data_dir)
+    dest = default_debian_rootfs(data_dir)
+    if dest.exists():
+        print(f"arker serve: the {flavour} image is already built: {dest}", file=sys.stderr)
+        return 0
+    print(f"arker serve: building the {flavour} image (about a minute)...", file=sys.stderr)
+    try:
+        build_debian_rootfs(dest)
+    except RuntimeError as exc:
+        print(f"arker serve: {exc}", file=sys.stderr)
+        return 1
+    print(f"arker serve: built {dest}; start with: arker serve --base {flavour}", file=sys.stderr)
+    return 0

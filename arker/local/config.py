@@ -1,0 +1,85 @@
+"""Settings of one `arker serve` instance, with their defaults in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REGION = "local"
+"""The only region this server serves."""
+
+REGION_SUFFIX = "loc0"
+"""Suffix of the VM ids it mints (``<ULID>_loc0``), shaped like the hosted ones."""
+
+BACKEND = "bwrap-overlayfs"
+"""What the health route reports as the backend."""
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/arker``, else ``~/.local/share/arker``."""
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "share"
+    return base / "arker"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `create_app` and the start-up sequence need to know.
+
+    Attributes:
+        data_dir: Root of all state (SQLite, VM layers, uploads, the signing secret).
+        host: Interface to listen on; loopback by default.
+        port: TCP port; 0 picks a free one.
+        network: Whether VMs get the host's network.
+        base: Base image flavour for the engine: ``host`` or ``debian``.
+        api_key: Key to register for the default org at start (None: keep or mint).
+        default_run_timeout: Timeout of a run that names none, in seconds.
+        max_run_timeout: Longest timeout a run may ask for; larger ones are clamped.
+        max_body_bytes: Largest JSON request body accepted (413 beyond).
+        upload_ttl_s: Unfinished uploads older than this are dropped at start.
+    """
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    network: bool = True
+    base: str = "host"
+    api_key: str | None = None
+    default_run_timeout: float = 300.0
+    max_run_timeout: float = 3600.0
+    # Room for a 4 MiB inline chunk in base64 times a few entries, far from 100 MiB.
+    max_body_bytes: int = 32 * 1024 * 1024
+    upload_ttl_s: float = 24 * 3600.0
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite database file."""
+        return self.data_dir / "arker.db"
+
+    @property
+    def engine_dir(self) -> Path:
+        """Directory handed to the sandbox engine (it keeps its state in ``engine/``)."""
+        return self.data_dir
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Staging area of unfinished uploads."""
+        return self.data_dir / "uploads"
+
+    @property
+    def secret_path(self) -> Path:
+        """HMAC key of presigned URLs (mode 0600)."""
+        return self.data_dir / "presign.key"
+
+
+def prepare_data_dir(path: Path) -> Path:
+    """Create ``path`` (mode 0700) if needed and tighten an existing one to 0700.
+
+    The data dir holds VM filesystems written by sandboxed code: nobody else may
+    traverse it (see LOCAL-SANDBOX.md, setuid pitfall).
+    """
+    path = path.expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path

@@ -1,0 +1,174 @@
+"""Start-up and shutdown of `arker serve`: the order of these steps matters.
+
+1. Enter a private mount namespace while still single-threaded (before uvicorn, which
+   starts threads); VM overlay mounts then vanish with the process, even on kill -9.
+2. Probe the sandbox; on failure print one line naming cause and fix.
+3. Open the store, make sure a default org and key exist.
+4. Start the engine, ensure the base image, GC engine state that no DB row
+   references (the DB is the source of truth after a crash), expire stale uploads.
+5. Bind the socket (port 0: a free one), print the ``export`` lines, serve.
+6. On SIGINT/SIGTERM: stop uvicorn, then ``engine.close()`` and close the store.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from .config import ServerConfig, prepare_data_dir
+from .store import Store
+
+if TYPE_CHECKING:
+    from .app import Services
+    from .engine_api import EngineLike
+
+DEFAULT_ORG = "default"
+EXIT_SANDBOX_UNAVAILABLE = 3
+"""Exit status when the sandbox probe fails (the pytest fixture skips on it)."""
+
+log = logging.getLogger("arker.local")
+
+
+class _Shutdown(Exception):
+    """Raised by our SIGTERM handler so that ``finally`` blocks run."""
+
+
+def _raise_shutdown(signum: int, frame: FrameType | None) -> None:
+    raise _Shutdown(signum)
+
+
+def default_key_path(data_dir: Path) -> Path:
+    """Where the default org's key is kept so restarts can print it again (0600)."""
+    return data_dir / "api_key"
+
+
+def ensure_default_key(store: Store, data_dir: Path, requested: str | None) -> str:
+    """The key to print at start: ``requested``, else the saved one, else a new one.
+
+    The database stores only sha256 digests; the default key's plain text is kept in
+    a 0600 file in the (0700) data dir so that a restart can print it again.
+    """
+    org_id = store.ensure_org(DEFAULT_ORG)
+    path = default_key_path(data_dir)
+    key = requested
+    if key is None and path.exists():
+        key = path.read_text().strip() or None
+    if key is None:
+        key = new_api_key()
+    store.add_key(org_id, key)
+    _write_private(path, key)
+    return key
+
+
+def new_api_key() -> str:
+    """A fresh random API key."""
+    return f"ark_{secrets.token_urlsafe(24)}"
+
+
+def _write_private(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket; ``SO_REUSEADDR`` so a restart can take the same port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def serve(config: ServerConfig) -> int:
+    """Run the server until SIGINT/SIGTERM; return the process exit status."""
+    import uvicorn
+
+    from .sandbox import Engine, SandboxUnavailable
+    from .sandbox.mounts import enter_private_mount_namespace
+
+    logging.basicConfig(level=logging.INFO, format="arker serve: %(message)s", stream=sys.stderr)
+    # Installed first so that a SIGTERM at any later point still runs the cleanup.
+    signal.signal(signal.SIGTERM, _raise_shutdown)
+    config = dataclasses.replace(config, data_dir=prepare_data_dir(config.data_dir))
+    data_dir = config.data_dir
+    try:
+        enter_private_mount_namespace()
+        Engine.probe(config.engine_dir)
+    except (SandboxUnavailable, OSError) as exc:
+        print(f"arker serve: sandbox unavailable: {exc}", file=sys.stderr, flush=True)
+        return EXIT_SANDBOX_UNAVAILABLE
+
+    store = Store(config.db_path)
+    engine = None
+    try:
+        api_key = ensure_default_key(store, data_dir, config.api_key)
+        engine = Engine(config.engine_dir, network=config.network, base=config.base)
+        services = build_services(config, store, engine)
+        services.vms.ensure_base_image()
+        engine.gc(store.vm_ids())
+        services.uploads.cleanup(config.upload_ttl_s)
+        store.expire_idempotent(time.time() - config.upload_ttl_s)
+
+        from .app import create_app
+
+        app = create_app(services)
+        sock = bind_socket(config.host, config.port)
+        port = sock.getsockname()[1]
+        url = f"http://{_url_host(config.host)}:{port}"
+        print(f"export ARKER_BASE_URL={url}", flush=True)
+        print(f"export ARKER_CONTROL_URL={url}", flush=True)
+        print(f"export ARKER_API_KEY={api_key}", flush=True)
+        server = uvicorn.Server(
+            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+        )
+        server.run(sockets=[sock])
+        return 0
+    except (KeyboardInterrupt, _Shutdown):
+        return 0
+    finally:
+        if engine is not None:
+            engine.close()
+        store.close()
+
+
+def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Services:
+    """Wire the service objects together around a started engine."""
+    from .app import Services
+    from .idempotency import Idempotency
+    from .presign import Signer, load_or_create_secret
+    from .sync import Sync
+    from .uploads import Uploads
+    from .vms import Vms
+
+    signer = Signer(load_or_create_secret(config.secret_path))
+    uploads = Uploads(store, engine, config.uploads_dir)
+    return Services(
+        config=config,
+        store=store,
+        vms=Vms(store, engine, config),
+        sync=Sync(engine, uploads, signer),
+        uploads=uploads,
+        signer=signer,
+        idempotency=Idempotency(store),
+    )

@@ -1,0 +1,109 @@
+"""File sync (WIRE.md "Sync"): reads inline or presigned, writes per entry."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from .._constants import INLINE_WRITE_MAX
+from .._paths import path_problem
+from .._wire import (
+    ChunkEntry,
+    CommitEntry,
+    ErrorBody,
+    PresignEntry,
+    SyncReadResponse,
+    SyncWriteRequest,
+    SyncWriteResponse,
+    WriteResult,
+)
+from .engine_api import EngineLike
+from .errors import ApiError
+from .presign import Signer
+from .uploads import Uploads
+from .vms import decode_output, engine_errors
+
+_STREAM_BLOCK = 1024 * 1024
+
+
+class Sync:
+    """Reads and writes files of a VM the caller has already been checked to own.
+
+    Args:
+        engine: Does the in-VM file I/O (symlink-safe).
+        uploads: Staging and commit of writes.
+        signer: Mints presigned URLs.
+    """
+
+    def __init__(self, engine: EngineLike, uploads: Uploads, signer: Signer) -> None:
+        self._engine = engine
+        self._uploads = uploads
+        self._signer = signer
+
+    def read(self, vm_id: str, path: str, base_url: str) -> SyncReadResponse:
+        """Small files inline (UTF-8 or base64); larger ones as a presigned GET URL."""
+        problem = path_problem(path)
+        if problem:
+            raise ApiError("bad_request", problem)
+        src, size = self._open(vm_id, path)
+        with src:
+            if size > INLINE_WRITE_MAX:
+                return SyncReadResponse(
+                    presigned_url=self._signer.read_url(base_url, vm_id, path),
+                    size=size,
+                    expires_in=self._signer.ttl_s,
+                )
+            data = src.read(INLINE_WRITE_MAX + 1)
+        content, encoding = decode_output(data)
+        return SyncReadResponse(
+            content=content,
+            encoding=encoding,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+
+    def stream(self, vm_id: str, path: str) -> tuple[Iterator[bytes], int]:
+        """The bytes of a file as an iterator of blocks, and its size (presigned GET)."""
+        src, size = self._open(vm_id, path)
+        return _blocks(src), size
+
+    def write(self, vm_id: str, req: SyncWriteRequest, base_url: str) -> SyncWriteResponse:
+        """Apply each entry in order; an entry's failure is reported in its own result."""
+        results = []
+        for entry in req.writes:
+            try:
+                results.append(self._write_one(vm_id, entry, base_url))
+            except ApiError as exc:
+                results.append(WriteResult(error=ErrorBody(code=exc.code, message=exc.message)))
+        return SyncWriteResponse(results=results)
+
+    def _write_one(
+        self, vm_id: str, entry: ChunkEntry | PresignEntry | CommitEntry, base_url: str
+    ) -> WriteResult:
+        with engine_errors():
+            if isinstance(entry, ChunkEntry):
+                return self._uploads.chunk(vm_id, entry)
+            if isinstance(entry, PresignEntry):
+                upload_id = self._uploads.presign(vm_id, entry)
+                return WriteResult(
+                    presigned_url=self._signer.upload_url(base_url, vm_id, upload_id),
+                    upload_id=upload_id,
+                    expires_in=self._signer.ttl_s,
+                )
+            return self._uploads.commit(vm_id, entry)
+
+    def _open(self, vm_id: str, path: str) -> tuple[BinaryIO, int]:
+        try:
+            with engine_errors():
+                return self._engine.open_read(vm_id, path)
+        except ApiError as exc:
+            if exc.code == "not_found":
+                raise ApiError("not_found", f"file not found: {path}") from exc
+            raise
+
+
+def _blocks(src: BinaryIO) -> Iterator[bytes]:
+    with src:
+        while block := src.read(_STREAM_BLOCK):
+            yield block

@@ -1,0 +1,260 @@
+"""Chunked and presigned uploads: staged on disk, committed atomically into the VM.
+
+Bytes never sit whole in memory: chunks are written at their offset into a staging
+file and fsynced before they are acknowledged; a presigned PUT is streamed to disk. The
+byte ranges received are recorded in SQLite, so an upload survives a restart and can
+be resumed. Once every byte is there (and the optional sha256 matches), the staging
+file is handed to `engine.write_file`, which places it in the VM atomically.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from .._constants import MAX_FILE_BYTES
+from .._ids import new_ulid
+from .._paths import path_problem
+from .._wire import ChunkEntry, CommitEntry, PresignEntry, WriteResult
+from .engine_api import EngineLike
+from .errors import ApiError
+from .store import Store, UploadRow
+
+_COPY_BLOCK = 1024 * 1024
+
+
+def merge_range(ranges: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
+    """Add ``[start, end)`` to sorted disjoint ranges, merging overlaps and neighbours."""
+    merged: list[tuple[int, int]] = []
+    for a, b in sorted([*ranges, (start, end)]):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def check_target(path: str, size: int) -> None:
+    """Validate the destination path and size of a write.
+
+    Raises:
+        ApiError: ``bad_request`` for a bad path, ``payload_too_large`` past 100 MiB.
+    """
+    problem = path_problem(path)
+    if problem:
+        raise ApiError("bad_request", problem)
+    if size > MAX_FILE_BYTES:
+        raise ApiError("payload_too_large", f"file is {size} bytes; the limit is {MAX_FILE_BYTES}")
+
+
+class Uploads:
+    """Owns the staging directory and the upload rows of the store.
+
+    Args:
+        store: Persistent upload records.
+        engine: Places finished files into VMs.
+        staging_dir: Directory for partial files (created if missing).
+    """
+
+    def __init__(self, store: Store, engine: EngineLike, staging_dir: Path) -> None:
+        self._store = store
+        self._engine = engine
+        self._dir = staging_dir
+        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+
+    # --- entry kinds -------------------------------------------------------------------
+
+    def chunk(self, vm_id: str, entry: ChunkEntry) -> WriteResult:
+        """Store bytes ``[start, end)``; commit the file once it is whole."""
+        check_target(entry.path, entry.size)
+        try:
+            data = base64.b64decode(entry.content, validate=True)
+        except (binascii.Error, ValueError):
+            raise ApiError("bad_request", "chunk content is not valid base64") from None
+        if entry.end < entry.start or entry.end > entry.size:
+            raise ApiError(
+                "bad_request",
+                f"chunk range [{entry.start}, {entry.end}) is outside a {entry.size}-byte file",
+            )
+        if len(data) != entry.end - entry.start:
+            raise ApiError(
+                "bad_request",
+                f"chunk carries {len(data)} bytes for range [{entry.start}, {entry.end})",
+            )
+        with self._lock_for(vm_id, entry.upload_id):
+            upload = self._store.create_upload(vm_id, entry.upload_id, entry.path, entry.size)
+            _check_same_file(upload, entry.path, entry.size)
+            if upload.committed:
+                return _done(upload.size)
+            if data:
+                self._write_at(upload, entry.start, data)
+                ranges = merge_range(upload.ranges, entry.start, entry.end)
+                self._store.set_upload_ranges(vm_id, entry.upload_id, ranges)
+                upload = self._refresh(upload)
+            if not upload.complete:
+                return WriteResult(
+                    complete=False, written=False, received_bytes=upload.received_bytes
+                )
+            self._commit_locked(upload, entry.sha256)
+            return _done(upload.size)
+
+    def presign(self, vm_id: str, entry: PresignEntry) -> str:
+        """Register a server-minted upload for a presigned PUT; return its id."""
+        check_target(entry.path, entry.size)
+        upload_id = new_ulid()
+        self._store.create_upload(vm_id, upload_id, entry.path, entry.size)
+        return upload_id
+
+    def commit(self, vm_id: str, entry: CommitEntry) -> WriteResult:
+        """Place the bytes of a finished upload at its path (a second commit is a no-op)."""
+        check_target(entry.path, entry.size)
+        with self._lock_for(vm_id, entry.upload_id):
+            upload = self._store.get_upload(vm_id, entry.upload_id)
+            if upload is None:
+                raise ApiError("not_found", f"unknown upload_id: {entry.upload_id}")
+            _check_same_file(upload, entry.path, entry.size)
+            if upload.committed:
+                return _done(upload.size)
+            if not upload.complete:
+                raise ApiError(
+                    "bad_request",
+                    f"upload incomplete: {upload.received_bytes} of {upload.size} bytes received",
+                )
+            self._commit_locked(upload, entry.sha256)
+            return _done(upload.size)
+
+    async def receive_put(self, vm_id: str, upload_id: str, body: AsyncIterator[bytes]) -> None:
+        """Stream a presigned PUT body to the staging file, never holding it in memory.
+
+        Raises:
+            ApiError: ``not_found`` for an unknown upload, ``payload_too_large`` when the
+                body passes the announced size, ``bad_request`` when it falls short.
+        """
+        upload = self._store.get_upload(vm_id, upload_id)
+        if upload is None:
+            raise ApiError("not_found", f"unknown upload_id: {upload_id}")
+        if upload.committed:
+            return
+        # A private temp file per request: two concurrent PUTs never interleave bytes.
+        staging = self._staging(upload)
+        tmp = staging.with_name(f"{staging.name}.{secrets.token_hex(4)}")
+        received = 0
+        try:
+            with open(tmp, "wb") as out:
+                async for block in body:
+                    received += len(block)
+                    if received > upload.size:
+                        raise ApiError(
+                            "payload_too_large",
+                            f"upload is larger than the announced {upload.size} bytes",
+                        )
+                    out.write(block)
+                if received != upload.size:
+                    raise ApiError(
+                        "bad_request",
+                        f"upload has {received} bytes; {upload.size} were announced",
+                    )
+                out.flush()
+                os.fsync(out.fileno())
+            with self._lock_for(vm_id, upload_id):
+                os.replace(tmp, staging)
+                _fsync_dir(self._dir)
+                self._store.set_upload_ranges(vm_id, upload_id, [(0, upload.size)])
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    # --- maintenance -------------------------------------------------------------------
+
+    def cleanup(self, max_age_s: float) -> None:
+        """Expire uploads older than ``max_age_s`` and remove orphaned staging files."""
+        for vm_id, upload_id in self._store.expire_uploads(time.time() - max_age_s):
+            self._staging_for(vm_id, upload_id).unlink(missing_ok=True)
+        keep = {self._staging_for(v, u).name for v, u in self._store.upload_keys()}
+        for entry in self._dir.iterdir():
+            if entry.name not in keep:
+                entry.unlink(missing_ok=True)
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _commit_locked(self, upload: UploadRow, sha256: str | None) -> None:
+        staging = self._staging(upload)
+        if upload.size == 0:
+            staging.touch()
+        if sha256 is not None:
+            actual = _file_sha256(staging)
+            if actual != sha256.lower():
+                # The bytes are wrong somewhere: start over rather than keep bad data.
+                self._store.set_upload_ranges(upload.vm_id, upload.upload_id, [])
+                staging.unlink(missing_ok=True)
+                raise ApiError(
+                    "bad_request", f"sha256 mismatch: expected {sha256}, received {actual}"
+                )
+        with open(staging, "rb") as src:
+            self._engine.write_file(upload.vm_id, upload.path, src, upload.size)
+        # The engine's write is atomic and durable; only then is the upload "done".
+        self._store.mark_committed(upload.vm_id, upload.upload_id)
+        staging.unlink(missing_ok=True)
+
+    def _write_at(self, upload: UploadRow, offset: int, data: bytes) -> None:
+        fd = os.open(self._staging(upload), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            written = 0
+            while written < len(data):
+                written += os.pwrite(fd, data[written:], offset + written)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _refresh(self, upload: UploadRow) -> UploadRow:
+        row = self._store.get_upload(upload.vm_id, upload.upload_id)
+        assert row is not None
+        return row
+
+    def _staging(self, upload: UploadRow) -> Path:
+        return self._staging_for(upload.vm_id, upload.upload_id)
+
+    def _staging_for(self, vm_id: str, upload_id: str) -> Path:
+        # Client-minted ids are arbitrary text: hash them into a safe file name.
+        digest = hashlib.sha256(f"{vm_id}\0{upload_id}".encode()).hexdigest()[:40]
+        return self._dir / f"{digest}.part"
+
+    def _lock_for(self, vm_id: str, upload_id: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault((vm_id, upload_id), threading.Lock())
+
+
+def _check_same_file(upload: UploadRow, path: str, size: int) -> None:
+    if upload.path != path or upload.size != size:
+        raise ApiError(
+            "conflict",
+            f"upload_id {upload.upload_id} belongs to {upload.path} ({upload.size} bytes)",
+        )
+
+
+def _done(size: int) -> WriteResult:
+    return WriteResult(complete=True, written=True, received_bytes=size)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_COPY_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

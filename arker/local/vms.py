@@ -1,0 +1,203 @@
+"""VM lifecycle on behalf of one org: list, fork, delete, run.
+
+Visibility rule (WIRE.md): an org sees, runs on, reads and deletes only its own VMs;
+it may fork its own and any public one. Anything else answers 404 as if absent.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+
+from .._constants import ARKUNTU_ID
+from .._ids import looks_like_vm_id, new_ulid
+from .._wire import (
+    ForkRequest,
+    ForkResponse,
+    ListVmsResponse,
+    RunRequest,
+    RunResponse,
+    VmSummaryWire,
+)
+from .config import REGION, REGION_SUFFIX, ServerConfig
+from .engine_api import EngineLike, sandbox_error_parts
+from .errors import ApiError
+from .store import SYSTEM_ORG, Store, VmRow, utc_now_iso
+
+log = logging.getLogger("arker.local")
+
+BASE_IMAGE_NAME = "arkuntu"
+
+
+@contextmanager
+def engine_errors() -> Iterator[None]:
+    """Turn the engine's ``SandboxError`` into the wire error with the same code."""
+    try:
+        yield
+    except ApiError:
+        raise
+    except Exception as exc:
+        parts = sandbox_error_parts(exc)
+        if parts is None:
+            raise
+        raise ApiError(*parts) from exc
+
+
+def summary(vm: VmRow) -> VmSummaryWire:
+    """The wire summary of a VM row."""
+    return VmSummaryWire(
+        vm_id=vm.id,
+        name=vm.name,
+        base_image=vm.base_image,
+        region=vm.region,
+        created_at=datetime.fromisoformat(vm.created_at),
+    )
+
+
+def decode_output(data: bytes) -> tuple[str, str]:
+    """``(text, encoding)``: UTF-8 text when the bytes are valid UTF-8, else base64."""
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), "base64"
+
+
+class Vms:
+    """VM operations; every method is blocking (routes run them in the thread pool).
+
+    Args:
+        store: VM rows.
+        engine: The sandbox engine.
+        config: Timeout defaults and limits.
+    """
+
+    def __init__(self, store: Store, engine: EngineLike, config: ServerConfig) -> None:
+        self._store = store
+        self._engine = engine
+        self._config = config
+
+    def ensure_base_image(self) -> None:
+        """Create the public ``arkuntu`` image (engine layer and DB row) if missing."""
+        with engine_errors():
+            self._engine.ensure_base(ARKUNTU_ID)
+        if self._store.get_vm(ARKUNTU_ID) is None:
+            self._store.ensure_org(SYSTEM_ORG)
+            self._store.insert_vm(
+                VmRow(
+                    id=ARKUNTU_ID,
+                    org_id=SYSTEM_ORG,
+                    name=BASE_IMAGE_NAME,
+                    is_public=True,
+                    base_image=ARKUNTU_ID,
+                    region=REGION,
+                    created_at=utc_now_iso(),
+                    parent=None,
+                )
+            )
+
+    def owned(self, org_id: str, vm_id: str) -> VmRow:
+        """The VM ``vm_id`` when ``org_id`` owns it.
+
+        Raises:
+            ApiError: 404 ``not_found`` when absent or owned by someone else.
+        """
+        vm = self._store.get_vm(vm_id)
+        if vm is None or vm.org_id != org_id:
+            raise ApiError("not_found", f"vm not found: {vm_id}")
+        return vm
+
+    def list(
+        self, org_id: str, *, limit: int, offset: int, q: str | None, sort: str
+    ) -> ListVmsResponse:
+        """One page of the org's VMs; ``total`` ignores ``limit`` and ``offset``."""
+        rows, total = self._store.list_vms(org_id, limit=limit, offset=offset, q=q, sort=sort)
+        return ListVmsResponse(items=[summary(r) for r in rows], total=total)
+
+    def fork_by_id(self, org_id: str, source_id: str, req: ForkRequest) -> ForkResponse:
+        """Fork ``source_id`` (own or public) into a new VM of ``org_id``."""
+        source = self._store.get_vm(source_id)
+        if source is None or not (source.org_id == org_id or source.is_public):
+            raise ApiError("not_found", f"vm not found: {source_id}")
+        return self._fork(org_id, source, req)
+
+    def fork_by_name(self, org_id: str, req: ForkRequest) -> ForkResponse:
+        """Fork the VM named ``req.from_`` (own first, else public)."""
+        if not req.from_:
+            raise ApiError("bad_request", "'from' is required: the name of the VM to fork")
+        source = self._store.find_by_name(org_id, req.from_)
+        if source is None and looks_like_vm_id(req.from_):
+            # Be lenient with clients that send an id where a name is expected.
+            return self.fork_by_id(org_id, req.from_, req)
+        if source is None:
+            raise ApiError("not_found", f"vm not found: {req.from_}")
+        return self._fork(org_id, source, req)
+
+    def delete(self, org_id: str, vm_id: str) -> None:
+        """Delete a VM the org owns; its forks keep working."""
+        vm = self.owned(org_id, vm_id)
+        # The DB row is the commit point: once it is gone the VM is gone, and a crash
+        # before the engine cleanup leaves only garbage that start-up GC removes.
+        self._store.delete_vm(vm.id)
+        try:
+            with engine_errors():
+                self._engine.delete(vm.id)
+        except ApiError as exc:
+            log.warning("engine delete of %s failed (GC will retry): %s", vm.id, exc)
+
+    def run(self, org_id: str, vm_id: str, req: RunRequest) -> RunResponse:
+        """Run ``req.command`` in the VM's session and describe the outcome."""
+        vm = self.owned(org_id, vm_id)
+        timeout = float(req.timeout) if req.timeout else self._config.default_run_timeout
+        timeout = min(timeout, self._config.max_run_timeout)
+        session = str(req.session_id)
+        with engine_errors():
+            outcome = self._engine.run(vm.id, req.command, session=session, timeout=timeout)
+        stdout, stdout_encoding = decode_output(outcome.stdout)
+        stderr, stderr_encoding = decode_output(outcome.stderr)
+        return RunResponse(
+            stdout=stdout,
+            stdout_encoding=stdout_encoding,
+            stderr=stderr,
+            stderr_encoding=stderr_encoding,
+            exit_code=124 if outcome.timed_out else outcome.exit_code,
+            duration_ms=float(outcome.duration_ms),
+            session_id=session,
+            cwd=outcome.cwd,
+            timed_out=outcome.timed_out,
+            stdout_truncated=outcome.stdout_truncated,
+            stderr_truncated=outcome.stderr_truncated,
+        )
+
+    def _fork(self, org_id: str, source: VmRow, req: ForkRequest) -> ForkResponse:
+        if req.region is not None and req.region != REGION:
+            raise ApiError(
+                "unsupported_region",
+                f"region {req.region!r} is not served here; this server serves {REGION!r}",
+            )
+        child_id = f"{new_ulid()}_{REGION_SUFFIX}"
+        # Engine first, DB row second: the row is the commit point, and an engine
+        # layer without a row is garbage that start-up GC removes.
+        with engine_errors():
+            self._engine.fork(source.id, child_id)
+        child = VmRow(
+            id=child_id,
+            org_id=org_id,
+            name=req.name,
+            is_public=req.is_public,
+            base_image=source.base_image,
+            region=REGION,
+            created_at=utc_now_iso(),
+            parent=source.id,
+        )
+        self._store.insert_vm(child)
+        s = summary(child)
+        return ForkResponse(
+            vm_id=child.id,
+            name=s.name,
+            base_image=s.base_image,
+            region=s.region,
+            created_at=s.created_at,
+        )
