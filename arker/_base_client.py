@@ -33,6 +33,8 @@ M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
 
 Host = Literal["base", "control"]
+Body = Union[bytes, IO[bytes], Iterable[bytes]]
+"""A request body: bytes, a file-like object, or an iterable of byte chunks."""
 
 
 @dataclass(frozen=True)
@@ -145,7 +147,7 @@ class BaseClient:
         headers: dict[str, str],
         timeout: Timeout,
         attempt: int,
-        data: bytes | IO[bytes] | Iterable[bytes] | None = None,
+        data: Body | None = None,
         params: Mapping[str, str] | None = None,
         authenticated: bool = True,
         stream: bool = False,
@@ -253,46 +255,77 @@ class BaseClient:
         method: Literal["GET", "PUT"],
         url: str,
         *,
-        data: Callable[[], bytes | IO[bytes] | Iterable[bytes]] | None = None,
         consume: Callable[[requests.Response], T],
+        prepare: Callable[[int], tuple[Body | None, Mapping[str, str]]] | None = None,
         timeout: Timeout | None = None,
-        headers: Mapping[str, str] | None = None,
     ) -> T:
         """Move raw bytes to or from a presigned URL, retried like an API call.
 
-        ``data`` is a factory so every attempt gets a fresh body (a stream can be read
-        once). ``consume`` reads the successful response inside the attempt, so a
-        connection dropped mid-body is retried too.
+        Args:
+            method: ``GET`` (download) or ``PUT`` (upload).
+            url: The presigned URL; it carries its own signature, so the API key is
+                never sent to it.
+            consume: Reads the successful response inside the attempt, so a connection
+                dropped mid-body is retried too.
+            prepare: Called with the attempt number (1, 2, …) before each attempt;
+                returns that attempt's body and extra headers. A stream can be read
+                once, and a retry may resume from another offset.
+            timeout: Overrides the client's timeout.
         """
-        base_headers = {"User-Agent": f"arker-python/{__version__}", **(headers or {})}
         effective_timeout = timeout or self._config.timeout
-
         attempts = 0
 
         def attempt_once() -> T:
             nonlocal attempts
             attempts += 1
-            response = self._send(
-                method,
-                url,
-                headers=dict(base_headers),
-                timeout=effective_timeout,
-                attempt=attempts,
-                data=data() if data is not None else None,
-                authenticated=False,
-                stream=True,
-            )
-            with response:
-                if response.status_code >= 400:
-                    raise error_from_response(response)
-                try:
-                    return consume(response)
-                except requests.RequestException as exc:
-                    raise APIConnectionError(
-                        f"{method} {redact_url(url)} broke mid-body: {exc}"
-                    ) from None
+            body, extra = prepare(attempts) if prepare is not None else (None, {})
+            headers = {"User-Agent": f"arker-python/{__version__}", **extra}
+            try:
+                response = self._send(
+                    method,
+                    url,
+                    headers=headers,
+                    timeout=effective_timeout,
+                    attempt=attempts,
+                    data=body,
+                    authenticated=False,
+                    stream=True,
+                )
+                with response:
+                    if response.status_code >= 400:
+                        raise error_from_response(response)
+                    try:
+                        return consume(response)
+                    except requests.RequestException as exc:
+                        raise APIConnectionError(
+                            f"{method} {redact_url(url)} broke mid-body: {exc}"
+                        ) from None
+            finally:
+                close = getattr(body, "close", None)
+                if callable(close):
+                    close()
 
         return build_retrying(self._config.retry, self._sleep)(attempt_once)
+
+    def head(self, url: str) -> requests.Response | None:
+        """One unretried ``HEAD`` to a presigned URL; `None` when it fails in any way.
+
+        Used to ask a server how much of an interrupted upload it holds: a server that
+        cannot say simply makes the client start over.
+        """
+        try:
+            response = self._send(
+                "HEAD",
+                url,
+                headers={"User-Agent": f"arker-python/{__version__}"},
+                timeout=self._config.timeout,
+                attempt=1,
+                authenticated=False,
+            )
+        except APIConnectionError:
+            return None
+        response.close()
+        return response if response.status_code < 400 else None
 
     def close(self) -> None:
         """Close the pooled connections (only if this client created the session)."""

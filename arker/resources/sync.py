@@ -1,9 +1,12 @@
-"""``client.sync``: read and write files inside a VM.
+"""``client.sync``: move files in and out of a VM, streaming, verified, resumable.
 
 Writes up to 4 MiB travel inline as one chunk; larger ones ask for a presigned URL,
-PUT the raw bytes there and commit. Every step retries under the client's policy and is
-idempotent: the chunk's ``upload_id`` is minted once per call, and the presigned upload
-is committed under the id the server gave it.
+stream the raw bytes there with a PUT and commit. Every step retries under the client's
+policy and is idempotent: the chunk's ``upload_id`` is minted once per call, and the
+presigned upload is committed under the id the server gave it. An interrupted PUT
+resumes from the bytes the server already holds when the server can say (``HEAD`` on the
+upload URL answers ``Upload-Offset``), and starts over otherwise. Every transfer carries
+a sha256 that the receiving side checks.
 """
 
 from __future__ import annotations
@@ -11,19 +14,34 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
+import os
+from typing import IO
 
 import requests
 
+from .._base_client import Body
 from .._constants import INLINE_WRITE_MAX, MAX_FILE_BYTES
 from .._exceptions import (
     BadRequestError,
     PayloadTooLargeError,
+    PermissionDeniedError,
     ResponseValidationError,
     error_for,
     status_for_code,
 )
 from .._ids import new_ulid
 from .._paths import path_problem
+from .._streams import (
+    CHUNK,
+    DataSource,
+    PathSink,
+    ProgressCallback,
+    Sink,
+    Source,
+    Tracker,
+    open_source,
+)
 from .._wire import (
     ChunkEntry,
     CommitEntry,
@@ -48,112 +66,200 @@ def check_path(path: str) -> None:
         raise BadRequestError("bad_request", problem, 400)
 
 
-def _as_bytes(data: bytes | bytearray | memoryview | str) -> bytes:
-    if isinstance(data, str):
-        return data.encode("utf-8")
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return bytes(data)
-    raise BadRequestError(
-        "bad_request", f"data must be bytes or str, not {type(data).__name__}", 400
-    )
-
-
 def _require_written(result: WriteResult, what: str) -> None:
     if not (result.complete and result.written):
         raise ResponseValidationError(f"{what}: server did not confirm complete+written", 200)
 
 
+def _inline_content(wire: SyncReadResponse) -> bytes:
+    content = wire.content or ""
+    if wire.encoding == "base64":
+        try:
+            return base64.b64decode(content, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ResponseValidationError(f"content: invalid base64 ({exc})") from None
+    return content.encode("utf-8", "surrogatepass")
+
+
+def _held_offset(response: requests.Response | None, size: int) -> int:
+    """Where to resume an upload: the server's ``Upload-Offset``, kept below ``size`` so
+    the resuming PUT always carries at least one byte."""
+    if response is None:
+        return 0
+    try:
+        held = int(response.headers.get("Upload-Offset", "0"))
+    except ValueError:
+        return 0
+    return max(0, min(held, size - 1))
+
+
 class SyncResource(Resource):
     """File transfer for VMs. Paths must be absolute and under ``/home/user/``."""
 
-    def read(self, vm_id: str, path: str) -> bytes:
+    # -- reads -----------------------------------------------------------------------
+
+    def read(self, vm_id: str, path: str, *, progress: ProgressCallback | None = None) -> bytes:
         """Return the bytes of the file at ``path`` in the VM.
+
+        Args:
+            vm_id: The VM.
+            path: Absolute path under ``/home/user/``.
+            progress: Called with ``(bytes_done, bytes_total)`` as bytes arrive.
 
         Raises:
             NotFoundError: No such file.
             BadRequestError: ``path`` breaks the path rules (no request is made).
+            ResponseValidationError: The bytes do not match the size or sha256 the
+                server announced.
         """
         check_path(path)
-        wire = self._client.call(
-            "POST",
-            vm_path(vm_id, "/sync"),
-            SyncReadResponse,
-            body=SyncReadRequest(path=path),
-        )
-        if wire.content is not None:
-            data = self._inline_content(wire)
-        elif wire.presigned_url:
-            data = self._client.transfer("GET", wire.presigned_url, consume=_read_body)
-        else:
-            raise ResponseValidationError("SyncReadResponse: neither content nor presigned_url")
-        if wire.size is not None and wire.size != len(data):
-            raise ResponseValidationError(
-                f"read {path}: server announced {wire.size} bytes, received {len(data)}"
+        buffer = io.BytesIO()
+        self._download(vm_id, path, Sink(buffer), progress)
+        return buffer.getvalue()
+
+    def read_to(
+        self,
+        vm_id: str,
+        path: str,
+        dest: str | os.PathLike[str] | IO[bytes],
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> int:
+        """Stream the file at ``path`` into a local path or binary file; return its size.
+
+        A download to a path lands atomically: the bytes go to a temporary file beside
+        ``dest``, verified, then renamed over it. An interrupted or corrupt download
+        never leaves a truncated file under ``dest``.
+        """
+        check_path(path)
+        if isinstance(dest, (str, os.PathLike)):
+            return self._download(vm_id, path, PathSink(dest), progress)
+        return self._download(vm_id, path, Sink(dest), progress)
+
+    def _download(
+        self, vm_id: str, path: str, sink: Sink, progress: ProgressCallback | None
+    ) -> int:
+        try:
+            wire = self._client.call(
+                "POST", vm_path(vm_id, "/sync"), SyncReadResponse, body=SyncReadRequest(path=path)
             )
-        if wire.sha256 is not None and hashlib.sha256(data).hexdigest() != wire.sha256:
-            raise ResponseValidationError(f"read {path}: sha256 mismatch")
-        return data
+            tracker = Tracker(wire.size or 0, progress)
+            if wire.content is not None:
+                data = _inline_content(wire)
+                sink.write(data)
+                size, digest = len(data), hashlib.sha256(data).hexdigest()
+                tracker.total = tracker.total or size
+                tracker.set(size)
+            elif wire.presigned_url:
+                size, digest = self._client.transfer(
+                    "GET",
+                    wire.presigned_url,
+                    consume=lambda response: _drain(response, sink, tracker),
+                )
+            else:
+                raise ResponseValidationError("SyncReadResponse: neither content nor presigned_url")
+            if wire.size is not None and wire.size != size:
+                raise ResponseValidationError(
+                    f"read {path}: server announced {wire.size} bytes, received {size}"
+                )
+            if wire.sha256 is not None and wire.sha256 != digest:
+                raise ResponseValidationError(f"read {path}: sha256 mismatch, nothing was saved")
+        except BaseException:
+            sink.abort()
+            raise
+        sink.commit()
+        return size
 
-    @staticmethod
-    def _inline_content(wire: SyncReadResponse) -> bytes:
-        content = wire.content or ""
-        if wire.encoding == "base64":
-            try:
-                return base64.b64decode(content, validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise ResponseValidationError(f"content: invalid base64 ({exc})") from None
-        return content.encode("utf-8", "surrogatepass")
+    # -- writes ----------------------------------------------------------------------
 
-    def write(self, vm_id: str, path: str, data: bytes | bytearray | memoryview | str) -> None:
+    def write(
+        self,
+        vm_id: str,
+        path: str,
+        data: DataSource,
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> None:
         """Write ``data`` to ``path`` in the VM, replacing the file atomically.
 
-        Returns once the bytes are durably stored. ``str`` is encoded as UTF-8. Empty
-        files are allowed.
+        Returns once the bytes are durably stored and their sha256 checked by the
+        server. Paths and file objects are streamed, never read whole into memory.
+
+        Args:
+            vm_id: The VM.
+            path: Absolute path under ``/home/user/``.
+            data: ``bytes``; ``str`` (written as UTF-8 — it is content, not a file
+                name); a local path as `os.PathLike` (e.g. `pathlib.Path`); or a binary
+                file object, read from its current position. Empty files are allowed.
+            progress: Called with ``(bytes_done, bytes_total)`` as bytes are sent.
 
         Raises:
-            BadRequestError: ``path`` breaks the path rules (no request is made).
+            BadRequestError: ``path`` breaks the path rules or ``data`` is unreadable
+                (no request is made).
             PayloadTooLargeError: ``data`` exceeds 100 MiB (no request is made).
         """
         check_path(path)
-        payload = _as_bytes(data)
-        if len(payload) > MAX_FILE_BYTES:
+        source = open_source(data, MAX_FILE_BYTES)
+        if source.size > MAX_FILE_BYTES:
             raise PayloadTooLargeError(
                 "payload_too_large",
-                f"{len(payload)} bytes is over the {MAX_FILE_BYTES}-byte file limit",
+                f"data is over the {MAX_FILE_BYTES}-byte (100 MiB) file limit",
                 413,
             )
-        digest = hashlib.sha256(payload).hexdigest()
-        if len(payload) <= INLINE_WRITE_MAX:
-            self._write_inline(vm_id, path, payload, digest)
+        tracker = Tracker(source.size, progress)
+        if source.size <= INLINE_WRITE_MAX:
+            self._write_inline(vm_id, path, source, tracker)
         else:
-            self._write_presigned(vm_id, path, payload, digest)
+            self._write_presigned(vm_id, path, source, tracker)
 
-    def _write_inline(self, vm_id: str, path: str, payload: bytes, digest: str) -> None:
+    def _write_inline(self, vm_id: str, path: str, source: Source, tracker: Tracker) -> None:
+        payload = source.read_all()
         entry = ChunkEntry(
             path=path,
-            size=len(payload),
+            size=source.size,
             upload_id=new_ulid(),  # once per call: a retried chunk is the same chunk
             start=0,
-            end=len(payload),
+            end=source.size,
             content=base64.b64encode(payload).decode("ascii"),
-            sha256=digest,
+            sha256=source.sha256,
         )
-        result = self._write_one(vm_id, entry)
-        _require_written(result, f"write {path}")
+        _require_written(self._write_one(vm_id, entry), f"write {path}")
+        tracker.set(source.size)
 
-    def _write_presigned(self, vm_id: str, path: str, payload: bytes, digest: str) -> None:
-        grant = self._write_one(vm_id, PresignEntry(path=path, size=len(payload)))
-        if not grant.presigned_url or not grant.upload_id:
-            raise ResponseValidationError("presigned write: missing presigned_url or upload_id")
-        self._client.transfer(
-            "PUT",
-            grant.presigned_url,
-            data=lambda: payload,
-            consume=lambda response: None,
-            headers={"Content-Type": "application/octet-stream"},
-        )
-        commit = CommitEntry(path=path, size=len(payload), upload_id=grant.upload_id, sha256=digest)
+    def _write_presigned(self, vm_id: str, path: str, source: Source, tracker: Tracker) -> None:
+        upload_id = self._upload(vm_id, path, source, tracker)
+        commit = CommitEntry(path=path, size=source.size, upload_id=upload_id, sha256=source.sha256)
         _require_written(self._write_one(vm_id, commit), f"commit {path}")
+
+    def _upload(self, vm_id: str, path: str, source: Source, tracker: Tracker) -> str:
+        """PUT the bytes to a presigned URL; return the upload id to commit.
+
+        A URL that expired mid-transfer (403) is re-requested once, transparently.
+        """
+        for fresh_grant in (True, False):
+            grant = self._write_one(vm_id, PresignEntry(path=path, size=source.size))
+            if not grant.presigned_url or not grant.upload_id:
+                raise ResponseValidationError("presigned write: missing presigned_url or upload_id")
+            try:
+                self._put(grant.presigned_url, source, tracker)
+            except PermissionDeniedError:
+                if not fresh_grant:
+                    raise
+                continue
+            return grant.upload_id
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _put(self, url: str, source: Source, tracker: Tracker) -> None:
+        size = source.size
+
+        def prepare(attempt: int) -> tuple[Body, dict[str, str]]:
+            headers = {"Content-Type": "application/octet-stream"}
+            offset = 0 if attempt == 1 else _held_offset(self._client.head(url), size)
+            if offset:
+                headers["Content-Range"] = f"bytes {offset}-{size - 1}/{size}"
+            return source.reader(offset, tracker), headers
+
+        self._client.transfer("PUT", url, prepare=prepare, consume=lambda response: None)
 
     def _write_one(self, vm_id: str, entry: WriteEntry) -> WriteResult:
         """Send one write entry; its per-entry error raises inside the attempt, so a
@@ -164,10 +270,9 @@ class SyncResource(Resource):
                 raise ResponseValidationError(
                     f"SyncWriteResponse: expected 1 result, got {len(response.results)}", 200
                 )
-            result = response.results[0]
-            if result.error is not None:
-                code = result.error.code
-                raise error_for(code, result.error.message, status_for_code(code))
+            error = response.results[0].error
+            if error is not None:
+                raise error_for(error.code, error.message, status_for_code(error.code))
 
         response = self._client.call(
             "POST",
@@ -179,5 +284,17 @@ class SyncResource(Resource):
         return response.results[0]
 
 
-def _read_body(response: requests.Response) -> bytes:
-    return response.content
+def _drain(response: requests.Response, sink: Sink, tracker: Tracker) -> tuple[int, str]:
+    """Stream a download body into ``sink``; return its size and sha256."""
+    sink.restart()
+    digest = hashlib.sha256()
+    size = 0
+    if not tracker.total:
+        tracker.total = int(response.headers.get("Content-Length") or 0)
+    tracker.set(0)
+    for block in response.iter_content(CHUNK):
+        sink.write(block)
+        digest.update(block)
+        size += len(block)
+        tracker.add(len(block))
+    return size, digest.hexdigest()

@@ -1,0 +1,283 @@
+"""Byte sources for uploads and atomic sinks for downloads, never whole files in memory.
+
+An upload needs its size and sha256 before the first byte is sent (the protocol names
+both up front), and must be re-readable from any offset so a retry can resume. A
+`Source` gives exactly that for bytes, text, paths and binary file objects (a file that
+cannot seek is spooled to a temporary file once).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, BinaryIO, Union, cast
+
+from ._exceptions import ArkerError, BadRequestError
+
+__all__ = [
+    "CHUNK",
+    "DataSource",
+    "PathSink",
+    "ProgressCallback",
+    "Sink",
+    "Source",
+    "Tracker",
+    "open_source",
+]
+
+CHUNK = 1024 * 1024
+"""Read size for hashing and streaming: big enough for throughput, small for memory."""
+
+ProgressCallback = Callable[[int, int], None]
+"""Called with ``(bytes_done, bytes_total)``. ``bytes_done`` may go back when a
+transfer is retried from an earlier offset."""
+
+DataSource = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", IO[bytes]]
+"""What `SyncResource.write` accepts: bytes, text (UTF-8), a path, or a binary file."""
+
+
+class Tracker:
+    """Counts bytes for a progress callback."""
+
+    def __init__(self, total: int, callback: ProgressCallback | None) -> None:
+        self.total = total
+        self.done = 0
+        self._callback = callback
+
+    def set(self, done: int) -> None:
+        self.done = done
+        if self._callback is not None:
+            self._callback(done, self.total)
+
+    def add(self, n: int) -> None:
+        self.set(self.done + n)
+
+
+class Source:
+    """A sized, hashed, re-readable upload body.
+
+    Attributes:
+        size: Bytes in the body.
+        sha256: Hex digest of the body.
+    """
+
+    def __init__(self, opener: Callable[[], BinaryIO], start: int, size: int, sha256: str):
+        self._opener = opener
+        self._start = start
+        self.size = size
+        self.sha256 = sha256
+
+    def read_all(self) -> bytes:
+        """The whole body (used only for small, inline uploads)."""
+        with self._opener() as f:
+            f.seek(self._start)
+            return f.read(self.size)
+
+    def reader(self, offset: int, tracker: Tracker | None = None) -> _RangeReader:
+        """A file-like body from ``offset`` to the end, for a streamed PUT."""
+        return _RangeReader(self._opener, self._start + offset, self.size - offset, tracker)
+
+
+class _RangeReader(io.RawIOBase):
+    """Reads ``length`` bytes of a file from ``start``; ``len()`` lets requests send a
+    Content-Length instead of chunked encoding."""
+
+    def __init__(
+        self,
+        opener: Callable[[], BinaryIO],
+        start: int,
+        length: int,
+        tracker: Tracker | None,
+    ) -> None:
+        super().__init__()
+        self._file = opener()
+        self._file.seek(start)
+        self._left = length
+        self._length = length
+        self._tracker = tracker
+        if tracker is not None:
+            tracker.set(tracker.total - length)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self._left <= 0:
+            return b""
+        n = self._left if size is None or size < 0 else min(size, self._left)
+        data = self._file.read(n)
+        self._left -= len(data)
+        if self._tracker is not None and data:
+            self._tracker.add(len(data))
+        return data
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def _hash_stream(f: IO[bytes], limit: int) -> tuple[int, str]:
+    """Size and sha256 of what is left in ``f``, reading at most ``limit + 1`` bytes."""
+    digest = hashlib.sha256()
+    size = 0
+    while True:
+        block = f.read(CHUNK)
+        if not block:
+            return size, digest.hexdigest()
+        size += len(block)
+        if size > limit:
+            return size, ""
+        digest.update(block)
+
+
+def open_source(data: DataSource, limit: int) -> Source:
+    """Normalise what the user passed into a `Source`.
+
+    ``str`` is content, as in 0.1.0; a path must be an `os.PathLike` (e.g.
+    `pathlib.Path`). Sizes over ``limit`` are reported without reading further.
+
+    Raises:
+        BadRequestError: ``data`` is of an unsupported type or not readable.
+    """
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        blob = bytes(data)
+        return Source(lambda: io.BytesIO(blob), 0, len(blob), hashlib.sha256(blob).hexdigest())
+    if isinstance(data, os.PathLike):
+        path = Path(data)
+        try:
+            with path.open("rb") as f:
+                size, digest = _hash_stream(f, limit)
+        except OSError as exc:
+            raise BadRequestError("bad_request", f"cannot read {path}: {exc}", 400) from None
+        return Source(lambda: path.open("rb"), 0, size, digest)
+    if hasattr(data, "read"):
+        return _file_source(data, limit)
+    raise BadRequestError(
+        "bad_request",
+        f"data must be bytes, str, a path or a binary file, not {type(data).__name__}",
+        400,
+    )
+
+
+def _file_source(f: IO[bytes], limit: int) -> Source:
+    probe = f.read(0)
+    if not isinstance(probe, bytes):
+        raise BadRequestError("bad_request", "file objects must be opened in binary mode", 400)
+    try:
+        seekable = f.seekable()
+    except (AttributeError, ValueError):
+        seekable = False
+    if seekable:
+        start = f.tell()
+        size, digest = _hash_stream(f, limit)
+
+        def reopen() -> BinaryIO:
+            return cast(BinaryIO, _Unclosable(f))
+
+        return Source(reopen, start, size, digest)
+    # Not seekable (a pipe, a socket): spool once to disk so retries can re-read it.
+    spool = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the Source
+    digest_obj = hashlib.sha256()
+    size = 0
+    while block := f.read(CHUNK):
+        size += len(block)
+        if size > limit:
+            spool.close()
+            return Source(lambda: io.BytesIO(), 0, size, "")
+        digest_obj.update(block)
+        spool.write(block)
+    spool.flush()
+    return Source(lambda: cast(BinaryIO, _Unclosable(spool)), 0, size, digest_obj.hexdigest())
+
+
+class _Unclosable(io.RawIOBase):
+    """A view of the caller's file that never closes it (the caller owns it)."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        super().__init__()
+        self._f = f
+
+    def readable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._f.seek(offset, whence)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._f.read(size)
+
+    def close(self) -> None:
+        super().close()
+
+
+class Sink:
+    """Where a download goes. `restart` drops what an interrupted attempt wrote."""
+
+    def __init__(self, f: IO[bytes]) -> None:
+        self._f = f
+        self._start: int | None = None
+        self._dirty = False
+        try:
+            if f.seekable():
+                self._start = f.tell()
+        except (AttributeError, ValueError, OSError):
+            self._start = None
+
+    def restart(self) -> None:
+        if not self._dirty:
+            return
+        if self._start is None:
+            raise ArkerError(
+                "download_interrupted",
+                "the download broke after bytes were written to a file object that cannot "
+                "seek back; pass a path or a seekable file to let the SDK retry",
+                0,
+            )
+        self._f.seek(self._start)
+        self._f.truncate()
+        self._dirty = False
+
+    def write(self, block: bytes) -> None:
+        self._dirty = True
+        self._f.write(block)
+
+    def commit(self) -> None:
+        self._f.flush()
+
+    def abort(self) -> None:
+        pass
+
+
+class PathSink(Sink):
+    """A download to a temp file beside ``dest``, renamed over ``dest`` on success.
+
+    An interrupted download never leaves a truncated file under the final name.
+    """
+
+    def __init__(self, dest: os.PathLike[str] | str) -> None:
+        self.dest = Path(dest)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{self.dest.name}.", suffix=".part", dir=self.dest.parent
+        )
+        self._tmp = Path(tmp)
+        self._file = os.fdopen(fd, "w+b")
+        super().__init__(self._file)
+
+    def commit(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._tmp, self.dest)
+
+    def abort(self) -> None:
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
