@@ -1,0 +1,619 @@
+"""The sandbox engine facade used by ``arker serve``.
+
+Concurrency model: one global lock guards the VM table; each VM has a condition
+variable guarding its mount, its set of busy sessions, a count of in-flight
+operations (runs and file I/O) and an ``exclusive`` flag held by fork/delete. A VM's
+overlay is mounted once, on first use, and unmounted only by fork (non-empty
+upper), delete and close, so runs never pay for a mount. A separate ``_gc_lock``
+keeps layer garbage collection from racing forks that create not-yet-referenced
+layers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from . import files, mounts, runner
+from .baseimage import (
+    DEBIAN_BASE,
+    HOST_BASE,
+    VM_HOME,
+    build_host_skeleton,
+    default_debian_rootfs,
+    host_binds,
+)
+from .errors import SandboxError, SandboxUnavailable
+from .layers import FLATTEN_THRESHOLD, LayerStore, VmMeta, check_vm_id
+from .probe import find_bwrap
+from .probe import probe as _probe
+
+__all__ = ["Engine", "Limits", "RunOutcome", "enter_private_mount_namespace"]
+
+enter_private_mount_namespace = mounts.enter_private_mount_namespace
+
+_SESSION_SAFE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
+# MAX_ARG_STRLEN is 128 KiB per argv string; the command travels as one.
+_MAX_COMMAND = 128 * 1024 - 1
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits applied per VM and per command.
+
+    Attributes:
+        max_output_bytes: Cap per stream; the rest is drained and discarded.
+        default_timeout_s: Timeout when the caller gives none.
+        max_timeout_s: Upper bound for any timeout.
+        pids_max: cgroup v1 ``pids.max`` per VM (RLIMIT_NPROC fallback).
+        memory_max_bytes: cgroup v1 memory limit per VM (RLIMIT_AS fallback).
+        max_file_bytes: Largest file ``write_file`` accepts (extension).
+    """
+
+    max_output_bytes: int = 4 * 1024 * 1024
+    default_timeout_s: float = 600.0
+    max_timeout_s: float = 3600.0
+    pids_max: int = 256
+    memory_max_bytes: int = 1 << 30
+    max_file_bytes: int = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """Result of one command."""
+
+    stdout: bytes
+    stderr: bytes
+    exit_code: int
+    duration_ms: float
+    cwd: str
+    timed_out: bool
+    stdout_truncated: bool
+    stderr_truncated: bool
+
+
+@dataclass(eq=False)
+class _Vm:
+    meta: VmMeta
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    root_fd: int | None = None
+    active: int = 0
+    exclusive: bool = False
+    deleted: bool = False
+    sessions: set[str] = field(default_factory=set)
+    cgroup: runner.VmCgroup | None = None
+
+
+def _session_name(session: str) -> str:
+    if not isinstance(session, str) or len(session) > 256 or "\0" in session or not session:
+        raise SandboxError("bad_request", "invalid session id")
+    if _SESSION_SAFE.match(session):
+        return session
+    return "h-" + hashlib.sha256(session.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+class Engine:
+    """Forkable Linux VMs: bubblewrap sandboxes over overlayfs layer chains.
+
+    Args:
+        data_dir: Directory for all engine state (made 0700).
+        network: Give commands the host network namespace (``--share-net``).
+        sandbox_uid: Unprivileged host uid/gid the VM user (uid 1000 inside) maps to.
+        limits: Resource limits.
+        base: ``"host"`` (zero-download skeleton + host ``/usr``) or ``"debian"`` (the
+            rootfs built by ``build_debian_rootfs(default_debian_rootfs(data_dir))``).
+        busy_wait_s: How long fork/delete wait for running commands before ``vm_busy``.
+
+    Raises:
+        SandboxUnavailable: bwrap missing, debian rootfs absent, or the data dir is in
+            use by another engine.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        network: bool = True,
+        sandbox_uid: int = 60999,
+        limits: Limits = Limits(),
+        base: str = HOST_BASE,
+        busy_wait_s: float = 5.0,
+    ) -> None:
+        if base not in (HOST_BASE, DEBIAN_BASE):
+            raise ValueError(f"unknown base {base!r}")
+        if sandbox_uid <= 0:
+            raise ValueError("sandbox_uid must be an unprivileged uid")
+        bwrap = find_bwrap()
+        if bwrap is None:
+            raise SandboxUnavailable(
+                "bubblewrap (bwrap) not found: install it: apt-get install -y bubblewrap"
+            )
+        self._bwrap = bwrap
+        self.data_dir = Path(data_dir)
+        self.network = network
+        self.sandbox_uid = sandbox_uid
+        self.limits = limits
+        self.base = base
+        self.busy_wait_s = busy_wait_s
+        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.data_dir, 0o700)  # setuid files in layers must be unreachable
+        self._root = self.data_dir / "engine"
+        self._root.mkdir(mode=0o700, exist_ok=True)
+        self._lock_fd = os.open(self._root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self._lock_fd)
+            raise SandboxUnavailable(
+                f"data dir {self.data_dir} is used by another running engine: stop it first"
+            ) from None
+        self._tag = hashlib.sha256(str(self._root.resolve()).encode()).hexdigest()[:8]
+        self._lock = threading.RLock()
+        self._gc_lock = threading.Lock()
+        self._vms: dict[str, _Vm] = {}
+        self._procs: set[subprocess.Popen[bytes]] = set()
+        self._closed = False
+        self._base_dirs = {
+            HOST_BASE: self._root / "base" / HOST_BASE,
+            DEBIAN_BASE: default_debian_rootfs(self.data_dir),
+        }
+        self._mnt = self._mount_root()
+        try:
+            self._store = LayerStore(self._root)
+            # Mounts left by a previous engine that died in the host namespace.
+            for stale in mounts.mounts_under(str(self._mnt)):
+                with contextlib.suppress(OSError):
+                    mounts.umount(stale)
+            mounts.make_private_bind(str(self._mnt))
+            self._base_dir(base)  # build / check the default base now
+            self._store.clean_temp()
+            for vm_id, meta in self._store.load_all().items():
+                self._vms[vm_id] = _Vm(meta)
+            self._collect_layers()
+        except BaseException:
+            os.close(self._lock_fd)
+            raise
+
+    # -- public API ----------------------------------------------------------------------
+
+    @staticmethod
+    def probe(data_dir: Path) -> None:
+        """Check that this host can run the sandbox.
+
+        Raises:
+            SandboxUnavailable: One line naming the cause and the fix.
+        """
+        _probe(data_dir)
+
+    @staticmethod
+    def enter_private_mount_namespace() -> None:
+        """See :func:`arker.local.sandbox.mounts.enter_private_mount_namespace`."""
+        mounts.enter_private_mount_namespace()
+
+    def ensure_base(self, vm_id: str) -> None:
+        """Make sure the public base image VM ``vm_id`` exists (idempotent)."""
+        check_vm_id(vm_id)
+        self._check_open()
+        with self._gc_lock, self._lock:
+            if vm_id in self._vms:
+                return
+            self._base_dir(self.base)
+            meta = VmMeta(vm_id, self.base, [], self._store.new_upper(), is_base=True)
+            self._store.save_meta(meta)
+            self._vms[vm_id] = _Vm(meta)
+
+    def exists(self, vm_id: str) -> bool:
+        """Whether the engine has a VM with this id."""
+        with self._lock:
+            return vm_id in self._vms
+
+    def vm_ids(self) -> set[str]:
+        """Ids of every VM the engine holds."""
+        with self._lock:
+            return set(self._vms)
+
+    def fork(self, parent_id: str, child_id: str) -> None:
+        """Create ``child_id`` as a copy-on-write copy of ``parent_id``.
+
+        Constant time: the parent's upper is frozen into a shared read-only layer and
+        both get a new empty upper (no data moves; an empty upper is not even
+        frozen). Chains past the flatten threshold are merged by hard-linking.
+
+        Raises:
+            SandboxError: ``not_found``, ``bad_request`` (child exists / bad id),
+                ``vm_busy`` (parent kept running commands past ``busy_wait_s``).
+        """
+        check_vm_id(child_id)
+        self._check_open()
+        parent = self._get(parent_id)
+        with self._lock:
+            if child_id in self._vms:
+                raise SandboxError("bad_request", f"vm already exists: {child_id}")
+        self._acquire_exclusive(parent)
+        try:
+            with self._gc_lock:
+                with self._lock:
+                    if child_id in self._vms:
+                        raise SandboxError("bad_request", f"vm already exists: {child_id}")
+                meta = parent.meta
+                if self._store.is_empty(meta.upper):
+                    # Nothing to freeze: the child shares exactly the parent's lowers
+                    # and the parent keeps its (still empty) upper and its mount.
+                    child = VmMeta(child_id, meta.base, list(meta.layers), self._store.new_upper())
+                    self._store.save_meta(child)
+                else:
+                    self._unmount(parent)
+                    frozen = [*meta.layers, meta.upper]
+                    if len(frozen) > FLATTEN_THRESHOLD:
+                        frozen = [self._store.flatten(frozen, self._base_dir(meta.base))]
+                    child = VmMeta(child_id, meta.base, list(frozen), self._store.new_upper())
+                    new_parent = VmMeta(
+                        meta.vm_id, meta.base, list(frozen), self._store.new_upper(), meta.is_base
+                    )
+                    # Order from LOCAL-SANDBOX.md: child's metadata durable in a temp
+                    # file, parent's replaced (commit point), then the child's renamed in.
+                    ctmp = self._store.write_meta_tmp(child)
+                    self._store.save_meta(new_parent)
+                    parent.meta = new_parent
+                    self._store.commit_meta(ctmp, child_id)
+                with self._lock:
+                    self._vms[child_id] = _Vm(child)
+        finally:
+            self._release_exclusive(parent)
+
+    def delete(self, vm_id: str) -> None:
+        """Delete a VM; its forks keep working and shared layers stay.
+
+        Raises:
+            SandboxError: ``not_found`` or ``vm_busy``.
+        """
+        self._check_open()
+        vm = self._get(vm_id)
+        self._acquire_exclusive(vm)
+        try:
+            self._unmount(vm)
+            self._store.remove_meta(vm_id)
+            with self._lock:
+                self._vms.pop(vm_id, None)
+            vm.deleted = True
+            if vm.cgroup is not None:
+                vm.cgroup.remove()
+        finally:
+            self._release_exclusive(vm)
+        self._collect_layers()
+
+    def run(self, vm_id: str, command: str, *, session: str, timeout: float | None) -> RunOutcome:
+        """Run ``/bin/sh -c command`` as the VM user in session ``session``.
+
+        Raises:
+            SandboxError: ``not_found``, ``vm_busy`` (session busy), ``bad_request``.
+        """
+        self._check_open()
+        name = _session_name(session)
+        if "\0" in command:
+            raise SandboxError("bad_request", "command contains a NUL byte")
+        if len(command.encode("utf-8", "surrogateescape")) > _MAX_COMMAND:
+            raise SandboxError("payload_too_large", "command longer than 128 KiB")
+        limit = self.limits.default_timeout_s if timeout is None else float(timeout)
+        if not limit > 0:
+            raise SandboxError("bad_request", "timeout must be positive")
+        limit = min(limit, self.limits.max_timeout_s)
+        vm = self._get(vm_id)
+        with vm.cond:
+            if name in vm.sessions:
+                raise SandboxError("vm_busy", f"session {session!r} is busy")
+            vm.sessions.add(name)
+        try:
+            root_fd = self._enter(vm)
+            try:
+                return self._run_in(vm, root_fd, name, command, limit)
+            finally:
+                self._leave(vm)
+        finally:
+            with vm.cond:
+                vm.sessions.discard(name)
+                vm.cond.notify_all()
+
+    def open_read(self, vm_id: str, path: str) -> tuple[BinaryIO, int]:
+        """Open a regular file of the VM for reading, resolved inside the VM.
+
+        Returns:
+            ``(file object at offset 0, size)``; the caller closes it.
+
+        Raises:
+            SandboxError: ``not_found`` (``file not found: <path>``), ``bad_request``.
+        """
+        self._check_open()
+        vm = self._get(vm_id)
+        root_fd = self._enter(vm)
+        try:
+            return files.open_read(root_fd, path)
+        finally:
+            self._leave(vm)
+
+    def write_file(
+        self, vm_id: str, path: str, src: BinaryIO, size: int, mode: int = 0o644
+    ) -> None:
+        """Atomically write ``size`` bytes from ``src`` to ``path`` inside the VM.
+
+        Raises:
+            SandboxError: ``not_found``, ``payload_too_large``, ``bad_request``.
+        """
+        self._check_open()
+        if size < 0:
+            raise SandboxError("bad_request", "negative size")
+        if size > self.limits.max_file_bytes:
+            raise SandboxError(
+                "payload_too_large", f"file larger than {self.limits.max_file_bytes} bytes"
+            )
+        vm = self._get(vm_id)
+        root_fd = self._enter(vm)
+        try:
+            files.write_atomic(root_fd, path, src, size, mode, self.sandbox_uid, self.sandbox_uid)
+        finally:
+            self._leave(vm)
+
+    def gc(self, live_vm_ids: set[str]) -> None:
+        """Delete VMs not in ``live_vm_ids`` (base VMs excepted) and unused layers."""
+        self._check_open()
+        with self._lock:
+            doomed = [
+                v for v, vm in self._vms.items() if v not in live_vm_ids and not vm.meta.is_base
+            ]
+        for vm_id in doomed:
+            with contextlib.suppress(SandboxError):
+                self.delete(vm_id)
+        with self._gc_lock:
+            self._store.clean_temp()
+        self._collect_layers()
+
+    def close(self) -> None:
+        """Kill running commands, unmount every overlay and release the data dir."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            procs = list(self._procs)
+            vms = list(self._vms.values())
+        for proc in procs:
+            with contextlib.suppress(OSError):
+                proc.kill()
+        deadline = time.monotonic() + 15.0
+        for vm in vms:
+            with vm.cond:
+                while vm.active and time.monotonic() < deadline:
+                    vm.cond.wait(timeout=0.1)
+                vm.exclusive = True
+                self._unmount(vm)
+                if vm.cgroup is not None:
+                    vm.cgroup.remove()
+                    vm.cgroup = None
+        for stale in mounts.mounts_under(str(self._mnt)):
+            with contextlib.suppress(OSError):
+                mounts.umount(stale)
+        with contextlib.suppress(OSError):
+            mounts.umount(str(self._mnt))
+        self._store.close()
+        with contextlib.suppress(OSError):
+            os.close(self._lock_fd)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _mount_root(self) -> Path:
+        """Directory holding the VMs' mount points.
+
+        bwrap resolves its ``--bind-fd`` source by path as the sandbox uid, so the
+        mount points cannot live inside the 0700 data dir. They live under ``/run``
+        in a directory owned by the sandbox uid with mode 0700: reachable by root and
+        the sandbox uid only (and the mounts are nosuid,nodev).
+        """
+        top = Path("/run/arker-sandbox")
+        if not Path("/run").is_dir():
+            top = self._root.parent.parent / ".arker-sandbox-mnt"
+        top.mkdir(mode=0o711, parents=True, exist_ok=True)
+        os.chmod(top, 0o711)
+        mnt = top / self._tag
+        mnt.mkdir(mode=0o700, exist_ok=True)
+        os.chown(mnt, self.sandbox_uid, self.sandbox_uid)
+        os.chmod(mnt, 0o700)
+        return mnt
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SandboxError("internal", "sandbox engine is closed")
+
+    def _get(self, vm_id: str) -> _Vm:
+        with self._lock:
+            vm = self._vms.get(vm_id) if isinstance(vm_id, str) else None
+        if vm is None:
+            raise SandboxError("not_found", f"vm not found: {vm_id}")
+        return vm
+
+    def _base_dir(self, name: str) -> Path:
+        path = self._base_dirs.get(name)
+        if path is None:
+            raise SandboxError("internal", f"unknown base image {name!r}")
+        if name == HOST_BASE and not path.is_dir():
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            build_host_skeleton(path, self.sandbox_uid)
+        if not path.is_dir():
+            raise SandboxUnavailable(
+                f"base image {name!r} not found at {path}: build it with "
+                "arker.local.sandbox.build_debian_rootfs(default_debian_rootfs(data_dir))"
+            )
+        return path
+
+    def _enter(self, vm: _Vm) -> int:
+        """Wait out fork/delete, mount if needed, count one in-flight operation."""
+        with vm.cond:
+            while vm.exclusive:
+                vm.cond.wait()
+            if vm.deleted:
+                raise SandboxError("not_found", f"vm not found: {vm.meta.vm_id}")
+            self._check_open()
+            if vm.root_fd is None:
+                self._mount(vm)
+            vm.active += 1
+            assert vm.root_fd is not None
+            return vm.root_fd
+
+    def _leave(self, vm: _Vm) -> None:
+        with vm.cond:
+            vm.active -= 1
+            vm.cond.notify_all()
+
+    def _acquire_exclusive(self, vm: _Vm) -> None:
+        deadline = time.monotonic() + self.busy_wait_s
+        with vm.cond:
+            while vm.exclusive:
+                vm.cond.wait()
+            if vm.deleted:
+                raise SandboxError("not_found", f"vm not found: {vm.meta.vm_id}")
+            vm.exclusive = True
+            while vm.active:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    vm.exclusive = False
+                    vm.cond.notify_all()
+                    raise SandboxError(
+                        "vm_busy", f"vm {vm.meta.vm_id} is running commands; try again"
+                    )
+                vm.cond.wait(timeout=left)
+
+    def _release_exclusive(self, vm: _Vm) -> None:
+        with vm.cond:
+            vm.exclusive = False
+            vm.cond.notify_all()
+
+    def _mount(self, vm: _Vm) -> None:
+        """Mount the VM's overlay (caller holds ``vm.cond``)."""
+        meta = vm.meta
+        target = self._mnt / meta.vm_id
+        target.mkdir(mode=0o700, exist_ok=True)
+        work = self._store.work_path(meta.upper)
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(mode=0o700)
+        lowers = [self._store.layer_ref(x) for x in reversed(meta.layers)]
+        lowers.append(str(self._base_dir(meta.base)))
+        try:
+            mounts.mount_overlay(str(target), lowers, self._store.layer_ref(meta.upper), str(work))
+        except OSError as exc:
+            raise SandboxError("internal", f"cannot mount vm {meta.vm_id}: {exc}") from None
+        vm.root_fd = os.open(target, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def _unmount(self, vm: _Vm) -> None:
+        if vm.root_fd is None:
+            return
+        os.close(vm.root_fd)
+        vm.root_fd = None
+        target = self._mnt / vm.meta.vm_id
+        try:
+            mounts.umount(str(target))
+        except OSError as exc:
+            raise SandboxError("internal", f"cannot unmount vm {vm.meta.vm_id}: {exc}") from None
+        shutil.rmtree(self._store.work_path(vm.meta.upper), ignore_errors=True)
+        with contextlib.suppress(OSError):
+            target.rmdir()
+
+    def _collect_layers(self) -> None:
+        """Remove layers and work dirs that no VM references."""
+        with self._gc_lock:
+            with self._lock:
+                used: set[str] = set()
+                uppers: set[str] = set()
+                for vm in self._vms.values():
+                    used.update(vm.meta.layers)
+                    used.add(vm.meta.upper)
+                    uppers.add(vm.meta.upper)
+            for lid in self._store.layer_ids_on_disk() - used:
+                self._store.remove_layer(lid)
+            for name in os.listdir(self._store.work_dir):
+                if name not in uppers:
+                    shutil.rmtree(self._store.work_dir / name, ignore_errors=True)
+
+    def _register(
+        self, done: subprocess.Popen[bytes] | None, proc: subprocess.Popen[bytes]
+    ) -> None:
+        with self._lock:
+            if done is not None:
+                self._procs.discard(done)
+            else:
+                self._procs.add(proc)
+                if self._closed:
+                    proc.kill()
+
+    def _run_in(self, vm: _Vm, root_fd: int, name: str, command: str, limit: float) -> RunOutcome:
+        with vm.cond:
+            if vm.cgroup is None:
+                vm.cgroup = runner.VmCgroup(
+                    self._tag,
+                    vm.meta.vm_id,
+                    self.sandbox_uid,
+                    self.limits.pids_max,
+                    self.limits.memory_max_bytes,
+                )
+            cgroup = vm.cgroup
+        state = runner.session_state_path(name)
+        info_r, info_w = os.pipe()
+        ro_binds = host_binds() if vm.meta.base == HOST_BASE else []
+        argv = runner.spawn_prefix(
+            cgroup, self.limits.pids_max, self.limits.memory_max_bytes
+        ) + runner.bwrap_argv(
+            bwrap=self._bwrap,
+            root_fd=root_fd,
+            ro_binds=ro_binds,
+            network=self.network,
+            info_fd=info_w,
+            command=command,
+            state_path=state,
+        )
+        start = time.monotonic()
+        try:
+            raw = runner.run_bwrap(
+                argv,
+                uid=self.sandbox_uid,
+                pass_fds=(root_fd, info_w),
+                info_w=info_w,
+                info_r=info_r,
+                timeout=limit,
+                max_output=self.limits.max_output_bytes,
+                register=self._register,
+            )
+        except OSError as exc:
+            raise SandboxError("internal", f"cannot start sandbox: {exc}") from None
+        duration_ms = (time.monotonic() - start) * 1000.0
+        if raw.returncode == 125 and b"arker-spawn" in raw.stderr[:500]:
+            raise SandboxError("internal", "cannot place the command in the VM's cgroups")
+        saved = files.read_small(root_fd, state, 1 << 20)
+        cwd = (runner.parse_state_cwd(saved) if saved is not None else None) or VM_HOME
+        code = raw.returncode
+        if raw.timed_out:
+            code = 124
+        elif code < 0:
+            code = 128 - code  # killed by a signal (engine closing)
+        return RunOutcome(
+            stdout=raw.stdout,
+            stderr=raw.stderr,
+            exit_code=code,
+            duration_ms=duration_ms,
+            cwd=cwd,
+            timed_out=raw.timed_out,
+            stdout_truncated=raw.stdout_truncated,
+            stderr_truncated=raw.stderr_truncated,
+        )

@@ -1,0 +1,224 @@
+"""Host-side file I/O confined to a VM's merged root with ``openat2``.
+
+A VM controls every symlink in its tree, so no path from a VM may ever be resolved
+by the host's normal path walk (``/home/user/pw -> /etc/passwd`` would read the
+host's file). Every lookup here starts from an ``O_PATH`` handle on the VM's merged
+overlay root and uses ``RESOLVE_IN_ROOT`` (absolute links and ``..`` stay inside),
+``RESOLVE_NO_MAGICLINKS`` (no ``/proc/self/fd`` tricks) and ``RESOLVE_NO_XDEV`` (never
+leave the overlay mount).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import secrets
+import stat
+from typing import BinaryIO
+
+from .errors import SandboxError
+
+__all__ = ["open_read", "read_small", "write_atomic"]
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+# openat2 has the same number on every architecture (new-style syscall table).
+_SYS_OPENAT2 = 437
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_IN_ROOT = 0x10
+_RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV
+_CHUNK = 1 << 20
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [
+        ("flags", ctypes.c_uint64),
+        ("mode", ctypes.c_uint64),
+        ("resolve", ctypes.c_uint64),
+    ]
+
+
+def openat2(root_fd: int, path: str, flags: int, mode: int = 0) -> int:
+    """Open ``path`` relative to ``root_fd`` treating it as ``/`` (RESOLVE_IN_ROOT).
+
+    Raises:
+        OSError: With the kernel's errno (ENOENT, ELOOP, EXDEV, ...).
+    """
+    rel = path.lstrip("/") or "."
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, _RESOLVE)
+    raw = rel.encode("utf-8", "surrogateescape")
+    for _ in range(16):
+        fd = _libc.syscall(
+            ctypes.c_long(_SYS_OPENAT2),
+            ctypes.c_int(root_fd),
+            ctypes.c_char_p(raw),
+            ctypes.byref(how),
+            ctypes.c_size_t(ctypes.sizeof(how)),
+        )
+        if fd >= 0:
+            return int(fd)
+        err = ctypes.get_errno()
+        # EAGAIN: a concurrent rename raced the RESOLVE_IN_ROOT walk; retrying is safe.
+        if err not in (errno.EAGAIN, errno.EINTR):
+            raise OSError(err, os.strerror(err), path)
+    raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN), path)
+
+
+def _not_found(path: str) -> SandboxError:
+    return SandboxError("not_found", f"file not found: {path}")
+
+
+def open_read(root_fd: int, path: str) -> tuple[BinaryIO, int]:
+    """Open a regular file inside the VM for reading.
+
+    Returns:
+        The file object (positioned at 0) and its size.
+
+    Raises:
+        SandboxError: ``not_found`` or ``bad_request`` (not a regular file).
+    """
+    try:
+        # O_NONBLOCK: opening a FIFO must not hang the server thread.
+        fd = openat2(root_fd, path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EXDEV):
+            raise _not_found(path) from None
+        if exc.errno == errno.ELOOP:
+            raise SandboxError("bad_request", f"too many symbolic links: {path}") from None
+        raise SandboxError("internal", f"cannot open {path}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise SandboxError("bad_request", f"path is a directory: {path}")
+        if not stat.S_ISREG(st.st_mode):
+            raise SandboxError("bad_request", f"not a regular file: {path}")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb"), st.st_size
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_small(root_fd: int, path: str, limit: int) -> bytes | None:
+    """Read at most ``limit`` bytes of a regular file inside the VM, or None if absent."""
+    try:
+        fh, _ = open_read(root_fd, path)
+    except SandboxError:
+        return None
+    with fh:
+        return fh.read(limit)
+
+
+def _open_dir(root_fd: int, path: str, flags: int = os.O_PATH) -> int:
+    return openat2(root_fd, path, flags | os.O_DIRECTORY)
+
+
+def _ensure_dirs(root_fd: int, parts: list[str], uid: int, gid: int) -> int:
+    """Open (creating as needed, owned by ``uid``) the directory ``/parts...``.
+
+    Each level is re-resolved from the VM root, so a component that is a symlink is
+    followed inside the VM, never on the host.
+    """
+    parent = os.dup(root_fd)
+    try:
+        for i, name in enumerate(parts):
+            sub = "/".join(parts[: i + 1])
+            try:
+                fd = _open_dir(root_fd, sub)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                try:
+                    os.mkdir(name, 0o755, dir_fd=parent)
+                    os.chown(name, uid, gid, dir_fd=parent, follow_symlinks=False)
+                except FileExistsError:
+                    pass  # raced with the VM or another writer; re-resolve below
+                fd = _open_dir(root_fd, sub)
+            os.close(parent)
+            parent = fd
+        return parent
+    except BaseException:
+        os.close(parent)
+        raise
+
+
+def write_atomic(
+    root_fd: int, path: str, src: BinaryIO, size: int, mode: int, uid: int, gid: int
+) -> None:
+    """Stream ``size`` bytes from ``src`` into ``path`` inside the VM, atomically.
+
+    The bytes go to a temp file in the target directory, are fsynced, and the temp
+    file is renamed over the target (``renameat`` never follows a symlink at the
+    target, it replaces the link). Parent directories are created owned by ``uid``.
+
+    Raises:
+        SandboxError: ``bad_request`` (target is a directory, parent not a directory,
+            short body), ``internal`` otherwise.
+    """
+    parts = [p for p in path.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise SandboxError("bad_request", f"invalid path: {path}")
+    name = parts[-1]
+    try:
+        dir_fd = _ensure_dirs(root_fd, parts[:-1], uid, gid)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+            raise SandboxError("bad_request", f"parent is not a directory: {path}") from None
+        if exc.errno in (errno.EXDEV, errno.ELOOP):
+            raise SandboxError("bad_request", f"cannot resolve parent of {path}") from None
+        raise SandboxError("internal", f"cannot create parents of {path}: {exc}") from None
+    try:
+        # A real (non-O_PATH) handle so the directory itself can be fsynced.
+        real_dir = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+    tmp = f".arker-tmp-{secrets.token_hex(8)}"
+    try:
+        try:
+            st = os.stat(name, dir_fd=real_dir, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                raise SandboxError("bad_request", f"path is a directory: {path}")
+        except FileNotFoundError:
+            pass
+        fd = os.open(
+            tmp,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=real_dir,
+        )
+        try:
+            remaining = size
+            while remaining > 0:
+                chunk = src.read(min(_CHUNK, remaining))
+                if not chunk:
+                    raise SandboxError(
+                        "bad_request", f"body shorter than size ({size - remaining} < {size})"
+                    )
+                view = memoryview(chunk)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                remaining -= len(chunk)
+            os.fchown(fd, uid, gid)
+            # Never hand the VM a setuid/setgid file from the host side.
+            os.fchmod(fd, mode & 0o1777)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.rename(tmp, name, src_dir_fd=real_dir, dst_dir_fd=real_dir)
+        except IsADirectoryError:
+            raise SandboxError("bad_request", f"path is a directory: {path}") from None
+        tmp = ""
+        os.fsync(real_dir)
+    except OSError as exc:
+        raise SandboxError("internal", f"cannot write {path}: {exc.strerror}") from None
+    finally:
+        if tmp:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=real_dir)
+        os.close(real_dir)

@@ -1,0 +1,356 @@
+"""Layer store: frozen layers, per-VM chain metadata, fork, flatten and GC.
+
+On-disk layout under ``<data_dir>/engine``::
+
+    layers/<id>/      a layer: either a VM's live upper dir or a frozen (read-only) one
+    layers/tmp-<id>/  a flatten in progress (removed by GC after a crash)
+    work/<upper id>/  overlay work dir of a mounted upper
+    vms/<vm>.json     chain metadata: base name, frozen layer ids (bottom first), upper id
+
+A VM's lower stack is ``layers`` (top first) then its base. Freezing an upper is pure
+metadata: the same directory is referenced as a lower from then on, so a fork moves
+no data. Layer ids are 8 hex digits so overlay option strings stay short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import re
+import secrets
+import shutil
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import SandboxError
+
+__all__ = ["FLATTEN_THRESHOLD", "LayerStore", "VmMeta", "check_vm_id", "merge_layers"]
+
+FLATTEN_THRESHOLD = 32
+_VM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+_LAYER_ID = re.compile(r"^[0-9a-f]{8}$")
+_OPAQUE = "user.overlay.opaque"
+
+
+def check_vm_id(vm_id: str) -> None:
+    """Reject ids that could not be used safely as file names."""
+    if not isinstance(vm_id, str) or not _VM_ID.match(vm_id):
+        raise SandboxError("bad_request", f"invalid vm id: {vm_id!r}")
+
+
+@dataclass
+class VmMeta:
+    """Chain metadata of one VM.
+
+    Attributes:
+        vm_id: The VM id.
+        base: Base image name (``host`` or ``debian``).
+        layers: Frozen layer ids, bottom first.
+        upper: Id of the VM's private writable upper.
+        is_base: True for a public base image VM (never garbage-collected).
+    """
+
+    vm_id: str
+    base: str
+    layers: list[str] = field(default_factory=list)
+    upper: str = ""
+    is_base: bool = False
+
+    def to_json(self) -> bytes:
+        """Serialize for the metadata file."""
+        return json.dumps(
+            {
+                "v": 1,
+                "vm_id": self.vm_id,
+                "base": self.base,
+                "layers": self.layers,
+                "upper": self.upper,
+                "is_base": self.is_base,
+            }
+        ).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> VmMeta:
+        """Parse a metadata file."""
+        d = json.loads(raw)
+        return cls(
+            vm_id=str(d["vm_id"]),
+            base=str(d["base"]),
+            layers=[str(x) for x in d["layers"]],
+            upper=str(d["upper"]),
+            is_base=bool(d.get("is_base", False)),
+        )
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LayerStore:
+    """Directories and metadata files of the engine; no locking (the engine locks).
+
+    Args:
+        root: ``<data_dir>/engine``.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.layers_dir = root / "layers"
+        self.work_dir = root / "work"
+        self.vms_dir = root / "vms"
+        for d in (self.layers_dir, self.work_dir, self.vms_dir):
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Mount options name layers as /proc/self/fd/<fd>/<id>: short whatever the
+        # data dir's path length, so deep chains fit the 4 KiB option page.
+        self._layers_fd = os.open(self.layers_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        """Release the directory handle."""
+        with contextlib.suppress(OSError):
+            os.close(self._layers_fd)
+
+    # -- layers ------------------------------------------------------------------------
+
+    def layer_path(self, layer_id: str) -> Path:
+        """Host path of a layer directory."""
+        return self.layers_dir / layer_id
+
+    def layer_ref(self, layer_id: str) -> str:
+        """Short path naming a layer for overlay mount options."""
+        return f"/proc/self/fd/{self._layers_fd}/{layer_id}"
+
+    def work_path(self, upper_id: str) -> Path:
+        """Overlay work dir used while ``upper_id`` is mounted."""
+        return self.work_dir / upper_id
+
+    def new_upper(self) -> str:
+        """Create an empty upper owned by root (it becomes the VM's ``/``)."""
+        while True:
+            lid = secrets.token_hex(4)
+            try:
+                os.mkdir(self.layers_dir / lid, 0o755)
+            except FileExistsError:
+                continue
+            os.chmod(self.layers_dir / lid, 0o755)  # umask-proof
+            return lid
+
+    def is_empty(self, layer_id: str) -> bool:
+        """True when a layer holds no entries at all."""
+        with os.scandir(self.layers_dir / layer_id) as it:
+            return next(it, None) is None
+
+    def remove_layer(self, layer_id: str) -> None:
+        """Delete a layer directory (and its work dir)."""
+        shutil.rmtree(self.layers_dir / layer_id, ignore_errors=True)
+        shutil.rmtree(self.work_dir / layer_id, ignore_errors=True)
+
+    def layer_ids_on_disk(self) -> set[str]:
+        """Every complete layer directory present."""
+        return {n for n in os.listdir(self.layers_dir) if _LAYER_ID.match(n)}
+
+    def flatten(self, layer_ids_bottom_first: list[str], base_dir: Path | None) -> str:
+        """Merge frozen layers into one new frozen layer, hard-linking file data.
+
+        Args:
+            layer_ids_bottom_first: Layers to merge (all immutable).
+            base_dir: The base layer that stays below the merged one (whiteouts are
+                kept only where they hide something in it).
+
+        Returns:
+            The id of the new layer (complete and durable on return).
+        """
+        lid = secrets.token_hex(4)
+        while (self.layers_dir / lid).exists():
+            lid = secrets.token_hex(4)
+        tmp = self.layers_dir / f"tmp-{lid}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.mkdir(tmp, 0o755)
+        srcs = [self.layers_dir / x for x in reversed(layer_ids_bottom_first)]
+        merge_layers(srcs, base_dir, tmp)
+        os.rename(tmp, self.layers_dir / lid)
+        _fsync_dir(self.layers_dir)
+        return lid
+
+    # -- metadata ----------------------------------------------------------------------
+
+    def meta_path(self, vm_id: str) -> Path:
+        """Metadata file of a VM."""
+        return self.vms_dir / f"{vm_id}.json"
+
+    def write_meta_tmp(self, meta: VmMeta) -> Path:
+        """Write metadata to a durable temp file; rename it with :meth:`commit_meta`."""
+        tmp = self.vms_dir / f".{meta.vm_id}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, meta.to_json())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return tmp
+
+    def commit_meta(self, tmp: Path, vm_id: str) -> None:
+        """Atomically put a temp metadata file in place (the commit point)."""
+        os.rename(tmp, self.meta_path(vm_id))
+        _fsync_dir(self.vms_dir)
+
+    def save_meta(self, meta: VmMeta) -> None:
+        """Write and commit metadata atomically."""
+        self.commit_meta(self.write_meta_tmp(meta), meta.vm_id)
+
+    def remove_meta(self, vm_id: str) -> None:
+        """Forget a VM durably."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.meta_path(vm_id))
+        _fsync_dir(self.vms_dir)
+
+    def load_all(self) -> dict[str, VmMeta]:
+        """Read every committed VM metadata file."""
+        out: dict[str, VmMeta] = {}
+        for name in os.listdir(self.vms_dir):
+            if not name.endswith(".json") or name.startswith("."):
+                continue
+            try:
+                meta = VmMeta.from_json((self.vms_dir / name).read_bytes())
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # unreadable metadata is treated as absent
+            out[meta.vm_id] = meta
+        return out
+
+    def clean_temp(self) -> None:
+        """Remove leftovers of interrupted forks/flattens (startup or GC only)."""
+        for name in os.listdir(self.vms_dir):
+            if name.startswith(".") and name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    os.unlink(self.vms_dir / name)
+        for name in os.listdir(self.layers_dir):
+            if name.startswith("tmp-"):
+                shutil.rmtree(self.layers_dir / name, ignore_errors=True)
+
+
+# -- flattening ------------------------------------------------------------------------
+
+
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _is_opaque(path: str) -> bool:
+    try:
+        return os.getxattr(path, _OPAQUE, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def _lexists(path: Path) -> bool:
+    try:
+        os.lstat(path)
+    except OSError:
+        return False
+    return True
+
+
+def _isdir(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _copy_user_xattrs(src: str, dst: str) -> None:
+    try:
+        names = os.listxattr(src, follow_symlinks=False)
+    except OSError:
+        return
+    for name in names:
+        # Overlay's own markers are recomputed; anything else the VM set is kept.
+        if name.startswith(("user.overlay.", "trusted.overlay.")):
+            continue
+        with contextlib.suppress(OSError):
+            os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False))
+
+
+def _link(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno != errno.EMLINK:
+            raise
+        # Inode hit the filesystem's link limit: copy this one file instead.
+        if os.path.islink(src):
+            os.symlink(os.readlink(src), dst)
+        else:
+            shutil.copy2(src, dst, follow_symlinks=False)
+            st = os.lstat(src)
+            os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+
+
+def _merge_dir(srcs: list[str], out: str, base: Path | None, base_visible: bool) -> None:
+    """Merge directory ``srcs`` (topmost first) into ``out`` with overlay semantics.
+
+    ``base_visible`` says whether the base layer's directory at this path will be
+    merged under ``out`` at mount time. Whiteouts are emitted only then and only for
+    names the base has: in a directory nothing below contributes to, overlay lists
+    the directory raw and a whiteout would show up as a broken ``c?????????`` entry.
+    """
+    seen: set[str] = set()
+    for i, src in enumerate(srcs):
+        with os.scandir(src) as it:
+            entries = list(it)
+        for entry in entries:
+            name = entry.name
+            if name in seen:
+                continue
+            seen.add(name)
+            st = entry.stat(follow_symlinks=False)
+            dst = os.path.join(out, name)
+            below = base / name if base is not None else None
+            if _is_whiteout(st):
+                if base_visible and below is not None and _lexists(below):
+                    os.mknod(dst, stat.S_IFCHR | 0o000, 0)
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                _link(entry.path, dst)
+                continue
+            chain = [entry.path]
+            hides = _is_opaque(entry.path)
+            if not hides:
+                for lower in srcs[i + 1 :]:
+                    p = os.path.join(lower, name)
+                    try:
+                        lst = os.lstat(p)
+                    except FileNotFoundError:
+                        continue
+                    if stat.S_ISDIR(lst.st_mode):
+                        chain.append(p)
+                        if _is_opaque(p):
+                            hides = True
+                            break
+                    else:  # a file or whiteout ends the directory's history
+                        hides = True
+                        break
+            os.mkdir(dst, 0o700)
+            child_base_visible = base_visible and not hides and below is not None and _isdir(below)
+            if base_visible and hides and below is not None and _lexists(below):
+                os.setxattr(dst, _OPAQUE, b"y")
+            _merge_dir(chain, dst, below, child_base_visible)
+            os.chown(dst, st.st_uid, st.st_gid)
+            os.chmod(dst, stat.S_IMODE(st.st_mode))
+            _copy_user_xattrs(entry.path, dst)
+            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def merge_layers(srcs_top_first: list[Path], base_dir: Path | None, out: Path) -> None:
+    """Flatten layers into ``out`` (an existing empty directory).
+
+    Regular files, symlinks and special files are hard links to the originals (layers
+    are immutable, so sharing inodes is safe); directories are recreated with their
+    owner, mode, times and non-overlay xattrs.
+    """
+    _merge_dir([str(p) for p in srcs_top_first], str(out), base_dir, base_dir is not None)

@@ -1,0 +1,399 @@
+"""Spawning commands in bubblewrap: argv, per-VM cgroups, timeouts, output caps.
+
+Process model: ``Popen(user=sandbox_uid)`` starts a tiny ``/bin/sh`` that joins the
+VM's cgroups (or applies rlimits when there are none) and ``exec``s bwrap, so every
+process of the command is accounted to the VM from its first instruction. bwrap
+runs with a pid namespace and ``--die-with-parent``: killing bwrap ends the whole
+tree, whatever the command did (``&``, ``setsid``, ``nohup``, double forks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import selectors
+import shlex
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .baseimage import SESSIONS_DIR, VM_HOME, VM_UID
+
+__all__ = [
+    "SESSION_WRAPPER",
+    "RawResult",
+    "VmCgroup",
+    "bwrap_argv",
+    "parse_state_cwd",
+    "run_bwrap",
+    "session_state_path",
+]
+
+_SH = "/bin/sh"
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_CG_ROOT = Path("/sys/fs/cgroup")
+_DRAIN_GRACE_S = 5.0
+
+# Runs inside the VM as `sh -c SESSION_WRAPPER sh <state> <command>`. It restores the
+# session's exported environment and cwd, evals the command in this same shell (so
+# `cd`/`export` stick and `exit N` keeps N) and saves the state from an EXIT trap.
+# The state is written to a temp file and renamed: a command killed mid-save never
+# leaves a half-written state behind.
+SESSION_WRAPPER = r"""__arker_state=$1
+__arker_cmd=$2
+shift 2
+__arker_cwd=/home/user
+if [ -r "$__arker_state" ]; then
+  . "$__arker_state"
+  __arker_cwd=${__ARKER_CWD:-/home/user}
+  unset __ARKER_CWD
+fi
+cd "$__arker_cwd" 2>/dev/null || cd /home/user
+__arker_save() {
+  __arker_rc=$?
+  trap - EXIT
+  __ARKER_CWD=$PWD
+  export __ARKER_CWD
+  if export -p >"$__arker_state.tmp" 2>/dev/null; then
+    mv -f "$__arker_state.tmp" "$__arker_state" 2>/dev/null
+  fi
+  exit "$__arker_rc"
+}
+trap __arker_save EXIT
+eval "$__arker_cmd"
+"""
+
+
+def session_state_path(safe_name: str) -> str:
+    """Path (inside the VM) of a session's state file."""
+    return f"{SESSIONS_DIR}/{safe_name}"
+
+
+def parse_state_cwd(raw: bytes) -> str | None:
+    """Extract the saved cwd from a state file written by ``export -p``."""
+    text = raw.decode("utf-8", "surrogateescape")
+    for prefix in ("export __ARKER_CWD=", "__ARKER_CWD="):
+        idx = text.rfind("\n" + prefix)
+        if idx < 0 and text.startswith(prefix):
+            idx = -1
+        elif idx < 0:
+            continue
+        value = text[idx + 1 + len(prefix) :]
+        try:
+            # dash/bash quote with single quotes and '\'' escapes: shlex parses both.
+            parts = shlex.split(value.split("\nexport ", 1)[0], posix=True)
+        except ValueError:
+            return None
+        return parts[0] if parts else None
+    return None
+
+
+class VmCgroup:
+    """Per-VM cgroup v1 ``pids`` and ``memory`` groups, when the host allows them.
+
+    Groups are created below this process's own cgroup in each hierarchy (falling
+    back to the hierarchy root). ``cgroup.procs`` is chowned to the sandbox uid so the
+    unprivileged spawn wrapper can move itself in before exec'ing bwrap.
+
+    Args:
+        tag: Engine-instance tag (distinguishes engines on one host).
+        vm_id: The VM.
+        uid: Sandbox host uid.
+        pids_max: ``pids.max``.
+        memory_max: ``memory.limit_in_bytes``.
+    """
+
+    def __init__(self, tag: str, vm_id: str, uid: int, pids_max: int, memory_max: int) -> None:
+        self.procs_files: list[str] = []
+        self.dirs: list[Path] = []
+        for ctrl, settings in (
+            ("pids", {"pids.max": str(pids_max)}),
+            ("memory", {"memory.limit_in_bytes": str(memory_max)}),
+        ):
+            d = self._create(ctrl, f"arker-{tag}", vm_id, uid, settings)
+            if d is not None:
+                self.dirs.append(d)
+                self.procs_files.append(str(d / "cgroup.procs"))
+
+    @staticmethod
+    def _own_path(ctrl: str) -> str:
+        try:
+            with open("/proc/self/cgroup", encoding="utf-8") as fh:
+                for line in fh:
+                    _, ctrls, path = line.rstrip("\n").split(":", 2)
+                    if ctrl in ctrls.split(","):
+                        return path
+        except OSError:
+            pass
+        return "/"
+
+    @classmethod
+    def _create(
+        cls, ctrl: str, group: str, vm_id: str, uid: int, settings: dict[str, str]
+    ) -> Path | None:
+        hier = _CG_ROOT / ctrl
+        if not hier.is_dir():
+            return None
+        for parent in (hier / cls._own_path(ctrl).lstrip("/"), hier):
+            d = parent / group / vm_id
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+                for key, value in settings.items():
+                    (d / key).write_text(value)
+                for f in ("cgroup.procs", "tasks"):
+                    os.chown(d / f, uid, uid)
+                return d
+            except OSError:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+                continue
+        return None
+
+    @property
+    def enabled(self) -> bool:
+        """True when at least the pids controller is in use."""
+        return any("/pids/" in f for f in self.procs_files)
+
+    def has(self, ctrl: str) -> bool:
+        """Whether the given controller's group exists."""
+        return any(f"/{ctrl}/" in f for f in self.procs_files)
+
+    def remove(self) -> None:
+        """Remove the groups (best effort; they must be empty)."""
+        for d in self.dirs:
+            for _ in range(50):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.02)  # processes of a killed tree still exiting
+
+
+def spawn_prefix(cg: VmCgroup | None, pids_max: int, memory_max: int) -> list[str]:
+    """The ``sh -c`` wrapper that confines itself and then execs bwrap."""
+    steps: list[str] = []
+    if cg is not None:
+        for f in cg.procs_files:
+            # Fail closed: never run a command outside its VM's limits.
+            steps.append(f"echo $$ > {shlex.quote(f)} || exit 125")
+    if cg is None or not cg.has("pids"):
+        steps.append(f"ulimit -u {int(pids_max)} 2>/dev/null")
+    if cg is None or not cg.has("memory"):
+        steps.append(f"ulimit -v {int(memory_max) // 1024} 2>/dev/null")
+    steps.append('exec "$@"')
+    return [_SH, "-c", "; ".join(steps), "arker-spawn"]
+
+
+def bwrap_argv(
+    *,
+    bwrap: str,
+    root_fd: int,
+    ro_binds: Sequence[str],
+    network: bool,
+    info_fd: int,
+    command: str,
+    state_path: str,
+) -> list[str]:
+    """Build the bwrap command line for one command in a VM."""
+    argv = [bwrap, "--bind-fd", str(root_fd), "/"]
+    for b in ro_binds:
+        argv += ["--ro-bind", b, b]
+    argv += ["--proc", "/proc", "--dev", "/dev", "--unshare-all"]
+    if network:
+        argv.append("--share-net")
+    argv += [
+        "--unshare-user",
+        "--disable-userns",
+        "--die-with-parent",
+        "--new-session",
+        "--uid", str(VM_UID),
+        "--gid", str(VM_UID),
+        "--hostname", "vm",
+        "--info-fd", str(info_fd),
+        "--clearenv",
+        "--setenv", "PATH", _PATH,
+        "--setenv", "HOME", VM_HOME,
+        "--setenv", "USER", "user",
+        "--setenv", "LOGNAME", "user",
+        "--setenv", "LANG", "C.UTF-8",
+        "--chdir", VM_HOME,
+        "--", _SH, "-c", SESSION_WRAPPER, "sh", state_path, command,
+    ]  # fmt: skip
+    return argv
+
+
+@dataclass
+class RawResult:
+    """What came out of one bwrap run."""
+
+    stdout: bytes
+    stderr: bytes
+    returncode: int
+    timed_out: bool
+    stdout_truncated: bool
+    stderr_truncated: bool
+
+
+def _pidfd(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except OSError:
+        return None
+
+
+def run_bwrap(
+    argv: list[str],
+    *,
+    uid: int,
+    pass_fds: Sequence[int],
+    info_w: int,
+    info_r: int,
+    timeout: float,
+    max_output: int,
+    register: Callable[[subprocess.Popen[bytes] | None, subprocess.Popen[bytes]], None],
+) -> RawResult:
+    """Run ``argv`` as ``uid``, collecting capped output until exit or timeout.
+
+    On timeout bwrap is SIGKILLed; its pid-namespace init (found via ``--info-fd``)
+    gets SIGKILL too and we wait for it to vanish, so no process of the command
+    outlives this call.
+
+    Args:
+        argv: Full argv (spawn wrapper + bwrap).
+        uid: Host uid/gid to run as.
+        pass_fds: Descriptors bwrap needs (root handle, info pipe).
+        info_w: Write end of the ``--info-fd`` pipe (closed here after spawn).
+        info_r: Read end of it (closed here).
+        timeout: Seconds.
+        max_output: Byte cap per stream; the rest is drained and discarded.
+        register: Called as ``register(None, proc)`` after spawn and
+            ``register(proc, proc)`` when done, so the engine can kill on close.
+    """
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        user=uid,
+        group=uid,
+        extra_groups=[],
+        pass_fds=tuple(pass_fds),
+        close_fds=True,
+        start_new_session=True,
+        cwd="/",
+    )
+    os.close(info_w)
+    register(None, proc)
+    assert proc.stdout is not None and proc.stderr is not None
+    bufs = {"out": bytearray(), "err": bytearray(), "info": bytearray()}
+    trunc = {"out": False, "err": False, "info": False}
+    sel = selectors.DefaultSelector()
+    for fd, key in ((proc.stdout.fileno(), "out"), (proc.stderr.fileno(), "err"), (info_r, "info")):
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ, key)
+    deadline = time.monotonic() + timeout
+    timed_out = False
+    child_pidfd: int | None = None
+    drain_until = 0.0
+    try:
+        while sel.get_map():
+            now = time.monotonic()
+            if not timed_out and now >= deadline:
+                timed_out = True
+                child_pidfd = _kill_tree(proc, bufs["info"], child_pidfd)
+                drain_until = now + _DRAIN_GRACE_S
+            if timed_out and now >= drain_until:
+                break
+            wait = (drain_until if timed_out else deadline) - now
+            for skey, _ in sel.select(timeout=max(0.0, min(wait, 1.0))):
+                name = str(skey.data)
+                try:
+                    chunk = os.read(skey.fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not chunk:
+                    sel.unregister(skey.fd)
+                    continue
+                buf = bufs[name]
+                room = (max_output if name != "info" else 65536) - len(buf)
+                if room > 0:
+                    buf += chunk[:room]
+                if len(chunk) > room:
+                    trunc[name] = True
+                if name == "info" and child_pidfd is None:
+                    child_pidfd = _open_child_pidfd(bufs["info"])
+        if not timed_out:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                # Pipes closed but something keeps running: it is a timeout too.
+                timed_out = True
+                child_pidfd = _kill_tree(proc, bufs["info"], child_pidfd)
+        if timed_out:
+            proc.kill()
+        proc.wait()
+        if child_pidfd is not None:
+            _wait_pidfd(child_pidfd, _DRAIN_GRACE_S)
+    finally:
+        sel.close()
+        proc.stdout.close()
+        proc.stderr.close()
+        os.close(info_r)
+        if child_pidfd is not None:
+            os.close(child_pidfd)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        register(proc, proc)
+    return RawResult(
+        stdout=bytes(bufs["out"]),
+        stderr=bytes(bufs["err"]),
+        returncode=proc.returncode,
+        timed_out=timed_out,
+        stdout_truncated=trunc["out"],
+        stderr_truncated=trunc["err"],
+    )
+
+
+def _open_child_pidfd(info: bytearray) -> int | None:
+    # bwrap writes {"child-pid": N, ...} once the namespace init exists.
+    try:
+        pid = int(json.loads(bytes(info))["child-pid"])
+    except (ValueError, KeyError, TypeError):
+        return None
+    return _pidfd(pid)
+
+
+def _kill_tree(
+    proc: subprocess.Popen[bytes], info: bytearray, child_pidfd: int | None
+) -> int | None:
+    if child_pidfd is None:
+        child_pidfd = _open_child_pidfd(info)
+    # Killing the namespace's init makes the kernel kill every process in it.
+    if child_pidfd is not None:
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(child_pidfd, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        proc.kill()
+    return child_pidfd
+
+
+def _wait_pidfd(pidfd: int, timeout: float) -> None:
+    sel = selectors.DefaultSelector()
+    try:
+        sel.register(pidfd, selectors.EVENT_READ)
+        sel.select(timeout=timeout)
+    finally:
+        sel.close()
+
+
+def new_tag() -> str:
+    """Random tag for an engine instance (used in cgroup names)."""
+    return secrets.token_hex(4)
