@@ -12,7 +12,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializ
 from ._exceptions import ResponseValidationError
 from ._wire import ForkResponse, ListVmsResponse, RunResponse, VmSummaryWire
 
-__all__ = ["ForkResult", "RunResult", "VmList", "VmSummary"]
+__all__ = ["DirSyncResult", "ForkResult", "RunResult", "VmList", "VmSummary"]
 
 
 class _PublicModel(BaseModel):
@@ -158,3 +158,31 @@ class ForkResult(_PublicModel):
     @classmethod
     def from_wire(cls, wire: ForkResponse) -> ForkResult:
         return cls.model_validate(wire.model_dump())
+
+
+class DirSyncResult(_PublicModel):
+    """What `SyncResource.push_dir` or `SyncResource.pull_dir` did.
+
+    Attributes:
+        sent: Relative paths of the files transferred, in order.
+        skipped: Relative paths already identical on the other side (same sha256 and mode).
+        deleted: Relative paths removed from the other side (``delete=True``).
+        bytes_sent: Bytes of file content transferred.
+        symlinks_skipped: Symbolic links found and left alone (never followed).
+    """
+
+    sent: list[str] = Field(default_factory=list)
+    skipped: list[str] = Field(default_factory=list)
+    deleted: list[str] = Field(default_factory=list)
+    bytes_sent: int = 0
+    symlinks_skipped: list[str] = Field(default_factory=list)
+
+    @property
+    def files_sent(self) -> int:
+        """How many files were transferred."""
+        return len(self.sent)
+
+    @property
+    def files_skipped(self) -> int:
+        """How many files were already up to date."""
+        return len(self.skipped)

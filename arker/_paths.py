@@ -29,3 +29,12 @@ def path_problem(path: object) -> str | None:
     if path.rstrip("/") + "/" == HOME_PREFIX or path.endswith("/"):
         return f"path must name a file, not a directory: {path!r}"
     return None
+
+
+def dir_problem(path: object) -> str | None:
+    """Why ``path`` is not a valid VM directory (``/home/user`` itself is allowed)."""
+    if not isinstance(path, str):
+        return f"path must be a string, not {type(path).__name__}"
+    if path.rstrip("/") + "/" == HOME_PREFIX:
+        return None
+    return path_problem(path.rstrip("/"))

@@ -34,6 +34,11 @@ __all__ = [
     "PresignEntry",
     "RunRequest",
     "RunResponse",
+    "ManifestEntry",
+    "SyncDeleteRequest",
+    "SyncDeleteResponse",
+    "SyncManifestRequest",
+    "SyncManifestResponse",
     "SyncReadRequest",
     "SyncReadResponse",
     "SyncRequest",
@@ -175,6 +180,10 @@ class SyncReadResponse(Envelope):
     sha256: str | None = None  # (ext)
 
 
+FileMode = Annotated[int, Field(ge=0, le=0o7777)]
+"""Permission bits of a file (``0o644``); the server ignores setuid/setgid bits."""
+
+
 class ChunkEntry(WireModel):
     """Bytes ``[start, end)`` of a ``size``-byte file, inline as base64."""
 
@@ -185,6 +194,7 @@ class ChunkEntry(WireModel):
     end: int = Field(ge=0)
     content: str
     sha256: str | None = None  # (ext) of the whole file
+    mode: FileMode | None = None  # (ext) applied when the file is complete
 
 
 class PresignEntry(WireModel):
@@ -202,6 +212,7 @@ class CommitEntry(WireModel):
     size: int = Field(ge=0)
     upload_id: str = Field(min_length=1, max_length=64)
     sha256: str | None = None  # (ext)
+    mode: FileMode | None = None  # (ext)
 
 
 def _write_entry_kind(value: Any) -> str:
@@ -230,8 +241,22 @@ class SyncWriteRequest(WireModel):
     writes: list[WriteEntry] = Field(min_length=1, max_length=64)
 
 
+class SyncManifestRequest(WireModel):
+    """(ext) List every regular file under ``path`` with its size, mode and sha256."""
+
+    op: Literal["manifest"] = "manifest"
+    path: str
+
+
+class SyncDeleteRequest(WireModel):
+    """(ext) Delete files; a path that is already absent is not an error."""
+
+    op: Literal["delete"] = "delete"
+    paths: list[str] = Field(min_length=1, max_length=1000)
+
+
 SyncRequest = Annotated[
-    Union[SyncReadRequest, SyncWriteRequest],
+    Union[SyncReadRequest, SyncWriteRequest, SyncManifestRequest, SyncDeleteRequest],
     Field(discriminator="op"),
 ]
 """Body of ``POST /api/v1/vms/{id}/sync``: dispatched on ``op``."""
@@ -251,6 +276,24 @@ class WriteResult(WireModel):
 
 class SyncWriteResponse(Envelope):
     results: list[WriteResult] = Field(default_factory=list)
+
+
+class ManifestEntry(WireModel):
+    """One regular file of a manifest. Symbolic links and special files are omitted."""
+
+    path: str  # absolute, inside the VM
+    size: int
+    mode: int  # permission bits
+    sha256: str
+
+
+class SyncManifestResponse(Envelope):
+    entries: list[ManifestEntry] = Field(default_factory=list)
+    truncated: bool = False  # the server's entry cap was reached
+
+
+class SyncDeleteResponse(Envelope):
+    deleted: list[str] = Field(default_factory=list)
 
 
 # --- health -----------------------------------------------------------------------------

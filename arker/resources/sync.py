@@ -31,7 +31,9 @@ from .._exceptions import (
     status_for_code,
 )
 from .._ids import new_ulid
+from .._models import DirSyncResult
 from .._paths import path_problem
+from .._retry import is_transient_envelope_error
 from .._streams import (
     CHUNK,
     DataSource,
@@ -53,6 +55,7 @@ from .._wire import (
     WriteEntry,
     WriteResult,
 )
+from ._dirsync import Ignore, pull_dir, push_dir
 from ._resource import Resource
 from .vms import vm_path
 
@@ -79,6 +82,21 @@ def _inline_content(wire: SyncReadResponse) -> bytes:
         except (binascii.Error, ValueError) as exc:
             raise ResponseValidationError(f"content: invalid base64 ({exc})") from None
     return content.encode("utf-8", "surrogatepass")
+
+
+def inline_entry(path: str, payload: bytes, sha256: str, mode: int | None) -> ChunkEntry:
+    """The whole file as one chunk; its ``upload_id`` is minted once per call, so a
+    retried chunk is the same chunk."""
+    return ChunkEntry(
+        path=path,
+        size=len(payload),
+        upload_id=new_ulid(),
+        start=0,
+        end=len(payload),
+        content=base64.b64encode(payload).decode("ascii"),
+        sha256=sha256,
+        mode=mode,
+    )
 
 
 def _held_offset(response: requests.Response | None, size: int) -> int:
@@ -170,6 +188,62 @@ class SyncResource(Resource):
         sink.commit()
         return size
 
+    # -- directories -----------------------------------------------------------------
+
+    def push_dir(
+        self,
+        vm_id: str,
+        local_dir: str | os.PathLike[str],
+        remote_dir: str,
+        *,
+        delete: bool = False,
+        ignore: Ignore = None,
+    ) -> DirSyncResult:
+        """Make ``remote_dir`` in the VM hold the files of ``local_dir``.
+
+        Only files whose sha256 or mode differ from the VM's copy are sent (the VM's
+        side is read from a server-side manifest). Modes are kept. Symbolic links in
+        the local tree are skipped and reported, never followed.
+
+        Args:
+            vm_id: The VM.
+            local_dir: The local directory to send.
+            remote_dir: Destination under ``/home/user`` (created as needed).
+            delete: Also delete files under ``remote_dir`` that ``local_dir`` lacks.
+            ignore: Glob patterns (``[".git", "*.pyc"]``) or a predicate on relative
+                paths; ignored files are neither sent nor deleted.
+
+        Returns:
+            What was sent, skipped and deleted, and how many bytes moved.
+        """
+        return push_dir(self, vm_id, local_dir, remote_dir, delete=delete, ignore=ignore)
+
+    def pull_dir(
+        self,
+        vm_id: str,
+        remote_dir: str,
+        local_dir: str | os.PathLike[str],
+        *,
+        delete: bool = False,
+        ignore: Ignore = None,
+    ) -> DirSyncResult:
+        """Make ``local_dir`` hold the files of ``remote_dir`` in the VM.
+
+        Only files whose sha256 or mode differ are downloaded, each landing
+        atomically. Nothing is written through a symbolic link in ``local_dir``.
+
+        Args:
+            vm_id: The VM.
+            remote_dir: Source directory under ``/home/user``.
+            local_dir: Local destination (created as needed).
+            delete: Also delete local files that ``remote_dir`` lacks.
+            ignore: Glob patterns or a predicate on relative paths.
+
+        Returns:
+            What was downloaded, skipped and deleted, and how many bytes moved.
+        """
+        return pull_dir(self, vm_id, remote_dir, local_dir, delete=delete, ignore=ignore)
+
     # -- writes ----------------------------------------------------------------------
 
     def write(
@@ -178,6 +252,7 @@ class SyncResource(Resource):
         path: str,
         data: DataSource,
         *,
+        mode: int | None = None,
         progress: ProgressCallback | None = None,
     ) -> None:
         """Write ``data`` to ``path`` in the VM, replacing the file atomically.
@@ -191,6 +266,8 @@ class SyncResource(Resource):
             data: ``bytes``; ``str`` (written as UTF-8 — it is content, not a file
                 name); a local path as `os.PathLike` (e.g. `pathlib.Path`); or a binary
                 file object, read from its current position. Empty files are allowed.
+            mode: Permission bits for the file (e.g. ``0o755``); the server's default
+                (``0o644``) when omitted.
             progress: Called with ``(bytes_done, bytes_total)`` as bytes are sent.
 
         Raises:
@@ -206,30 +283,19 @@ class SyncResource(Resource):
                 f"data is over the {MAX_FILE_BYTES}-byte (100 MiB) file limit",
                 413,
             )
+        if mode is not None and not 0 <= mode <= 0o7777:
+            raise BadRequestError("bad_request", f"mode must be 0..0o7777, got {mode!r}", 400)
         tracker = Tracker(source.size, progress)
         if source.size <= INLINE_WRITE_MAX:
-            self._write_inline(vm_id, path, source, tracker)
+            entry = inline_entry(path, source.read_all(), source.sha256, mode)
+            _require_written(self._write_entries(vm_id, [entry])[0], f"write {path}")
+            tracker.set(source.size)
         else:
-            self._write_presigned(vm_id, path, source, tracker)
-
-    def _write_inline(self, vm_id: str, path: str, source: Source, tracker: Tracker) -> None:
-        payload = source.read_all()
-        entry = ChunkEntry(
-            path=path,
-            size=source.size,
-            upload_id=new_ulid(),  # once per call: a retried chunk is the same chunk
-            start=0,
-            end=source.size,
-            content=base64.b64encode(payload).decode("ascii"),
-            sha256=source.sha256,
-        )
-        _require_written(self._write_one(vm_id, entry), f"write {path}")
-        tracker.set(source.size)
-
-    def _write_presigned(self, vm_id: str, path: str, source: Source, tracker: Tracker) -> None:
-        upload_id = self._upload(vm_id, path, source, tracker)
-        commit = CommitEntry(path=path, size=source.size, upload_id=upload_id, sha256=source.sha256)
-        _require_written(self._write_one(vm_id, commit), f"commit {path}")
+            upload_id = self._upload(vm_id, path, source, tracker)
+            commit = CommitEntry(
+                path=path, size=source.size, upload_id=upload_id, sha256=source.sha256, mode=mode
+            )
+            _require_written(self._write_entries(vm_id, [commit])[0], f"commit {path}")
 
     def _upload(self, vm_id: str, path: str, source: Source, tracker: Tracker) -> str:
         """PUT the bytes to a presigned URL; return the upload id to commit.
@@ -237,7 +303,7 @@ class SyncResource(Resource):
         A URL that expired mid-transfer (403) is re-requested once, transparently.
         """
         for fresh_grant in (True, False):
-            grant = self._write_one(vm_id, PresignEntry(path=path, size=source.size))
+            grant = self._write_entries(vm_id, [PresignEntry(path=path, size=source.size)])[0]
             if not grant.presigned_url or not grant.upload_id:
                 raise ResponseValidationError("presigned write: missing presigned_url or upload_id")
             try:
@@ -261,27 +327,37 @@ class SyncResource(Resource):
 
         self._client.transfer("PUT", url, prepare=prepare, consume=lambda response: None)
 
-    def _write_one(self, vm_id: str, entry: WriteEntry) -> WriteResult:
-        """Send one write entry; its per-entry error raises inside the attempt, so a
-        transient one is retried like any other transient failure."""
+    def _write_entries(self, vm_id: str, entries: list[WriteEntry]) -> list[WriteResult]:
+        """Send write entries in one request. A per-entry error raises inside the
+        attempt, so a transient one is retried like any other transient failure (every
+        entry is idempotent: chunks by ``upload_id``, commits by upload)."""
 
         def check(response: SyncWriteResponse) -> None:
-            if len(response.results) != 1:
+            if len(response.results) != len(entries):
                 raise ResponseValidationError(
-                    f"SyncWriteResponse: expected 1 result, got {len(response.results)}", 200
+                    f"SyncWriteResponse: {len(entries)} entries, {len(response.results)} results",
+                    200,
                 )
-            error = response.results[0].error
-            if error is not None:
-                raise error_for(error.code, error.message, status_for_code(error.code))
+            errors = [
+                error_for(
+                    r.error.code, f"{e.path}: {r.error.message}", status_for_code(r.error.code)
+                )
+                for e, r in zip(entries, response.results, strict=True)
+                if r.error is not None
+            ]
+            # A transient error first, so the whole (idempotent) batch is retried.
+            errors.sort(key=lambda err: not is_transient_envelope_error(err.code, err.message))
+            if errors:
+                raise errors[0]
 
         response = self._client.call(
             "POST",
             vm_path(vm_id, "/sync"),
             SyncWriteResponse,
-            body=SyncWriteRequest(writes=[entry]),
+            body=SyncWriteRequest(writes=entries),
             check=check,
         )
-        return response.results[0]
+        return response.results
 
 
 def _drain(response: requests.Response, sink: Sink, tracker: Tracker) -> tuple[int, str]:
