@@ -23,6 +23,7 @@ from .._wire import (
     SortOrder,
     SyncReadRequest,
     SyncRequest,
+    SyncWriteRequest,
 )
 from .auth import require_org
 from .config import BACKEND, ServerConfig
@@ -148,7 +149,9 @@ def create_app(services: Services) -> FastAPI:
         base_url = str(request.base_url)
         if isinstance(body, SyncReadRequest):
             return _json(s.sync.read(vm.id, body.path, base_url), exclude_none=True)
-        return _json(s.sync.write(vm.id, body, base_url), exclude_none=True)
+        if isinstance(body, SyncWriteRequest):
+            return _json(s.sync.write(vm.id, body, base_url), exclude_none=True)
+        raise ApiError("unsupported_operation", f"sync op {body.op!r} is not supported here")
 
     @app.get(READ_ROUTE)
     def presigned_read(

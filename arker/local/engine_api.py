@@ -10,16 +10,24 @@ from typing import BinaryIO, Protocol
 
 
 class RunOutcomeLike(Protocol):
-    """What `engine.run` returns."""
+    """What `engine.run` returns (read-only: the engine's is a frozen dataclass)."""
 
-    stdout: bytes
-    stderr: bytes
-    exit_code: int
-    duration_ms: float
-    cwd: str
-    timed_out: bool
-    stdout_truncated: bool
-    stderr_truncated: bool
+    @property
+    def stdout(self) -> bytes: ...
+    @property
+    def stderr(self) -> bytes: ...
+    @property
+    def exit_code(self) -> int: ...
+    @property
+    def duration_ms(self) -> float: ...
+    @property
+    def cwd(self) -> str: ...
+    @property
+    def timed_out(self) -> bool: ...
+    @property
+    def stdout_truncated(self) -> bool: ...
+    @property
+    def stderr_truncated(self) -> bool: ...
 
 
 class EngineLike(Protocol):

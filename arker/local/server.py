@@ -123,7 +123,11 @@ def serve(config: ServerConfig) -> int:
     engine = None
     try:
         api_key = ensure_default_key(store, data_dir, config.api_key)
-        engine = Engine(config.engine_dir, network=config.network, base=config.base)
+        try:
+            engine = Engine(config.engine_dir, network=config.network, base=config.base)
+        except SandboxUnavailable as exc:
+            print(f"arker serve: {exc}", file=sys.stderr, flush=True)
+            return 1
         services = build_services(config, store, engine)
         services.vms.ensure_base_image()
         engine.gc(store.vm_ids())

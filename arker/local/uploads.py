@@ -104,7 +104,7 @@ class Uploads:
                 return WriteResult(
                     complete=False, written=False, received_bytes=upload.received_bytes
                 )
-            self._commit_locked(upload, entry.sha256)
+            self._commit_locked(upload, entry.sha256, _mode(entry))
             return _done(upload.size)
 
     def presign(self, vm_id: str, entry: PresignEntry) -> str:
@@ -129,7 +129,7 @@ class Uploads:
                     "bad_request",
                     f"upload incomplete: {upload.received_bytes} of {upload.size} bytes received",
                 )
-            self._commit_locked(upload, entry.sha256)
+            self._commit_locked(upload, entry.sha256, _mode(entry))
             return _done(upload.size)
 
     async def receive_put(self, vm_id: str, upload_id: str, body: AsyncIterator[bytes]) -> None:
@@ -185,7 +185,7 @@ class Uploads:
 
     # --- internals ---------------------------------------------------------------------
 
-    def _commit_locked(self, upload: UploadRow, sha256: str | None) -> None:
+    def _commit_locked(self, upload: UploadRow, sha256: str | None, mode: int) -> None:
         staging = self._staging(upload)
         if upload.size == 0:
             staging.touch()
@@ -199,7 +199,7 @@ class Uploads:
                     "bad_request", f"sha256 mismatch: expected {sha256}, received {actual}"
                 )
         with open(staging, "rb") as src:
-            self._engine.write_file(upload.vm_id, upload.path, src, upload.size)
+            self._engine.write_file(upload.vm_id, upload.path, src, upload.size, mode)
         # The engine's write is atomic and durable; only then is the upload "done".
         self._store.mark_committed(upload.vm_id, upload.upload_id)
         staging.unlink(missing_ok=True)
@@ -238,6 +238,12 @@ def _check_same_file(upload: UploadRow, path: str, size: int) -> None:
             "conflict",
             f"upload_id {upload.upload_id} belongs to {upload.path} ({upload.size} bytes)",
         )
+
+
+def _mode(entry: ChunkEntry | CommitEntry) -> int:
+    """Permission bits for the file: the entry's (ext) ``mode`` without setuid/setgid."""
+    mode = getattr(entry, "mode", None)
+    return 0o644 if mode is None else int(mode) & 0o777
 
 
 def _done(size: int) -> WriteResult:

@@ -1,0 +1,57 @@
+"""Fixtures for raw-HTTP tests against a real `arker serve` (loopback only).
+
+The ``arker_server`` fixture comes from the `arker.testing` plugin; it is registered
+here when the package is not installed (the pytest11 entry point then is absent).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from serverkit import Api
+
+from arker.testing import ArkerServer
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    pm = config.pluginmanager
+    if not (pm.has_plugin("arker") or pm.has_plugin("arker.testing")):
+        pm.import_plugin("arker.testing")
+
+
+@pytest.fixture
+def api(arker_server: ArkerServer) -> Iterator[Api]:
+    """Raw HTTP client with the server's default key."""
+    client = Api(arker_server, arker_server.api_key)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def anon(arker_server: ArkerServer) -> Iterator[Api]:
+    """Raw HTTP client without any key."""
+    client = Api(arker_server, None)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def other_key(arker_server: ArkerServer) -> str:
+    """A key of a second org, made with ``arker serve keys create``."""
+    return arker_server.create_key("other-org")
+
+
+@pytest.fixture
+def other(arker_server: ArkerServer, other_key: str) -> Iterator[Api]:
+    """Raw HTTP client of the second org."""
+    client = Api(arker_server, other_key)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def vm(api: Api) -> str:
+    """A fresh VM forked from arkuntu, owned by the default org."""
+    vm_id: str = api.fork(name="test-vm")["vm_id"]
+    return vm_id
