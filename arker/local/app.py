@@ -21,6 +21,7 @@ from .._wire import (
     HealthResponse,
     RunRequest,
     SortOrder,
+    SyncManifestRequest,
     SyncReadRequest,
     SyncRequest,
     SyncWriteRequest,
@@ -33,6 +34,7 @@ from .presign import READ_ROUTE, UPLOAD_ROUTE, Signer
 from .store import Store
 from .sync import Sync
 from .uploads import Uploads
+from .vmfiles import VmFiles
 from .vms import Vms
 
 OrgId = Annotated[str, Depends(require_org)]
@@ -50,6 +52,7 @@ class Services:
     uploads: Uploads
     signer: Signer
     idempotency: Idempotency
+    vm_files: VmFiles
 
 
 def _json(model: Envelope, *, exclude_none: bool = False) -> JSONResponse:
@@ -151,7 +154,9 @@ def create_app(services: Services) -> FastAPI:
             return _json(s.sync.read(vm.id, body.path, base_url), exclude_none=True)
         if isinstance(body, SyncWriteRequest):
             return _json(s.sync.write(vm.id, body, base_url), exclude_none=True)
-        raise ApiError("unsupported_operation", f"sync op {body.op!r} is not supported here")
+        if isinstance(body, SyncManifestRequest):
+            return _json(s.vm_files.manifest(vm.id, body.path))
+        return _json(s.vm_files.delete(vm.id, body.paths))
 
     @app.get(READ_ROUTE)
     def presigned_read(

@@ -163,6 +163,7 @@ def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Se
     from .presign import Signer, load_or_create_secret
     from .sync import Sync
     from .uploads import Uploads
+    from .vmfiles import VmFiles
     from .vms import Vms
 
     signer = Signer(load_or_create_secret(config.secret_path))
@@ -175,4 +176,5 @@ def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Se
         uploads=uploads,
         signer=signer,
         idempotency=Idempotency(store),
+        vm_files=VmFiles(engine),
     )
