@@ -16,6 +16,7 @@ import errno
 import os
 import secrets
 import stat
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from .errors import SandboxError
@@ -66,6 +67,31 @@ def openat2(root_fd: int, path: str, flags: int, mode: int = 0) -> int:
         if err not in (errno.EAGAIN, errno.EINTR):
             raise OSError(err, os.strerror(err), path)
     raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN), path)
+
+
+_SETFS = {"x86_64": (122, 123), "aarch64": (151, 152)}.get(os.uname().machine)
+
+
+@contextlib.contextmanager
+def as_fs_user(uid: int, gid: int) -> Iterator[None]:
+    """Do filesystem access on this thread as ``uid``/``gid`` (setfsuid/setfsgid).
+
+    Switching the fs uid away from 0 drops CAP_DAC_OVERRIDE, CAP_FOWNER etc. for this
+    thread only (raw syscalls: glibc's wrappers would not be per-thread), so a write
+    cannot do more inside the VM than the VM user could: a symlink to the VM's
+    ``/etc`` does not make ``/etc/passwd`` writable.
+    """
+    if _SETFS is None:
+        yield
+        return
+    uid_nr, gid_nr = _SETFS
+    old_gid = _libc.syscall(ctypes.c_long(gid_nr), ctypes.c_long(gid))
+    old_uid = _libc.syscall(ctypes.c_long(uid_nr), ctypes.c_long(uid))
+    try:
+        yield
+    finally:
+        _libc.syscall(ctypes.c_long(uid_nr), ctypes.c_long(old_uid))
+        _libc.syscall(ctypes.c_long(gid_nr), ctypes.c_long(old_gid))
 
 
 def _not_found(path: str) -> SandboxError:
@@ -146,7 +172,7 @@ def _ensure_dirs(root_fd: int, parts: list[str], uid: int, gid: int) -> int:
         raise
 
 
-def write_atomic(
+def _write_atomic(
     root_fd: int, path: str, src: BinaryIO, size: int, mode: int, uid: int, gid: int
 ) -> None:
     """Stream ``size`` bytes from ``src`` into ``path`` inside the VM, atomically.
@@ -166,9 +192,12 @@ def write_atomic(
     try:
         dir_fd = _ensure_dirs(root_fd, parts[:-1], uid, gid)
     except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise SandboxError("bad_request", f"permission denied: {path}") from None
         if exc.errno in (errno.ENOTDIR, errno.EEXIST):
             raise SandboxError("bad_request", f"parent is not a directory: {path}") from None
-        if exc.errno in (errno.EXDEV, errno.ELOOP):
+        # ENOENT after mkdir said EEXIST means a dangling symlink in the path.
+        if exc.errno in (errno.EXDEV, errno.ELOOP, errno.ENOENT):
             raise SandboxError("bad_request", f"cannot resolve parent of {path}") from None
         raise SandboxError("internal", f"cannot create parents of {path}: {exc}") from None
     try:
@@ -216,9 +245,32 @@ def write_atomic(
         tmp = ""
         os.fsync(real_dir)
     except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise SandboxError("bad_request", f"permission denied: {path}") from None
         raise SandboxError("internal", f"cannot write {path}: {exc.strerror}") from None
     finally:
         if tmp:
             with contextlib.suppress(OSError):
                 os.unlink(tmp, dir_fd=real_dir)
         os.close(real_dir)
+
+
+def write_atomic(
+    root_fd: int, path: str, src: BinaryIO, size: int, mode: int, uid: int, gid: int
+) -> None:
+    """Stream ``size`` bytes from ``src`` into ``path`` inside the VM, atomically.
+
+    The bytes go to a temp file in the target directory, are fsynced, and the temp
+    file is renamed over the target (``renameat`` never follows a symlink at the
+    target, it replaces the link). All of it runs with the VM user's file access
+    rights (``uid``/``gid``), so new files and parent directories belong to it.
+
+    Raises:
+        SandboxError: ``bad_request`` (target is a directory, parent not a directory,
+            permission denied, short body), ``internal`` otherwise.
+    """
+    try:
+        with as_fs_user(uid, gid):
+            _write_atomic(root_fd, path, src, size, mode, uid, gid)
+    except PermissionError:
+        raise SandboxError("bad_request", f"permission denied: {path}") from None
