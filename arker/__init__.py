@@ -35,7 +35,7 @@ from ._exceptions import (
     UnsupportedError,
     VmBusyError,
 )
-from ._models import ForkResult, RunResult, VmList, VmSummary
+from ._models import DirSyncResult, ForkResult, RunResult, VmList, VmSummary
 from ._retry import RetryPolicy
 from ._version import __version__
 
@@ -52,6 +52,7 @@ __all__ = [
     "Computer",
     "ConfigurationError",
     "ConflictError",
+    "DirSyncResult",
     "ForkResult",
     "InternalServerError",
     "NotFoundError",

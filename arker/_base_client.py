@@ -16,13 +16,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import IO, Literal, TypeVar, Union
+from urllib.parse import urlencode
 
 import requests
 from pydantic import BaseModel
 from requests.adapters import HTTPAdapter
 
-from ._exceptions import APIConnectionError, APITimeoutError
-from ._logging import log, redact_url
+from ._exceptions import APIConnectionError, APIStatusError, APITimeoutError, NotFoundError
+from ._logging import log, redact_text, redact_url
 from ._response import decode_response, error_from_response
 from ._retry import RetryPolicy, build_retrying
 from ._version import __version__
@@ -171,12 +172,19 @@ class BaseClient:
             status = response.status_code
             return response
         except requests.Timeout as exc:
-            raise APITimeoutError(f"{method} {redact_url(url)} timed out: {exc}") from None
+            raise APITimeoutError(
+                f"{method} {redact_url(url)} timed out: {redact_text(str(exc))}"
+            ) from None
         except requests.RequestException as exc:
-            raise APIConnectionError(f"{method} {redact_url(url)} failed: {exc}") from None
+            raise APIConnectionError(
+                f"{method} {redact_url(url)} failed: {redact_text(str(exc))}"
+            ) from None
         finally:
             elapsed_ms = (time.perf_counter() - started) * 1000
-            shown_url = redact_url(url)
+            # API query strings are plain parameters; presigned ones hold a signature.
+            shown_url = (
+                f"{url}?{urlencode(params)}" if params and authenticated else redact_url(url)
+            )
             log.info(
                 "%s %s -> %s (%.1f ms, attempt %d)",
                 method,
@@ -207,6 +215,7 @@ class BaseClient:
         idempotency_key: str | None = None,
         timeout: Timeout | None = None,
         check: Callable[[M], None] | None = None,
+        absent_after_retry: M | None = None,
     ) -> M:
         """Make one API call, retried under the client's policy.
 
@@ -221,6 +230,9 @@ class BaseClient:
             timeout: Overrides the client's timeout for this call.
             check: Runs on the decoded model inside the attempt; an `ArkerError` it
                 raises is retried like any other (used for per-entry write errors).
+            absent_after_retry: For deletes: what to return when a retry gets 404
+                after an attempt whose outcome is unknown (the connection broke, or a
+                gateway failed) — that attempt most likely did the deleting.
         """
         url = self._url(host, path)
         data = None if body is None else body.model_dump_json(by_alias=True, exclude_none=True)
@@ -229,21 +241,34 @@ class BaseClient:
         effective_timeout = timeout or self._config.timeout
 
         attempts = 0
+        outcome_unknown = False
 
         def attempt_once() -> M:
-            nonlocal attempts
+            nonlocal attempts, outcome_unknown
             attempts += 1
-            response = self._send(
-                method,
-                url,
-                headers=headers,
-                timeout=effective_timeout,
-                attempt=attempts,
-                data=payload,
-                params=params,
-            )
-            with response:
-                result = decode_response(response, model)
+            try:
+                response = self._send(
+                    method,
+                    url,
+                    headers=headers,
+                    timeout=effective_timeout,
+                    attempt=attempts,
+                    data=payload,
+                    params=params,
+                )
+                with response:
+                    result = decode_response(response, model)
+            except NotFoundError:
+                if outcome_unknown and absent_after_retry is not None:
+                    return absent_after_retry
+                raise
+            except (APIConnectionError, APIStatusError) as exc:
+                outcome_unknown = (
+                    outcome_unknown
+                    or isinstance(exc, APIConnectionError)
+                    or (exc.status in (502, 504))
+                )
+                raise
             if check is not None:
                 check(result)
             return result
@@ -298,7 +323,7 @@ class BaseClient:
                         return consume(response)
                     except requests.RequestException as exc:
                         raise APIConnectionError(
-                            f"{method} {redact_url(url)} broke mid-body: {exc}"
+                            f"{method} {redact_url(url)} broke mid-body: {redact_text(str(exc))}"
                         ) from None
             finally:
                 close = getattr(body, "close", None)

@@ -52,6 +52,8 @@ class Arker(BaseClient):
         timeout: Seconds: one number, a ``(connect, read)`` tuple or a `Timeout`.
         max_retries: Retries after the first attempt of each call.
         max_retry_after: Longest ``Retry-After`` the client honours, in seconds.
+        retry_policy: Full control of retries and backoff; when given, it replaces
+            ``max_retries`` and ``max_retry_after``.
         pool_maxsize: Connections kept per host, for use from many threads.
         default_headers: Extra headers sent with every API request.
         session: Bring your own `requests.Session` (you then close it yourself).
@@ -82,6 +84,7 @@ class Arker(BaseClient):
         timeout: TimeoutTypes = DEFAULT_TIMEOUT,
         max_retries: int = RetryPolicy.max_retries,
         max_retry_after: float = RetryPolicy.max_retry_after,
+        retry_policy: RetryPolicy | None = None,
         pool_maxsize: int = 32,
         default_headers: Mapping[str, str] | None = None,
         session: requests.Session | None = None,
@@ -93,8 +96,11 @@ class Arker(BaseClient):
             raise ConfigurationError(
                 "no API key: pass Arker(api_key=...) or set the ARKER_API_KEY environment variable"
             )
-        if max_retries < 0:
-            raise ConfigurationError(f"max_retries must be >= 0, got {max_retries}")
+        retry = retry_policy or RetryPolicy(
+            max_retries=max_retries, max_retry_after=max_retry_after
+        )
+        if retry.max_retries < 0:
+            raise ConfigurationError(f"max_retries must be >= 0, got {retry.max_retries}")
         config = ClientConfig(
             api_key=key.strip(),
             base_url=_clean_url(
@@ -105,7 +111,7 @@ class Arker(BaseClient):
                 "control_url",
             ),
             timeout=to_timeout(timeout),
-            retry=RetryPolicy(max_retries=max_retries, max_retry_after=max_retry_after),
+            retry=retry,
             default_headers=dict(default_headers or {}),
         )
         owns = session is None
@@ -133,6 +139,7 @@ class Arker(BaseClient):
         timeout: TimeoutTypes | None = None,
         max_retries: int | None = None,
         max_retry_after: float | None = None,
+        retry_policy: RetryPolicy | None = None,
         default_headers: Mapping[str, str] | None = None,
     ) -> Arker:
         """A copy of this client with some options changed, sharing its connection pool.
@@ -141,7 +148,7 @@ class Arker(BaseClient):
         ``client.with_options(max_retries=0, timeout=5).runs.create(vm_id, "true")``.
         Closing the copy does not close the shared pool.
         """
-        retry = self._config.retry
+        retry = retry_policy or self._config.retry
         if max_retries is not None:
             retry = replace(retry, max_retries=max_retries)
         if max_retry_after is not None:

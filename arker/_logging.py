@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 log = logging.getLogger("arker")
@@ -35,3 +36,13 @@ def redact_url(url: str) -> str:
     if not parts.query:
         return url
     return urlunsplit((parts.scheme, parts.netloc, parts.path, "<redacted>", ""))
+
+
+_QUERY = re.compile(r"\?[^\s'\"()]+")
+
+
+def redact_text(text: str) -> str:
+    """Drop every query string inside ``text``: exception messages from requests and
+    urllib3 quote the URL (or its path and query), and a presigned URL's query is its
+    signature."""
+    return _QUERY.sub("?<redacted>", text)

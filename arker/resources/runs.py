@@ -11,8 +11,8 @@ from .vms import vm_path
 
 __all__ = ["RunsResource"]
 
-# With no timeout given, the server applies its own default (600 s on `arker serve`);
-# the read timeout must outlast it, or a long command would look like a dead server.
+# With no timeout given, the server applies its own default; the read timeout must
+# outlast any sensible default, or a long command would look like a dead server.
 _SERVER_DEFAULT_TIMEOUT_S = 600
 _READ_MARGIN_S = 30
 

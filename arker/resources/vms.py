@@ -126,4 +126,6 @@ class VmsResource(Resource):
 
     def delete(self, vm_id: str) -> None:
         """Delete a VM. Its forks keep working."""
-        self._client.call("DELETE", vm_path(vm_id), DeleteResponse)
+        self._client.call(
+            "DELETE", vm_path(vm_id), DeleteResponse, absent_after_retry=DeleteResponse()
+        )
