@@ -15,11 +15,13 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import queue
 import re
 import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -163,6 +165,9 @@ class Engine:
         self._vms: dict[str, _Vm] = {}
         self._procs: set[subprocess.Popen[bytes]] = set()
         self._closed = False
+        self._closer: threading.Thread | None = None
+        self._closer_q: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._sync_pending = False
         self._base_dirs = {
             HOST_BASE: self._root / "base" / HOST_BASE,
             DEBIAN_BASE: default_debian_rootfs(self.data_dir),
@@ -176,6 +181,7 @@ class Engine:
                     mounts.umount(stale)
             mounts.make_private_bind(str(self._mnt))
             self._base_dir(base)  # build / check the default base now
+            runner.VmCgroup.kill_stale(self._tag)
             self._store.clean_temp()
             for vm_id, meta in self._store.load_all().items():
                 self._vms[vm_id] = _Vm(meta)
@@ -250,9 +256,9 @@ class Engine:
                     # Nothing to freeze: the child shares exactly the parent's lowers
                     # and the parent keeps its (still empty) upper and its mount.
                     child = VmMeta(child_id, meta.base, list(meta.layers), self._store.new_upper())
-                    self._store.save_meta(child)
+                    self._store.save_meta(child, durable=False)
                 else:
-                    self._unmount(parent)
+                    self._unmount(parent, background=True)
                     frozen = [*meta.layers, meta.upper]
                     if len(frozen) > FLATTEN_THRESHOLD:
                         frozen = [self._store.flatten(frozen, self._base_dir(meta.base))]
@@ -262,12 +268,13 @@ class Engine:
                     )
                     # Order from LOCAL-SANDBOX.md: child's metadata durable in a temp
                     # file, parent's replaced (commit point), then the child's renamed in.
-                    ctmp = self._store.write_meta_tmp(child)
-                    self._store.save_meta(new_parent)
+                    ctmp = self._store.write_meta_tmp(child, durable=False)
+                    self._store.save_meta(new_parent, durable=False)
                     parent.meta = new_parent
-                    self._store.commit_meta(ctmp, child_id)
+                    self._store.commit_meta(ctmp, child_id, durable=False)
                 with self._lock:
                     self._vms[child_id] = _Vm(child)
+                self._schedule_sync()
         finally:
             self._release_exclusive(parent)
 
@@ -398,6 +405,11 @@ class Engine:
                 if vm.cgroup is not None:
                     vm.cgroup.remove()
                     vm.cgroup = None
+        closer = self._closer
+        if closer is not None:
+            self._closer_q.put(self._store.syncfs)
+            self._closer_q.put(None)
+            closer.join()
         for stale in mounts.mounts_under(str(self._mnt)):
             with contextlib.suppress(OSError):
                 mounts.umount(stale)
@@ -517,19 +529,75 @@ class Engine:
             raise SandboxError("internal", f"cannot mount vm {meta.vm_id}: {exc}") from None
         vm.root_fd = os.open(target, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
-    def _unmount(self, vm: _Vm) -> None:
+    def _unmount(self, vm: _Vm, *, background: bool = False) -> None:
+        """Unmount the VM's overlay (caller holds ``vm.cond`` or exclusivity).
+
+        With ``background`` the mount is detached at once and the handle that keeps
+        its superblock alive is closed by the closer thread: overlay syncs the whole
+        upper filesystem when its superblock goes away, which with a lot of dirty
+        data takes far longer than the fork itself. Nothing writes through the
+        detached mount, so the frozen upper is already immutable when this returns.
+        """
         if vm.root_fd is None:
             return
-        os.close(vm.root_fd)
-        vm.root_fd = None
+        root_fd, vm.root_fd = vm.root_fd, None
         target = self._mnt / vm.meta.vm_id
+        work = self._store.work_path(vm.meta.upper)
         try:
-            mounts.umount(str(target))
+            if background:
+                mounts.detach(str(target))
+                fd, wdir = root_fd, work
+
+                def finish() -> None:
+                    os.close(fd)  # last reference: the detached overlay shuts down here
+                    shutil.rmtree(wdir, ignore_errors=True)
+
+                self._background(finish)
+                root_fd = -1
+            else:
+                os.close(root_fd)
+                root_fd = -1
+                mounts.umount(str(target))
+                shutil.rmtree(work, ignore_errors=True)
         except OSError as exc:
             raise SandboxError("internal", f"cannot unmount vm {vm.meta.vm_id}: {exc}") from None
-        shutil.rmtree(self._store.work_path(vm.meta.upper), ignore_errors=True)
+        finally:
+            if root_fd >= 0:
+                os.close(root_fd)
         with contextlib.suppress(OSError):
             target.rmdir()
+
+    def _background(self, job: Callable[[], None]) -> None:
+        """Run ``job`` on the engine's single background thread (FIFO)."""
+        with self._lock:
+            if self._closer is None or not self._closer.is_alive():
+                self._closer = threading.Thread(
+                    target=self._closer_main, name="arker-sandbox-bg", daemon=True
+                )
+                self._closer.start()
+        self._closer_q.put(job)
+
+    def _schedule_sync(self) -> None:
+        """Make recent fork metadata and frozen layers durable soon (coalesced)."""
+        with self._lock:
+            if self._sync_pending:
+                return
+            self._sync_pending = True
+
+        def sync() -> None:
+            with self._lock:
+                self._sync_pending = False
+            self._store.syncfs()
+
+        self._background(sync)
+
+    def _closer_main(self) -> None:
+        while True:
+            job = self._closer_q.get()
+            if job is None:
+                return
+            with contextlib.suppress(Exception):  # best effort: nobody to report to
+                job()
 
     def _collect_layers(self) -> None:
         """Remove layers and work dirs that no VM references."""

@@ -12,6 +12,7 @@ import os
 from collections.abc import Sequence
 
 __all__ = [
+    "detach",
     "enter_private_mount_namespace",
     "is_mountpoint",
     "make_private_bind",
@@ -138,6 +139,18 @@ def umount(target: str) -> bool:
             return True
         err = ctypes.get_errno()
     raise OSError(err, f"umount {target}: {os.strerror(err)}", target)
+
+
+def detach(target: str) -> None:
+    """Lazily detach the mount at ``target`` (``MNT_DETACH``).
+
+    The superblock lives on while any descriptor references it; closing the last
+    one shuts it down (for overlay that includes a sync of the upper filesystem).
+    """
+    if _libc.umount2(target.encode(), MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOENT):
+            raise OSError(err, f"umount {target}: {os.strerror(err)}", target)
 
 
 def _unescape(field: str) -> str:

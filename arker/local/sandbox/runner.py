@@ -154,6 +154,36 @@ class VmCgroup:
                 continue
         return None
 
+    @classmethod
+    def kill_stale(cls, tag: str) -> None:
+        """Kill processes left in this engine's cgroups by a previous (crashed) engine.
+
+        ``--die-with-parent`` cannot cover a server killed between fork and bwrap's
+        ``prctl``; the per-VM cgroups still name every such process.
+        """
+        for ctrl in ("pids", "memory"):
+            hier = _CG_ROOT / ctrl
+            for parent in {hier / cls._own_path(ctrl).lstrip("/"), hier}:
+                group = parent / f"arker-{tag}"
+                if not group.is_dir():
+                    continue
+                for d in group.iterdir():
+                    if not d.is_dir():
+                        continue
+                    for _ in range(50):
+                        try:
+                            pids = (d / "cgroup.procs").read_text().split()
+                        except OSError:
+                            break
+                        if not pids:
+                            break
+                        for pid in pids:
+                            with contextlib.suppress(OSError, ValueError):
+                                os.kill(int(pid), signal.SIGKILL)
+                        time.sleep(0.02)
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+
     @property
     def enabled(self) -> bool:
         """True when at least the pids controller is in use."""
