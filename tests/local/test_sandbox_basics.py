@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from arker.local.sandbox import Engine, SandboxError
+from arker.local.sandbox.mounts import mounts_under
 
 BASE_VM = "01KQBYKEV5WJ7YB010603T1DCT_d8c0"
 
@@ -229,3 +230,31 @@ def test_restart_persistence_and_close_unmounts(sandbox_data_dir: Path) -> None:
 
 def test_probe_passes_here(sandbox_data_dir: Path) -> None:
     Engine.probe(sandbox_data_dir)
+
+
+def test_broken_session_state_does_not_brick_the_session(engine: Engine) -> None:
+    assert sh(engine, "echo 'if then' > /var/lib/arker/sessions/zz", session="a").exit_code == 0
+    r = sh(engine, "echo ok; cd /tmp", session="zz")
+    assert (r.stdout, r.exit_code, r.cwd) == (b"ok\n", 0, "/tmp")
+    assert sh(engine, "pwd", session="zz").stdout == b"/tmp\n"
+
+
+def test_close_stops_running_commands(sandbox_data_dir: Path) -> None:
+    eng = Engine(sandbox_data_dir, network=False)
+    eng.ensure_base(BASE_VM)
+    results: list[object] = []
+    t = threading.Thread(
+        target=lambda: results.append(eng.run(BASE_VM, "sleep 100.6262", session="0", timeout=600))
+    )
+    t.start()
+    for _ in range(200):
+        if _leftovers("100.6262"):
+            break
+        time.sleep(0.02)
+    eng.close()
+    t.join(timeout=30)
+    assert not t.is_alive()
+    assert _leftovers("100.6262") == []
+    assert mounts_under(str(eng._mnt)) == []
+    with pytest.raises(SandboxError):
+        eng.run(BASE_VM, "true", session="0", timeout=5)

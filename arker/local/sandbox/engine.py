@@ -668,7 +668,10 @@ class Engine:
         duration_ms = (time.monotonic() - start) * 1000.0
         if raw.returncode == 125 and b"arker-spawn" in raw.stderr[:500]:
             raise SandboxError("internal", "cannot place the command in the VM's cgroups")
-        saved = files.read_small(root_fd, state, 1 << 20)
+        if raw.timed_out:  # a save cut short must not replace the last good state
+            saved = files.read_small(root_fd, state, 1 << 20)
+        else:
+            saved = files.commit_state(root_fd, state, runner.STATE_END, 1 << 20)
         cwd = (runner.parse_state_cwd(saved) if saved is not None else None) or VM_HOME
         code = raw.returncode
         if raw.timed_out:

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 from .errors import SandboxError
 
-__all__ = ["open_read", "read_small", "write_atomic"]
+__all__ = ["commit_state", "open_read", "read_small", "write_atomic"]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -137,6 +137,45 @@ def read_small(root_fd: int, path: str, limit: int) -> bytes | None:
         return None
     with fh:
         return fh.read(limit)
+
+
+def commit_state(root_fd: int, path: str, marker: bytes, limit: int) -> bytes | None:
+    """Move ``<path>.new`` over ``path`` if it is complete; return the current state.
+
+    Used for session state files the VM writes with shell builtins only. The
+    directory is resolved inside the VM; the two names are then plain entries of it
+    (``O_NOFOLLOW``, ``renameat``), so nothing can point the host elsewhere.
+
+    Returns:
+        The committed (or previous) state, or None when there is none.
+    """
+    parent, _, name = path.rstrip("/").rpartition("/")
+    try:
+        dfd = _open_dir(root_fd, parent or "/")
+    except OSError:
+        return None
+    try:
+        try:
+            fd = os.open(
+                f"{name}.new",
+                os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                dir_fd=dfd,
+            )
+        except OSError:
+            fd = -1
+        if fd >= 0:
+            try:
+                st = os.fstat(fd)
+                data = os.read(fd, limit) if stat.S_ISREG(st.st_mode) else b""
+            finally:
+                os.close(fd)
+            if data.endswith(marker):
+                with contextlib.suppress(OSError):
+                    os.rename(f"{name}.new", name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                return data
+    finally:
+        os.close(dfd)
+    return read_small(root_fd, path, limit)
 
 
 def _open_dir(root_fd: int, path: str, flags: int = os.O_PATH) -> int:

@@ -26,6 +26,7 @@ from .baseimage import SESSIONS_DIR, VM_HOME, VM_UID
 
 __all__ = [
     "SESSION_WRAPPER",
+    "STATE_END",
     "RawResult",
     "VmCgroup",
     "bwrap_argv",
@@ -42,14 +43,16 @@ _DRAIN_GRACE_S = 5.0
 # Runs inside the VM as `sh -c SESSION_WRAPPER sh <state> <command>`. It restores the
 # session's exported environment and cwd, evals the command in this same shell (so
 # `cd`/`export` stick and `exit N` keeps N) and saves the state from an EXIT trap.
-# The state is written to a temp file and renamed: a command killed mid-save never
-# leaves a half-written state behind.
+# The state goes to "<state>.new" with builtins only (no fork/exec); the engine renames
+# it into place after the run when it is complete (ends with STATE_END), so a command
+# killed mid-save never leaves a half-written state behind. `command .` keeps a broken
+# state file from killing the shell (`.` is a special builtin).
 SESSION_WRAPPER = r"""__arker_state=$1
 __arker_cmd=$2
 shift 2
 __arker_cwd=/home/user
 if [ -r "$__arker_state" ]; then
-  . "$__arker_state"
+  command . "$__arker_state" 2>/dev/null
   __arker_cwd=${__ARKER_CWD:-/home/user}
   unset __ARKER_CWD
 fi
@@ -59,14 +62,18 @@ __arker_save() {
   trap - EXIT
   __ARKER_CWD=$PWD
   export __ARKER_CWD
-  if export -p >"$__arker_state.tmp" 2>/dev/null; then
-    mv -f "$__arker_state.tmp" "$__arker_state" 2>/dev/null
-  fi
+  {
+    export -p
+    echo '# arker-state-end'
+  } >"$__arker_state.new" 2>/dev/null
   exit "$__arker_rc"
 }
 trap __arker_save EXIT
 eval "$__arker_cmd"
 """
+
+
+STATE_END = b"# arker-state-end\n"
 
 
 def session_state_path(safe_name: str) -> str:
