@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from arker.local.sandbox import Engine, SandboxError
+from arker.local.sandbox import Engine, SandboxError, SandboxUnavailable
 from arker.local.sandbox.mounts import mounts_under
 
 BASE_VM = "01KQBYKEV5WJ7YB010603T1DCT_d8c0"
@@ -258,3 +258,11 @@ def test_close_stops_running_commands(sandbox_data_dir: Path) -> None:
     assert mounts_under(str(eng._mnt)) == []
     with pytest.raises(SandboxError):
         eng.run(BASE_VM, "true", session="0", timeout=5)
+
+
+def test_debian_base_requires_a_built_rootfs(sandbox_data_dir: Path) -> None:
+    with pytest.raises(SandboxUnavailable) as ei:
+        Engine(sandbox_data_dir, network=False, base="debian")
+    assert "build_debian_rootfs" in str(ei.value) and "\n" not in str(ei.value)
+    eng = Engine(sandbox_data_dir, network=False)  # the failed start left nothing locked
+    eng.close()

@@ -172,8 +172,8 @@ class Engine:
             HOST_BASE: self._root / "base" / HOST_BASE,
             DEBIAN_BASE: default_debian_rootfs(self.data_dir),
         }
-        self._mnt = self._mount_root()
         try:
+            self._mnt = self._mount_root()
             self._store = LayerStore(self._root)
             # Mounts left by a previous engine that died in the host namespace.
             for stale in mounts.mounts_under(str(self._mnt)):
@@ -187,6 +187,11 @@ class Engine:
                 self._vms[vm_id] = _Vm(meta)
             self._collect_layers()
         except BaseException:
+            if hasattr(self, "_mnt"):
+                with contextlib.suppress(OSError):
+                    mounts.umount(str(self._mnt))
+            if hasattr(self, "_store"):
+                self._store.close()
             os.close(self._lock_fd)
             raise
 
