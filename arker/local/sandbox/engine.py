@@ -569,8 +569,11 @@ class Engine:
         finally:
             if root_fd >= 0:
                 os.close(root_fd)
-        with contextlib.suppress(OSError):
-            target.rmdir()
+        if not background:
+            # A fork remounts the parent right away; keeping its mount point also
+            # avoids rmdir waiting on the detached superblock's teardown.
+            with contextlib.suppress(OSError):
+                target.rmdir()
 
     def _background(self, job: Callable[[], None]) -> None:
         """Run ``job`` on the engine's single background thread (FIFO)."""
