@@ -169,3 +169,15 @@ def test_concurrent_forks_runs_and_writes(engine: Engine) -> None:
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_hundreds_of_successive_forks(engine: Engine) -> None:
+    prev = BASE_VM
+    for g in range(300):
+        vm = f"s{g}"
+        engine.fork(prev, vm)
+        engine.write_file(vm, f"/home/user/g{g}", io.BytesIO(b"x"), 1)
+        if g % 50 == 49:
+            engine.delete(prev)  # parents vanish along the way; the chain keeps working
+        prev = vm
+    assert out(engine, prev, "ls ~ | wc -l") == "300\n"

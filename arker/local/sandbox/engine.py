@@ -252,36 +252,44 @@ class Engine:
                 raise SandboxError("bad_request", f"vm already exists: {child_id}")
         self._acquire_exclusive(parent)
         try:
-            with self._gc_lock:
-                with self._lock:
-                    if child_id in self._vms:
-                        raise SandboxError("bad_request", f"vm already exists: {child_id}")
-                meta = parent.meta
-                if self._store.is_empty(meta.upper):
-                    # Nothing to freeze: the child shares exactly the parent's lowers
-                    # and the parent keeps its (still empty) upper and its mount.
-                    child = VmMeta(child_id, meta.base, list(meta.layers), self._store.new_upper())
-                    self._store.save_meta(child, durable=False)
-                else:
-                    self._unmount(parent, background=True)
-                    frozen = [*meta.layers, meta.upper]
-                    if len(frozen) > FLATTEN_THRESHOLD:
-                        frozen = [self._store.flatten(frozen, self._base_dir(meta.base))]
-                    child = VmMeta(child_id, meta.base, list(frozen), self._store.new_upper())
-                    new_parent = VmMeta(
-                        meta.vm_id, meta.base, list(frozen), self._store.new_upper(), meta.is_base
-                    )
-                    # Order from LOCAL-SANDBOX.md: child's metadata durable in a temp
-                    # file, parent's replaced (commit point), then the child's renamed in.
-                    ctmp = self._store.write_meta_tmp(child, durable=False)
-                    self._store.save_meta(new_parent, durable=False)
-                    parent.meta = new_parent
-                    self._store.commit_meta(ctmp, child_id, durable=False)
-                with self._lock:
-                    self._vms[child_id] = _Vm(child)
-                self._schedule_sync()
+            self._fork_locked(parent, child_id)
+        except OSError as exc:
+            raise SandboxError("internal", f"fork failed: {exc}") from None
         finally:
             self._release_exclusive(parent)
+
+    def _fork_locked(self, parent: _Vm, child_id: str) -> None:
+        """Body of :meth:`fork`; the caller holds the parent exclusively."""
+        with self._gc_lock:
+            with self._lock:
+                if child_id in self._vms:
+                    raise SandboxError("bad_request", f"vm already exists: {child_id}")
+            meta = parent.meta
+            if self._store.is_empty(meta.upper):
+                # Nothing to freeze: the child shares exactly the parent's lowers
+                # and the parent keeps its (still empty) upper and its mount.
+                child = VmMeta(child_id, meta.base, list(meta.layers), self._store.new_upper())
+                self._store.save_meta(child, durable=False)
+            else:
+                self._unmount(parent, background=True)
+                frozen = [*meta.layers, meta.upper]
+                if len(frozen) > FLATTEN_THRESHOLD:
+                    frozen = [self._store.flatten(frozen, self._base_dir(meta.base))]
+                child = VmMeta(child_id, meta.base, list(frozen), self._store.new_upper())
+                new_parent = VmMeta(
+                    meta.vm_id, meta.base, list(frozen), self._store.new_upper(), meta.is_base
+                )
+                # Order from LOCAL-SANDBOX.md: child's metadata in a temp file,
+                # parent's replaced (the commit point), then the child's renamed in.
+                # No fsyncs here (see LayerStore.write_meta_tmp): ext4's journal
+                # keeps the renames in order and a background syncfs follows.
+                ctmp = self._store.write_meta_tmp(child, durable=False)
+                self._store.save_meta(new_parent, durable=False)
+                parent.meta = new_parent
+                self._store.commit_meta(ctmp, child_id, durable=False)
+            with self._lock:
+                self._vms[child_id] = _Vm(child)
+            self._schedule_sync()
 
     def delete(self, vm_id: str) -> None:
         """Delete a VM; its forks keep working and shared layers stay.
@@ -293,8 +301,10 @@ class Engine:
         vm = self._get(vm_id)
         self._acquire_exclusive(vm)
         try:
-            self._unmount(vm)
-            self._store.remove_meta(vm_id)
+            # Detached in the background: tearing an overlay down syncs the whole
+            # upper filesystem, which must not stall the request.
+            self._unmount(vm, background=True)
+            self._store.remove_meta(vm_id, durable=False)
             with self._lock:
                 self._vms.pop(vm_id, None)
             vm.deleted = True
@@ -302,6 +312,7 @@ class Engine:
                 vm.cgroup.remove()
         finally:
             self._release_exclusive(vm)
+        self._schedule_sync()
         self._collect_layers()
 
     def run(self, vm_id: str, command: str, *, session: str, timeout: float | None) -> RunOutcome:
@@ -418,6 +429,9 @@ class Engine:
         for stale in mounts.mounts_under(str(self._mnt)):
             with contextlib.suppress(OSError):
                 mounts.umount(stale)
+        for leftover in self._mnt.iterdir():
+            with contextlib.suppress(OSError):
+                leftover.rmdir()  # empty mount points of forked/deleted VMs
         with contextlib.suppress(OSError):
             mounts.umount(str(self._mnt))
         self._store.close()

@@ -225,11 +225,12 @@ class LayerStore:
         finally:
             os.close(fd)
 
-    def remove_meta(self, vm_id: str) -> None:
-        """Forget a VM durably."""
+    def remove_meta(self, vm_id: str, *, durable: bool = True) -> None:
+        """Forget a VM (durably unless ``durable`` is False)."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.meta_path(vm_id))
-        _fsync_dir(self.vms_dir)
+        if durable:
+            _fsync_dir(self.vms_dir)
 
     def load_all(self) -> dict[str, VmMeta]:
         """Read every committed VM metadata file."""
