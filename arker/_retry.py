@@ -17,6 +17,7 @@ carries an ``Idempotency-Key`` minted once per call (fork, run).
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +28,6 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
 )
 
 from ._exceptions import APIConnectionError, APIStatusError, ArkerError
@@ -118,21 +118,31 @@ def should_retry(exc: BaseException, policy: RetryPolicy) -> bool:
     return exc.retry_after is None or exc.retry_after <= policy.max_retry_after
 
 
+def backoff_seconds(policy: RetryPolicy, attempt: int, *, jitter: float | None = None) -> float:
+    """Sleep after failed attempt ``attempt`` (1-based): exponential, capped, jittered.
+
+    ``initial * 2**(attempt-1)``, at most ``max_backoff``, plus up to ``initial``
+    seconds of random jitter so that many clients do not retry in lockstep.
+    """
+    base = min(policy.max_backoff, policy.initial_backoff * 2 ** (attempt - 1))
+    if jitter is None:
+        jitter = random.uniform(0, policy.initial_backoff)
+    return float(min(policy.max_backoff, base + jitter))
+
+
 class _Wait:
     """Exponential backoff with jitter, or the server's ``Retry-After`` when it sent one."""
 
     def __init__(self, policy: RetryPolicy) -> None:
-        self._backoff = wait_exponential_jitter(
-            initial=policy.initial_backoff,
-            max=policy.max_backoff,
-            jitter=policy.initial_backoff,
-        )
+        # tenacity's wait_exponential_jitter renamed its arguments across versions; the
+        # formula is one line, so it lives here: initial * 2^(n-1), capped, plus jitter.
+        self._policy = policy
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
         if isinstance(exc, APIStatusError) and exc.retry_after is not None:
             return exc.retry_after
-        return float(self._backoff(state))
+        return backoff_seconds(self._policy, state.attempt_number)
 
 
 def _log_before_sleep(state: RetryCallState) -> None:

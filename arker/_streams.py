@@ -105,6 +105,11 @@ class _RangeReader(io.RawIOBase):
     def __len__(self) -> int:
         return self._length
 
+    def tell(self) -> int:
+        # requests sizes a body as len() - tell(); without this it sees 0 and falls back
+        # to chunked encoding, which presigned-URL stores (and simple proxies) refuse.
+        return self._length - self._left
+
     def readable(self) -> bool:
         return True
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Header, Query, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .._version import __version__
 from .._wire import (
@@ -186,8 +186,22 @@ def create_app(services: Services) -> FastAPI:
         s.signer.verify("PUT", vm_id, upload_id, expires, signature)
         if s.store.get_vm(vm_id) is None:
             raise ApiError("not_found", f"vm not found: {vm_id}")
-        await s.uploads.receive_put(vm_id, upload_id, request.stream())
+        await s.uploads.receive_put(
+            vm_id, upload_id, request.stream(), request.headers.get("content-range")
+        )
         return _json(Envelope())
+
+    @app.head(UPLOAD_ROUTE)
+    def presigned_upload_offset(
+        vm_id: str,
+        upload_id: str,
+        expires: str | None = None,
+        signature: str | None = None,
+    ) -> Response:
+        """(ext) How much of an interrupted upload is held: ``Upload-Offset``."""
+        s.signer.verify("PUT", vm_id, upload_id, expires, signature)
+        held = s.uploads.held_prefix(vm_id, upload_id)
+        return Response(status_code=200, headers={"Upload-Offset": str(held)})
 
     return app
 

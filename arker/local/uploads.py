@@ -9,11 +9,11 @@ file is handed to `engine.write_file`, which places it in the VM atomically.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import os
-import secrets
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -28,6 +28,7 @@ from .errors import ApiError
 from .store import Store, UploadRow
 
 _COPY_BLOCK = 1024 * 1024
+_CHECKPOINT = 16 * 1024 * 1024  # fsync + record a PUT's progress this often
 
 
 def merge_range(ranges: list[tuple[int, int]], start: int, end: int) -> list[tuple[int, int]]:
@@ -70,6 +71,7 @@ class Uploads:
         self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._guard = threading.Lock()
         self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._put_locks: dict[tuple[str, str], asyncio.Lock] = {}
 
     # --- entry kinds -------------------------------------------------------------------
 
@@ -132,45 +134,76 @@ class Uploads:
             self._commit_locked(upload, entry.sha256, _mode(entry))
             return _done(upload.size)
 
-    async def receive_put(self, vm_id: str, upload_id: str, body: AsyncIterator[bytes]) -> None:
-        """Stream a presigned PUT body to the staging file, never holding it in memory.
+    def held_prefix(self, vm_id: str, upload_id: str) -> int:
+        """Bytes of an upload durably held from offset 0: where a PUT may resume."""
+        upload = self._store.get_upload(vm_id, upload_id)
+        if upload is None:
+            raise ApiError("not_found", f"unknown upload_id: {upload_id}")
+        return upload.size if upload.committed else _prefix(upload.ranges)
+
+    async def receive_put(
+        self,
+        vm_id: str,
+        upload_id: str,
+        body: AsyncIterator[bytes],
+        content_range: str | None = None,
+    ) -> None:
+        """Stream a presigned PUT body into the staging file, never holding it in memory.
+
+        Without ``Content-Range`` the body is the whole file. With ``bytes S-E/T`` it
+        resumes at ``S``, which must not pass the bytes already held (``HEAD`` on the
+        upload URL tells). What arrives is fsynced and recorded as it goes, so a PUT
+        cut off mid-way leaves a prefix the next one can resume from.
 
         Raises:
             ApiError: ``not_found`` for an unknown upload, ``payload_too_large`` when the
-                body passes the announced size, ``bad_request`` when it falls short.
+                body passes the announced size, ``bad_request`` when it falls short or
+                the range is malformed, ``conflict`` when it starts past what is held.
         """
         upload = self._store.get_upload(vm_id, upload_id)
         if upload is None:
             raise ApiError("not_found", f"unknown upload_id: {upload_id}")
-        if upload.committed:
-            return
-        # A private temp file per request: two concurrent PUTs never interleave bytes.
-        staging = self._staging(upload)
-        tmp = staging.with_name(f"{staging.name}.{secrets.token_hex(4)}")
-        received = 0
-        try:
-            with open(tmp, "wb") as out:
+        start = 0 if content_range is None else _parse_content_range(content_range, upload.size)
+        # One PUT per upload at a time; a retry waits for the broken one to wind down.
+        async with self._put_lock(vm_id, upload_id):
+            upload = self._refresh(upload)
+            if upload.committed:
+                return
+            held = _prefix(upload.ranges)
+            if start > held:
+                raise ApiError("conflict", f"cannot resume at byte {start}: {held} bytes are held")
+            fd = os.open(self._staging(upload), os.O_WRONLY | os.O_CREAT, 0o600)
+            pos = start
+            try:
+                os.ftruncate(fd, start)
+                self._store.set_upload_ranges(vm_id, upload_id, [(0, start)] if start else [])
+                synced = start
                 async for block in body:
-                    received += len(block)
-                    if received > upload.size:
+                    if pos + len(block) > upload.size:
                         raise ApiError(
                             "payload_too_large",
                             f"upload is larger than the announced {upload.size} bytes",
                         )
-                    out.write(block)
-                if received != upload.size:
+                    _pwrite_all(fd, block, pos)
+                    pos += len(block)
+                    if pos - synced >= _CHECKPOINT:
+                        self._checkpoint(fd, upload, pos)
+                        synced = pos
+                if pos != upload.size:
                     raise ApiError(
-                        "bad_request",
-                        f"upload has {received} bytes; {upload.size} were announced",
+                        "bad_request", f"upload has {pos} bytes; {upload.size} were announced"
                     )
-                out.flush()
-                os.fsync(out.fileno())
-            with self._lock_for(vm_id, upload_id):
-                os.replace(tmp, staging)
-                _fsync_dir(self._dir)
-                self._store.set_upload_ranges(vm_id, upload_id, [(0, upload.size)])
-        finally:
-            tmp.unlink(missing_ok=True)
+            finally:
+                # Whatever arrived, complete or cut off, is kept for the next attempt.
+                self._checkpoint(fd, upload, min(pos, upload.size))
+                os.close(fd)
+
+    def _checkpoint(self, fd: int, upload: UploadRow, held: int) -> None:
+        os.fsync(fd)
+        self._store.set_upload_ranges(upload.vm_id, upload.upload_id, [(0, held)] if held else [])
+
+    def _put_lock(self, vm_id: str, upload_id: str) -> asyncio.Lock:
+        return self._put_locks.setdefault((vm_id, upload_id), asyncio.Lock())
 
     # --- maintenance -------------------------------------------------------------------
 
@@ -264,3 +297,32 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _prefix(ranges: list[tuple[int, int]]) -> int:
+    """Length of the run of bytes held from offset 0."""
+    return ranges[0][1] if ranges and ranges[0][0] == 0 else 0
+
+
+def _parse_content_range(value: str, size: int) -> int:
+    """The start offset of ``bytes S-E/T``; ``E`` must be the last byte and ``T`` the size."""
+    try:
+        unit, _, spec = value.strip().partition(" ")
+        span, _, total = spec.partition("/")
+        first, _, last = span.partition("-")
+        start, end, whole = int(first), int(last), int(total)
+    except ValueError:
+        raise ApiError("bad_request", f"malformed Content-Range: {value!r}") from None
+    if unit != "bytes" or whole != size or end != size - 1 or not 0 <= start <= end:
+        raise ApiError(
+            "bad_request", f"Content-Range {value!r} must be 'bytes S-{size - 1}/{size}'"
+        )
+    return start
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view = view[n:]
+        offset += n
