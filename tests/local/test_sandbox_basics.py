@@ -266,3 +266,33 @@ def test_debian_base_requires_a_built_rootfs(sandbox_data_dir: Path) -> None:
     assert "build_debian_rootfs" in str(ei.value) and "\n" not in str(ei.value)
     eng = Engine(sandbox_data_dir, network=False)  # the failed start left nothing locked
     eng.close()
+
+
+def test_write_source_is_read_with_server_rights(engine: Engine, tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "body").write_bytes(b"secret-body")
+
+    class LazySource(io.RawIOBase):
+        """Opens its backing file on first read, like a spooled upload might."""
+
+        def __init__(self) -> None:
+            self.fh: io.BufferedReader | None = None
+
+        def read(self, n: int = -1) -> bytes:
+            if self.fh is None:
+                self.fh = open(private / "body", "rb")  # noqa: SIM115 - closed below
+            return self.fh.read(n)
+
+        def close(self) -> None:
+            if self.fh is not None:
+                self.fh.close()
+
+    src = LazySource()
+    try:
+        engine.write_file(BASE_VM, "/home/user/lazy", src, 11)  # type: ignore[arg-type]
+    finally:
+        src.close()
+    fh, _ = engine.open_read(BASE_VM, "/home/user/lazy")
+    with fh:
+        assert fh.read() == b"secret-body"

@@ -211,18 +211,11 @@ def _ensure_dirs(root_fd: int, parts: list[str], uid: int, gid: int) -> int:
         raise
 
 
-def _write_atomic(
-    root_fd: int, path: str, src: BinaryIO, size: int, mode: int, uid: int, gid: int
-) -> None:
-    """Stream ``size`` bytes from ``src`` into ``path`` inside the VM, atomically.
+def _prepare(root_fd: int, path: str, uid: int, gid: int) -> tuple[int, int, str, str]:
+    """Resolve/create the parent and create the temp file (as the VM user).
 
-    The bytes go to a temp file in the target directory, are fsynced, and the temp
-    file is renamed over the target (``renameat`` never follows a symlink at the
-    target, it replaces the link). Parent directories are created owned by ``uid``.
-
-    Raises:
-        SandboxError: ``bad_request`` (target is a directory, parent not a directory,
-            short body), ``internal`` otherwise.
+    Returns:
+        ``(dir_fd, tmp_fd, tmp_name, name)``; the caller closes both descriptors.
     """
     parts = [p for p in path.split("/") if p]
     if not parts or any(p in (".", "..") for p in parts):
@@ -244,7 +237,6 @@ def _write_atomic(
         real_dir = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
     finally:
         os.close(dir_fd)
-    tmp = f".arker-tmp-{secrets.token_hex(8)}"
     try:
         try:
             st = os.stat(name, dir_fd=real_dir, follow_symlinks=False)
@@ -252,46 +244,32 @@ def _write_atomic(
                 raise SandboxError("bad_request", f"path is a directory: {path}")
         except FileNotFoundError:
             pass
+        tmp = f".arker-tmp-{secrets.token_hex(8)}"
         fd = os.open(
             tmp,
             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
             0o600,
             dir_fd=real_dir,
         )
-        try:
-            remaining = size
-            while remaining > 0:
-                chunk = src.read(min(_CHUNK, remaining))
-                if not chunk:
-                    raise SandboxError(
-                        "bad_request", f"body shorter than size ({size - remaining} < {size})"
-                    )
-                view = memoryview(chunk)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                remaining -= len(chunk)
-            os.fchown(fd, uid, gid)
-            # Never hand the VM a setuid/setgid file from the host side.
-            os.fchmod(fd, mode & 0o1777)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.rename(tmp, name, src_dir_fd=real_dir, dst_dir_fd=real_dir)
-        except IsADirectoryError:
-            raise SandboxError("bad_request", f"path is a directory: {path}") from None
-        tmp = ""
-        os.fsync(real_dir)
-    except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            raise SandboxError("bad_request", f"permission denied: {path}") from None
-        raise SandboxError("internal", f"cannot write {path}: {exc.strerror}") from None
-    finally:
-        if tmp:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp, dir_fd=real_dir)
+    except BaseException:
         os.close(real_dir)
+        raise
+    return real_dir, fd, tmp, name
+
+
+def _copy(src: BinaryIO, fd: int, size: int) -> None:
+    remaining = size
+    while remaining > 0:
+        chunk = src.read(min(_CHUNK, remaining))
+        if not chunk:
+            raise SandboxError(
+                "bad_request", f"body shorter than size ({size - remaining} < {size})"
+            )
+        view = memoryview(chunk)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        remaining -= len(chunk)
 
 
 def write_atomic(
@@ -301,15 +279,42 @@ def write_atomic(
 
     The bytes go to a temp file in the target directory, are fsynced, and the temp
     file is renamed over the target (``renameat`` never follows a symlink at the
-    target, it replaces the link). All of it runs with the VM user's file access
-    rights (``uid``/``gid``), so new files and parent directories belong to it.
+    target, it replaces the link). Every filesystem step inside the VM runs with the
+    VM user's access rights (``uid``/``gid``), so new files and parent directories
+    belong to it; reading ``src`` runs with the server's own rights.
 
     Raises:
         SandboxError: ``bad_request`` (target is a directory, parent not a directory,
             permission denied, short body), ``internal`` otherwise.
     """
+    real_dir = fd = -1
+    tmp = ""
     try:
         with as_fs_user(uid, gid):
-            _write_atomic(root_fd, path, src, size, mode, uid, gid)
-    except PermissionError:
-        raise SandboxError("bad_request", f"permission denied: {path}") from None
+            real_dir, fd, tmp, name = _prepare(root_fd, path, uid, gid)
+        _copy(src, fd, size)
+        with as_fs_user(uid, gid):
+            os.fchown(fd, uid, gid)
+            # Never hand the VM a setuid/setgid file from the host side.
+            os.fchmod(fd, mode & 0o1777)
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            try:
+                os.rename(tmp, name, src_dir_fd=real_dir, dst_dir_fd=real_dir)
+            except IsADirectoryError:
+                raise SandboxError("bad_request", f"path is a directory: {path}") from None
+            tmp = ""
+            os.fsync(real_dir)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            raise SandboxError("bad_request", f"permission denied: {path}") from None
+        raise SandboxError("internal", f"cannot write {path}: {exc.strerror}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        if tmp:
+            with contextlib.suppress(OSError), as_fs_user(uid, gid):
+                os.unlink(tmp, dir_fd=real_dir)
+        if real_dir >= 0:
+            os.close(real_dir)
