@@ -115,3 +115,14 @@ def test_memory_limit_kills_big_allocation(engine: Engine) -> None:
     code, _, _ = run(engine, f"python3 -c 'b = bytearray({limit * 2}); print(len(b))'")
     assert code != 0
     assert run(engine, "echo ok")[1] == "ok\n"
+
+
+def test_network_flag_controls_the_network_namespace(sandbox_data_dir: Path) -> None:
+    eng = Engine(sandbox_data_dir, network=True)
+    try:
+        eng.ensure_base(BASE_VM)
+        r = eng.run(BASE_VM, "tail -n +3 /proc/net/dev | cut -d: -f1", session="0", timeout=30)
+        host = Path("/proc/net/dev").read_text().splitlines()[2:]
+        assert sorted(r.stdout.decode().split()) == sorted(ln.split(":")[0].strip() for ln in host)
+    finally:
+        eng.close()

@@ -152,6 +152,11 @@ class VmCgroup:
                 d.mkdir(parents=True, exist_ok=True)
                 for key, value in settings.items():
                     (d / key).write_text(value)
+                if ctrl == "memory" and (d / "memory.memsw.limit_in_bytes").exists():
+                    # With swap accounting on, cap memory+swap too or the limit leaks.
+                    (d / "memory.memsw.limit_in_bytes").write_text(
+                        settings["memory.limit_in_bytes"]
+                    )
                 for f in ("cgroup.procs", "tasks"):
                     os.chown(d / f, uid, uid)
                 return d
