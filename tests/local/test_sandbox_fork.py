@@ -128,7 +128,7 @@ def test_fork_waits_for_or_rejects_running_commands(engine: Engine) -> None:
         assert busy is not None and busy.code == "vm_busy"
     finally:
         t.join()
-    engine.busy_wait_s = 5.0
+    engine.busy_wait_s = 2.0
     engine.fork("p", "c")
     assert out(engine, "c", "cat f") == "data\n"
 

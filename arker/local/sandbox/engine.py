@@ -129,7 +129,7 @@ class Engine:
         sandbox_uid: int = 60999,
         limits: Limits = Limits(),
         base: str = HOST_BASE,
-        busy_wait_s: float = 5.0,
+        busy_wait_s: float = 2.0,
     ) -> None:
         if base not in (HOST_BASE, DEBIAN_BASE):
             raise ValueError(f"unknown base {base!r}")

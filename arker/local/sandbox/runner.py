@@ -265,7 +265,7 @@ def bwrap_argv(
         "--setenv", "USER", "user",
         "--setenv", "LOGNAME", "user",
         "--setenv", "LANG", "C.UTF-8",
-        "--chdir", VM_HOME,
+        "--chdir", "/",  # the wrapper cds; a missing home must not break every run
         "--", _SH, "-c", SESSION_WRAPPER, "sh", state_path, command,
     ]  # fmt: skip
     return argv
