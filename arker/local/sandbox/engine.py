@@ -662,6 +662,9 @@ class Engine:
         state = runner.session_state_path(name)
         info_r, info_w = os.pipe()
         ro_binds = host_binds() if vm.meta.base == HOST_BASE else []
+        if self.network and vm.meta.base == HOST_BASE and os.path.exists("/etc/resolv.conf"):
+            # The skeleton's copy is as old as the skeleton; DNS must follow the host.
+            ro_binds.append("/etc/resolv.conf")
         argv = runner.spawn_prefix(
             cgroup, self.limits.pids_max, self.limits.memory_max_bytes
         ) + runner.bwrap_argv(
