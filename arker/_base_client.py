@@ -12,15 +12,19 @@ Where things happen:
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import IO, Literal, TypeVar, Union
-from urllib.parse import urlencode
+from typing import IO, Any, Literal, TypeVar, Union
+from urllib.parse import urlencode, urlsplit
 
 import requests
 from pydantic import BaseModel
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
+from requests.utils import get_environ_proxies
 
 from ._exceptions import APIConnectionError, APIStatusError, APITimeoutError, NotFoundError
 from ._logging import log, redact_text, redact_url
@@ -67,10 +71,10 @@ class _BearerAuth(requests.auth.AuthBase):
     is not overridden by credentials from ``~/.netrc``."""
 
     def __init__(self, api_key: str) -> None:
-        self._header = f"Bearer {api_key}"
+        self.header = f"Bearer {api_key}"
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = self._header
+        request.headers["Authorization"] = self.header
         return request
 
     def __repr__(self) -> str:  # never show the key
@@ -95,9 +99,54 @@ class ClientConfig:
         )
 
 
+class PooledSession(requests.Session):
+    """A `requests.Session` that reads the proxy environment once per host.
+
+    requests scans every environment variable on every call to find proxy settings
+    (``HTTP_PROXY``, ``NO_PROXY``…) and the CA bundle; with a typical environment that
+    is most of the per-call cost on a fast network. The result only depends on the
+    host and the environment, so it is computed once per ``scheme://host`` and kept.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environment: dict[str, tuple[dict[str, str], str | None]] = {}
+
+    def merge_environment_settings(  # type: ignore[override]
+        self,
+        url: str,
+        proxies: dict[str, str] | None,
+        stream: bool | None,
+        verify: Any,
+        cert: Any,
+    ) -> Any:
+        if not self.trust_env or proxies:
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        parts = urlsplit(url)
+        key = f"{parts.scheme}://{parts.netloc}"
+        found = self._environment.get(key)
+        if found is None:
+            found = (
+                get_environ_proxies(url),
+                os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE"),
+            )
+            if len(self._environment) < 64:
+                self._environment[key] = found
+        env_proxies, ca_bundle = found
+        if ca_bundle and (verify is True or verify is None):
+            verify = ca_bundle
+        # The same precedence as requests' merge_setting: per-call beats the session.
+        return {
+            "proxies": {**self.proxies, **env_proxies},
+            "stream": self.stream if stream is None else stream,
+            "verify": self.verify if verify is None else verify,
+            "cert": self.cert if cert is None else cert,
+        }
+
+
 def new_session(pool_maxsize: int) -> requests.Session:
     """One pooled session; the adapter never retries (tenacity is the only retry layer)."""
-    session = requests.Session()
+    session = PooledSession()
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_maxsize, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -119,6 +168,7 @@ class BaseClient:
         self._sleep = sleep
         self._owns_session = owns_session
         self._auth = _BearerAuth(config.api_key)
+        self._fast = isinstance(session, PooledSession)
 
     # -- building ---------------------------------------------------------------------
 
@@ -156,19 +206,23 @@ class BaseClient:
         """Send one attempt. Transport failures become `APIConnectionError`s."""
         started = time.perf_counter()
         status: int | None = None
+        if params:
+            url = f"{url}?{urlencode(params)}"
         try:
-            response = self._session.request(
-                method,
-                url,
-                params=params,
-                data=data,
-                headers=headers,
-                # Presigned URLs carry their own signature: never send them the API key.
-                auth=self._auth if authenticated else None,
-                timeout=(timeout.connect, timeout.read),
-                stream=stream,
-                allow_redirects=False,
-            )
+            if authenticated and self._fast and (data is None or isinstance(data, bytes)):
+                response = self._send_prepared(method, url, headers, data, timeout, stream)
+            else:
+                response = self._session.request(
+                    method,
+                    url,
+                    data=data,
+                    headers=headers,
+                    # Presigned URLs carry their own signature: never send them the API key.
+                    auth=self._auth if authenticated else None,
+                    timeout=(timeout.connect, timeout.read),
+                    stream=stream,
+                    allow_redirects=False,
+                )
             status = response.status_code
             return response
         except requests.Timeout as exc:
@@ -180,26 +234,72 @@ class BaseClient:
                 f"{method} {redact_url(url)} failed: {redact_text(str(exc))}"
             ) from None
         finally:
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            # API query strings are plain parameters; presigned ones hold a signature.
-            shown_url = (
-                f"{url}?{urlencode(params)}" if params and authenticated else redact_url(url)
-            )
-            log.info(
-                "%s %s -> %s (%.1f ms, attempt %d)",
-                method,
-                shown_url,
-                status if status is not None else "no response",
-                elapsed_ms,
-                attempt,
-                extra={
-                    "arker_method": method,
-                    "arker_url": shown_url,
-                    "arker_status": status,
-                    "arker_duration_ms": round(elapsed_ms, 3),
-                    "arker_attempt": attempt,
-                },
-            )
+            if log.isEnabledFor(logging.INFO):
+                self._log_attempt(method, url, authenticated, status, started, attempt)
+
+    @staticmethod
+    def _log_attempt(
+        method: str,
+        url: str,
+        authenticated: bool,
+        status: int | None,
+        started: float,
+        attempt: int,
+    ) -> None:
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        # API query strings are plain parameters; presigned ones hold a signature.
+        shown_url = url if authenticated else redact_url(url)
+        log.info(
+            "%s %s -> %s (%.1f ms, attempt %d)",
+            method,
+            shown_url,
+            status if status is not None else "no response",
+            elapsed_ms,
+            attempt,
+            extra={
+                "arker_method": method,
+                "arker_url": shown_url,
+                "arker_status": status,
+                "arker_duration_ms": round(elapsed_ms, 3),
+                "arker_attempt": attempt,
+            },
+        )
+
+    def _send_prepared(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        data: bytes | None,
+        timeout: Timeout,
+        stream: bool,
+    ) -> requests.Response:
+        """An API call straight to the session's pooled adapter.
+
+        `requests.Session.request` re-derives cookies, hooks, auth, proxies and URL
+        encoding on every call — about twice the cost of the HTTP exchange itself on a
+        fast network. SDK API calls need none of that: the URL is already encoded, the
+        body is bytes, the key goes in a header, and the environment's proxy and CA
+        settings are read once per host (`PooledSession`). Used only with the SDK's own
+        session; a session the user brings gets the full `requests` path.
+        """
+        prepared = requests.PreparedRequest()
+        prepared.method = method
+        prepared.url = url
+        prepared.headers = CaseInsensitiveDict(headers)
+        prepared.headers["Authorization"] = self._auth.header
+        prepared.headers["Content-Length"] = str(len(data) if data is not None else 0)
+        prepared.body = data
+        settings = self._session.merge_environment_settings(url, {}, stream, None, None)
+        adapter = self._session.get_adapter(url)
+        return adapter.send(
+            prepared,
+            stream=stream,
+            timeout=(timeout.connect, timeout.read),
+            verify=settings["verify"] if settings["verify"] is not None else True,
+            cert=settings["cert"],
+            proxies=settings["proxies"],
+        )
 
     # -- the two entry points resources use --------------------------------------------
 

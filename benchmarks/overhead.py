@@ -4,7 +4,9 @@ Measures, in one run, N sequential small calls (the list route, a tiny JSON enve
 
 * ``sdk``: ``client.vms.list()`` on one `arker.Arker` (pooled keep-alive connection);
 * ``floor``: a raw `http.client.HTTPConnection` keep-alive loop — the fastest Python can go;
-* ``requests``: a bare `requests.Session` loop (informational: the SDK's HTTP stack);
+* ``requests``: a bare `requests.Session.get` loop (informational);
+* ``adapter``: a prepared request straight to requests' pooled adapter, and ``urllib3``:
+  urllib3's pool alone — the cost floor of the stack the SDK is built on;
 * ``per-conn``: `urllib.request.urlopen` per call, a new TCP connection each time
   (how arker 0.1.0 talks).
 
@@ -29,6 +31,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
+import urllib3
 
 from arker import Arker
 
@@ -104,6 +107,36 @@ def requests_loop(url: str) -> tuple[Callable[[int], None], Callable[[], None]]:
     return run, session.close
 
 
+def adapter_loop(url: str) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """A prepared request straight to requests' pooled HTTPAdapter: the cheapest way to
+    use the stack the SDK is built on (requests.Session + urllib3 pooling)."""
+    session = requests.Session()
+    adapter = session.get_adapter(url)
+    headers = {"Authorization": "Bearer bench-key", "Accept": "application/json"}
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            prepared = requests.PreparedRequest()
+            prepared.method, prepared.url, prepared.body = "GET", url + PATH, None
+            prepared.headers = requests.structures.CaseInsensitiveDict(headers)
+            json.loads(adapter.send(prepared, timeout=(10, 120)).content)
+
+    return run, session.close
+
+
+def urllib3_loop(url: str) -> tuple[Callable[[int], None], Callable[[], None]]:
+    """urllib3's connection pool alone, under requests."""
+    host, port = url.removeprefix("http://").split(":")
+    pool = urllib3.HTTPConnectionPool(host, int(port), maxsize=1)
+    headers = {"Authorization": "Bearer bench-key", "Accept": "application/json"}
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            json.loads(pool.urlopen("GET", PATH, headers=headers, retries=False).data)
+
+    return run, pool.close
+
+
 def per_connection_loop(url: str) -> tuple[Callable[[int], None], Callable[[], None]]:
     headers = {"authorization": "Bearer bench-key", "content-type": "application/json"}
 
@@ -129,6 +162,8 @@ def main() -> None:
         "sdk": sdk_loop(url),
         "floor": floor_loop(url),
         "requests": requests_loop(url),
+        "adapter": adapter_loop(url),
+        "urllib3": urllib3_loop(url),
         "per-conn": per_connection_loop(url),
     }
     # The per-connection loop is slow and fills TIME_WAIT; give it fewer calls per round.
@@ -159,6 +194,10 @@ def main() -> None:
     print(f"SDK / floor (time per call):      {sdk_vs_floor:.2f}x  (target <= 1.5x)")
     print(f"per-conn / SDK (time per call):   {speedup:.2f}x  (SDK faster when > 1)")
     print(f"SDK / bare requests:              {median['sdk'] / median['requests']:.2f}x")
+    adapter_vs_floor = median["adapter"] / median["floor"]
+    print(f"SDK / requests adapter:           {median['sdk'] / median['adapter']:.2f}x")
+    print(f"adapter / floor (stack's cost):   {adapter_vs_floor:.2f}x")
+    print(f"urllib3 / floor:                  {median['urllib3'] / median['floor']:.2f}x")
     print(f"({len(os.environ)} environment variables: requests scans them on every call)")
 
 
