@@ -429,6 +429,7 @@ class Engine:
         for stale in mounts.mounts_under(str(self._mnt)):
             with contextlib.suppress(OSError):
                 mounts.umount(stale)
+        runner.VmCgroup.remove_groups(self._tag)
         for leftover in self._mnt.iterdir():
             with contextlib.suppress(OSError):
                 leftover.rmdir()  # empty mount points of forked/deleted VMs

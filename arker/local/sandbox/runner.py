@@ -196,6 +196,15 @@ class VmCgroup:
                     with contextlib.suppress(OSError):
                         d.rmdir()
 
+    @classmethod
+    def remove_groups(cls, tag: str) -> None:
+        """Remove this engine's (empty) parent groups; used when the engine closes."""
+        for ctrl in ("pids", "memory"):
+            hier = _CG_ROOT / ctrl
+            for parent in {hier / cls._own_path(ctrl).lstrip("/"), hier}:
+                with contextlib.suppress(OSError):
+                    (parent / f"arker-{tag}").rmdir()
+
     @property
     def enabled(self) -> bool:
         """True when at least the pids controller is in use."""
