@@ -4,8 +4,12 @@ Starts its own `arker serve` (root + bubblewrap) and measures, interleaved, in o
 
 * ``sdk``: ``client.runs.create(vm, "echo hi")`` — HTTP, the session wrapper, the
   sandbox and the JSON answer;
-* ``bwrap``: ``bwrap --unshare-all --die-with-parent --ro-bind / / echo hi`` from
-  Python's `subprocess` — the cost of a sandbox with the same namespaces, nothing else;
+* ``bwrap``: a bare bwrap spawn shaped like a VM's, from Python's `subprocess`: the
+  same namespaces (user, pid, ipc, uts, mount; network shared as by default), ``/proc``
+  and ``/dev``, uid 1000 inside and an unprivileged uid outside, ``sh -c 'echo hi'``
+  — the sandbox alone, without the server, the VM's overlay or its session state;
+* ``bwrap-min``: the least a bwrap spawn can be (``--unshare-all --share-net
+  --ro-bind / / echo hi`` as root);
 * ``host``: ``subprocess.run(["echo", "hi"])``.
 
 Prints medians in ms and the ratios to ``bwrap``. It prints, it does not assert::
@@ -30,7 +34,15 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=50)
     args = parser.parse_args()
     bwrap = shutil.which("bwrap") or "/usr/bin/bwrap"
-    bare = [bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/", "echo", "hi"]
+    setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
+    vm_shaped = [
+        setpriv, "--reuid=60999", "--regid=60999", "--clear-groups", "--",
+        bwrap, "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev",
+        "--unshare-all", "--share-net", "--unshare-user", "--disable-userns",
+        "--die-with-parent", "--new-session", "--uid", "1000", "--gid", "1000",
+        "--hostname", "vm", "--", "/bin/sh", "-c", "echo hi",
+    ]  # fmt: skip
+    minimal = [bwrap, "--unshare-all", "--share-net", "--ro-bind", "/", "/", "echo", "hi"]
     with local_server() as (_, client):
         vm = client.vms.fork("arkuntu").vm_id
 
@@ -38,12 +50,20 @@ def main() -> None:
             assert client.runs.create(vm, "echo hi").stdout == b"hi\n"
 
         def sandbox() -> None:
-            subprocess.run(bare, check=True, capture_output=True)
+            subprocess.run(vm_shaped, check=True, capture_output=True)
+
+        def sandbox_min() -> None:
+            subprocess.run(minimal, check=True, capture_output=True)
 
         def host() -> None:
             subprocess.run(["echo", "hi"], check=True, capture_output=True)
 
-        variants: dict[str, Callable[[], None]] = {"sdk": sdk, "bwrap": sandbox, "host": host}
+        variants: dict[str, Callable[[], None]] = {
+            "sdk": sdk,
+            "bwrap": sandbox,
+            "bwrap-min": sandbox_min,
+            "host": host,
+        }
         times: dict[str, list[float]] = {name: [] for name in variants}
         for fn in variants.values():
             for _ in range(5):
@@ -54,11 +74,11 @@ def main() -> None:
                 fn()
                 times[name].append((time.perf_counter() - started) * 1000)
     bwrap_ms = statistics.median(times["bwrap"])
-    print(f"{'variant':<8} {'median ms':>10} {'p90 ms':>8} {'/ bwrap':>8}")
+    print(f"{'variant':<10} {'median ms':>10} {'p90 ms':>8} {'/ bwrap':>8}")
     for name, samples in times.items():
         median = statistics.median(samples)
         p90 = sorted(samples)[int(len(samples) * 0.9)]
-        print(f"{name:<8} {median:>10.2f} {p90:>8.2f} {median / bwrap_ms:>8.2f}")
+        print(f"{name:<10} {median:>10.2f} {p90:>8.2f} {median / bwrap_ms:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -666,8 +666,12 @@ class Engine:
         if self.network and vm.meta.base == HOST_BASE and os.path.exists("/etc/resolv.conf"):
             # The skeleton's copy is as old as the skeleton; DNS must follow the host.
             ro_binds.append("/etc/resolv.conf")
+        drop_in_argv = runner.SETPRIV is not None
         argv = runner.spawn_prefix(
-            cgroup, self.limits.pids_max, self.limits.memory_max_bytes
+            cgroup,
+            self.limits.pids_max,
+            self.limits.memory_max_bytes,
+            drop_to=self.sandbox_uid if drop_in_argv else None,
         ) + runner.bwrap_argv(
             bwrap=self._bwrap,
             root_fd=root_fd,
@@ -681,7 +685,7 @@ class Engine:
         try:
             raw = runner.run_bwrap(
                 argv,
-                uid=self.sandbox_uid,
+                uid=None if drop_in_argv else self.sandbox_uid,
                 pass_fds=(root_fd, info_w),
                 info_w=info_w,
                 info_r=info_r,

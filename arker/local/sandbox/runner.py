@@ -15,6 +15,7 @@ import os
 import secrets
 import selectors
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -227,8 +228,20 @@ class VmCgroup:
                     time.sleep(0.02)  # processes of a killed tree still exiting
 
 
-def spawn_prefix(cg: VmCgroup | None, pids_max: int, memory_max: int) -> list[str]:
-    """The ``sh -c`` wrapper that confines itself and then execs bwrap."""
+SETPRIV = shutil.which("setpriv")
+"""util-linux's setpriv: drops to the sandbox uid in the exec chain (see `spawn_prefix`)."""
+
+
+def spawn_prefix(
+    cg: VmCgroup | None, pids_max: int, memory_max: int, drop_to: int | None = None
+) -> list[str]:
+    """The ``sh -c`` wrapper that confines itself and then execs bwrap.
+
+    With ``drop_to``, the wrapper starts as root and execs bwrap through ``setpriv``
+    as that uid. Popen's own ``user=``/``group=`` would do the same, but they make
+    Python fork() the whole server instead of vfork()ing it: ~12 ms per command for
+    a server-sized process, against ~4 ms for the two extra execs.
+    """
     steps: list[str] = []
     if cg is not None:
         for f in cg.procs_files:
@@ -238,7 +251,13 @@ def spawn_prefix(cg: VmCgroup | None, pids_max: int, memory_max: int) -> list[st
         steps.append(f"ulimit -u {int(pids_max)} 2>/dev/null")
     if cg is None or not cg.has("memory"):
         steps.append(f"ulimit -v {int(memory_max) // 1024} 2>/dev/null")
-    steps.append('exec "$@"')
+    if drop_to is not None and SETPRIV is not None:
+        uid = int(drop_to)
+        steps.append(
+            f'exec {shlex.quote(SETPRIV)} --reuid={uid} --regid={uid} --clear-groups -- "$@"'
+        )
+    else:
+        steps.append('exec "$@"')
     return [_SH, "-c", "; ".join(steps), "arker-spawn"]
 
 
@@ -302,7 +321,7 @@ def _pidfd(pid: int) -> int | None:
 def run_bwrap(
     argv: list[str],
     *,
-    uid: int,
+    uid: int | None,
     pass_fds: Sequence[int],
     info_w: int,
     info_r: int,
@@ -318,7 +337,8 @@ def run_bwrap(
 
     Args:
         argv: Full argv (spawn wrapper + bwrap).
-        uid: Host uid/gid to run as.
+        uid: Host uid/gid for Popen to switch to; `None` when the argv drops
+            privileges itself (`spawn_prefix` with ``drop_to``).
         pass_fds: Descriptors bwrap needs (root handle, info pipe).
         info_w: Write end of the ``--info-fd`` pipe (closed here after spawn).
         info_r: Read end of it (closed here).
@@ -334,7 +354,7 @@ def run_bwrap(
         stderr=subprocess.PIPE,
         user=uid,
         group=uid,
-        extra_groups=[],
+        extra_groups=None if uid is None else [],
         pass_fds=tuple(pass_fds),
         close_fds=True,
         start_new_session=True,
