@@ -144,10 +144,23 @@ class PooledSession(requests.Session):
         }
 
 
+class _BulkAdapter(HTTPAdapter):
+    """An HTTPAdapter whose connections send file bodies in 1 MiB blocks.
+
+    http.client reads a file-like body in ``blocksize`` pieces and makes one
+    ``sendall`` per piece; urllib3's default of 16 KiB made a 100 MiB upload cost
+    6,400 Python round trips through the stack (2.4x slower than curl here).
+    """
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("blocksize", 1024 * 1024)
+        super().init_poolmanager(*args, **kwargs)
+
+
 def new_session(pool_maxsize: int) -> requests.Session:
     """One pooled session; the adapter never retries (tenacity is the only retry layer)."""
     session = PooledSession()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_maxsize, max_retries=0)
+    adapter = _BulkAdapter(pool_connections=4, pool_maxsize=pool_maxsize, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session

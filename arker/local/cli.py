@@ -3,7 +3,7 @@
 Usage::
 
     arker serve [--host H] [--port N] [--data-dir DIR] [--api-key KEY]
-                [--no-network] [--base host|debian]
+                [--no-network] [--base host|debian] [--disk-quota BYTES]
     arker serve keys create --org NAME [--data-dir DIR]
     arker serve build-image debian [--data-dir DIR]
 """
@@ -36,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--no-network", action="store_true", help="VMs get no network")
     parser.add_argument("--base", choices=("host", "debian"), default="host")
+    parser.add_argument(
+        "--disk-quota",
+        type=parse_bytes,
+        default=10 << 30,
+        metavar="BYTES",
+        help="disk budget per VM: bytes, or with a K/M/G/T suffix (default 10G; 0: none)",
+    )
     actions = parser.add_subparsers(dest="action")
 
     keys = actions.add_parser("keys", help="manage API keys")
@@ -48,6 +55,22 @@ def build_parser() -> argparse.ArgumentParser:
     image.add_argument("flavour", choices=("debian",))
     _add_data_dir(image, argparse.SUPPRESS)
     return parser
+
+
+def parse_bytes(text: str) -> int:
+    """``"1048576"``, ``"512K"``, ``"10G"``… as bytes (binary units)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = units.get(raw[-1:], 1)
+    if scale != 1:
+        raw = raw[:-1]
+    try:
+        value = int(float(raw) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"negative size: {text!r}")
+    return value
 
 
 def _add_data_dir(parser: argparse.ArgumentParser, default: object) -> None:
@@ -82,6 +105,7 @@ def serve_main(argv: Sequence[str]) -> int:
         network=not args.no_network,
         base=args.base,
         api_key=args.api_key,
+        disk_quota=args.disk_quota,
     )
     return serve(config)
 

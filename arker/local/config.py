@@ -38,6 +38,7 @@ class ServerConfig:
         max_run_timeout: Longest timeout a run may ask for; larger ones are clamped.
         max_body_bytes: Largest JSON request body accepted (413 beyond).
         upload_ttl_s: Unfinished uploads older than this are dropped at start.
+        disk_quota: Disk budget per VM in bytes (0: none); see the sandbox engine.
     """
 
     data_dir: Path
@@ -51,6 +52,7 @@ class ServerConfig:
     # Room for a 4 MiB inline chunk in base64 times a few entries, far from 100 MiB.
     max_body_bytes: int = 32 * 1024 * 1024
     upload_ttl_s: float = 24 * 3600.0
+    disk_quota: int = 10 << 30
 
     @property
     def db_path(self) -> Path:

@@ -108,7 +108,7 @@ def serve(config: ServerConfig) -> int:
     """Run the server until SIGINT/SIGTERM; return the process exit status."""
     import uvicorn
 
-    from .sandbox import Engine, SandboxUnavailable
+    from .sandbox import Engine, Limits, SandboxUnavailable
     from .sandbox.mounts import enter_private_mount_namespace
 
     logging.basicConfig(level=logging.INFO, format="arker serve: %(message)s", stream=sys.stderr)
@@ -128,7 +128,12 @@ def serve(config: ServerConfig) -> int:
     try:
         api_key = ensure_default_key(store, data_dir, config.api_key)
         try:
-            engine = Engine(config.engine_dir, network=config.network, base=config.base)
+            engine = Engine(
+                config.engine_dir,
+                network=config.network,
+                base=config.base,
+                limits=Limits(disk_quota_bytes=config.disk_quota),
+            )
         except SandboxUnavailable as exc:
             print(f"arker serve: {exc}", file=sys.stderr, flush=True)
             return 1

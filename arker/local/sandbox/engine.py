@@ -7,6 +7,32 @@ overlay is mounted once, on first use, and unmounted only by fork (non-empty
 upper), delete and close, so runs never pay for a mount. A separate ``_gc_lock``
 keeps layer garbage collection from racing forks that create not-yet-referenced
 layers.
+
+Disk quota (``Limits.disk_quota_bytes``, per VM). What a VM costs is the blocks of
+its own layer chain: every frozen layer it stacks (immutable, so measured once and
+cached by id) plus its live upper (walked again, O(files), at each check). The base
+image is not counted. Enforcement, all in the engine, nothing mounted:
+
+* ``write_file`` refuses a file that would not fit (``payload_too_large``).
+* A run starts with ``RLIMIT_FSIZE`` = what is left of the budget (plus 1 MiB of
+  slack) and ``SIGXFSZ`` ignored, so one big file fails with ``EFBIG``; while it
+  runs the upper is re-measured about twice a second (less often for huge trees)
+  and the command is killed once the VM passes its budget (many files). A run that
+  grew the VM past its budget fails with ``payload_too_large`` ("disk quota
+  exceeded: VM uses X of Y bytes"). Runs are still allowed over the budget, with
+  the 1 MiB per-file cap, so the user can delete files (the only way back).
+
+Why not a hard filesystem limit: ext4 project quotas need the ``quota``/``project``
+features, which a mounted root filesystem cannot gain (this host's is mounted
+``noquota``); a loop-mounted or size-limited tmpfs upper per VM would make fork no
+longer constant time (a frozen upper would stay a mounted image, one loop device
+per layer) or put VM disks in RAM. Limits of this design: it is a soft limit
+checked by polling, so a VM can overshoot by what it writes between two checks
+(write rate times ~0.5 s, plus up to the remaining budget per file written in
+parallel); space freed by deleting a file from a frozen layer (after a fork) is not
+given back (overlay keeps the lower copy); files written through ``/dev/shm`` are
+memory (cgroup-limited), not disk; upload staging files live outside VMs and are
+bounded per file only.
 """
 
 from __future__ import annotations
@@ -36,7 +62,7 @@ from .baseimage import (
     host_binds,
 )
 from .errors import SandboxError, SandboxUnavailable
-from .layers import FLATTEN_THRESHOLD, LayerStore, VmMeta, check_vm_id
+from .layers import FLATTEN_THRESHOLD, LayerStore, VmMeta, check_vm_id, tree_bytes
 from .probe import find_bwrap
 from .probe import probe as _probe
 
@@ -47,6 +73,10 @@ enter_private_mount_namespace = mounts.enter_private_mount_namespace
 _SESSION_SAFE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
 # MAX_ARG_STRLEN is 128 KiB per argv string; the command travels as one.
 _MAX_COMMAND = 128 * 1024 - 1
+# Per-file headroom past the budget: a file that hits RLIMIT_FSIZE always ends the
+# run over budget (so the error is reported), and an over-budget VM can still run
+# commands that write small files (the session state) while it cleans up.
+_QUOTA_SLACK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -60,6 +90,8 @@ class Limits:
         pids_max: cgroup v1 ``pids.max`` per VM (RLIMIT_NPROC fallback).
         memory_max_bytes: cgroup v1 memory limit per VM (RLIMIT_AS fallback).
         max_file_bytes: Largest file ``write_file`` accepts (extension).
+        disk_quota_bytes: Disk budget per VM (its layer chain, base excluded);
+            0 disables the quota. See the module docstring.
     """
 
     max_output_bytes: int = 4 * 1024 * 1024
@@ -68,6 +100,7 @@ class Limits:
     pids_max: int = 256
     memory_max_bytes: int = 1 << 30
     max_file_bytes: int = 100 * 1024 * 1024
+    disk_quota_bytes: int = 10 << 30
 
 
 @dataclass(frozen=True)
@@ -168,6 +201,7 @@ class Engine:
         self._closer: threading.Thread | None = None
         self._closer_q: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._sync_pending = False
+        self._layer_bytes: dict[str, int] = {}  # frozen layers are immutable
         self._base_dirs = {
             HOST_BASE: self._root / "base" / HOST_BASE,
             DEBIAN_BASE: default_debian_rootfs(self.data_dir),
@@ -382,9 +416,35 @@ class Engine:
         vm = self._get(vm_id)
         root_fd = self._enter(vm)
         try:
+            quota = self.limits.disk_quota_bytes
+            if quota > 0:
+                used = self.disk_usage(vm_id)
+                if used + size > quota:
+                    raise SandboxError(
+                        "payload_too_large",
+                        f"disk quota exceeded: VM uses {used} of {quota} bytes; "
+                        f"a {size}-byte file does not fit (delete files to free space)",
+                    )
             files.write_atomic(root_fd, path, src, size, mode, self.sandbox_uid, self.sandbox_uid)
         finally:
             self._leave(vm)
+
+    def disk_usage(self, vm_id: str) -> int:
+        """Bytes (allocated blocks) of the VM's layer chain, the quota's measure."""
+        meta = self._get(vm_id).meta
+        total = self._upper_bytes(meta)
+        for lid in meta.layers:
+            with self._lock:
+                cached = self._layer_bytes.get(lid)
+            if cached is None:
+                cached = tree_bytes(self._store.layer_path(lid))
+                with self._lock:
+                    self._layer_bytes[lid] = cached
+            total += cached
+        return total
+
+    def _upper_bytes(self, meta: VmMeta) -> int:
+        return tree_bytes(self._store.layer_path(meta.upper))
 
     def gc(self, live_vm_ids: set[str]) -> None:
         """Delete VMs not in ``live_vm_ids`` (base VMs excepted) and unused layers."""
@@ -634,6 +694,8 @@ class Engine:
                     uppers.add(vm.meta.upper)
             for lid in self._store.layer_ids_on_disk() - used:
                 self._store.remove_layer(lid)
+                with self._lock:
+                    self._layer_bytes.pop(lid, None)
             for name in os.listdir(self._store.work_dir):
                 if name not in uppers:
                     shutil.rmtree(self._store.work_dir / name, ignore_errors=True)
@@ -667,11 +729,24 @@ class Engine:
             # The skeleton's copy is as old as the skeleton; DNS must follow the host.
             ro_binds.append("/etc/resolv.conf")
         drop_in_argv = runner.SETPRIV is not None
+        quota = self.limits.disk_quota_bytes
+        watch: Callable[[], bool] | None = None
+        before = fsize = 0
+        if quota > 0:
+            before = self.disk_usage(vm.meta.vm_id)
+            fsize = max(quota - before, 0) + _QUOTA_SLACK
+            frozen = before - self._upper_bytes(vm.meta)
+            meta = vm.meta  # fork/delete wait for this run: the chain cannot change
+
+            def watch() -> bool:
+                return frozen + self._upper_bytes(meta) > quota + _QUOTA_SLACK
+
         argv = runner.spawn_prefix(
             cgroup,
             self.limits.pids_max,
             self.limits.memory_max_bytes,
             drop_to=self.sandbox_uid if drop_in_argv else None,
+            fsize_max=fsize if quota > 0 else None,
         ) + runner.bwrap_argv(
             bwrap=self._bwrap,
             root_fd=root_fd,
@@ -692,6 +767,7 @@ class Engine:
                 timeout=limit,
                 max_output=self.limits.max_output_bytes,
                 register=self._register,
+                watch=watch,
             )
         except OSError as exc:
             raise SandboxError("internal", f"cannot start sandbox: {exc}") from None
@@ -703,6 +779,15 @@ class Engine:
         else:
             saved = files.commit_state(root_fd, state, runner.STATE_END, 1 << 20)
         cwd = (runner.parse_state_cwd(saved) if saved is not None else None) or VM_HOME
+        if quota > 0:
+            after = self.disk_usage(vm.meta.vm_id)
+            if raw.stopped or (after > quota and after > before):
+                what = "the command was stopped" if raw.stopped else "the command grew it"
+                raise SandboxError(
+                    "payload_too_large",
+                    f"disk quota exceeded: VM uses {after} of {quota} bytes ({what}; "
+                    "delete files to free space)",
+                )
         code = raw.returncode
         if raw.timed_out:
             code = 124

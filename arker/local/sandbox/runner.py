@@ -5,6 +5,12 @@ VM's cgroups (or applies rlimits when there are none) and ``exec``s bwrap, so ev
 process of the command is accounted to the VM from its first instruction. bwrap
 runs with a pid namespace and ``--die-with-parent``: killing bwrap ends the whole
 tree, whatever the command did (``&``, ``setsid``, ``nohup``, double forks).
+
+Disk quota (see the engine's module docstring for the design): the wrapper sets
+``RLIMIT_FSIZE`` to what is left of the VM's budget and ignores ``SIGXFSZ``, so a
+write past it fails with ``EFBIG`` ("File too large") instead of killing the
+writer; `run_bwrap`'s ``watch`` callback lets the engine stop a command whose VM
+outgrows its budget across many files.
 """
 
 from __future__ import annotations
@@ -233,7 +239,11 @@ SETPRIV = shutil.which("setpriv")
 
 
 def spawn_prefix(
-    cg: VmCgroup | None, pids_max: int, memory_max: int, drop_to: int | None = None
+    cg: VmCgroup | None,
+    pids_max: int,
+    memory_max: int,
+    drop_to: int | None = None,
+    fsize_max: int | None = None,
 ) -> list[str]:
     """The ``sh -c`` wrapper that confines itself and then execs bwrap.
 
@@ -241,6 +251,9 @@ def spawn_prefix(
     as that uid. Popen's own ``user=``/``group=`` would do the same, but they make
     Python fork() the whole server instead of vfork()ing it: ~12 ms per command for
     a server-sized process, against ~4 ms for the two extra execs.
+
+    With ``fsize_max`` (bytes), no file may grow past it (``RLIMIT_FSIZE``, set in
+    512-byte units, rounded up) and ``SIGXFSZ`` is ignored so writers get ``EFBIG``.
     """
     steps: list[str] = []
     if cg is not None:
@@ -251,6 +264,9 @@ def spawn_prefix(
         steps.append(f"ulimit -u {int(pids_max)} 2>/dev/null")
     if cg is None or not cg.has("memory"):
         steps.append(f"ulimit -v {int(memory_max) // 1024} 2>/dev/null")
+    if fsize_max is not None:
+        blocks = max(1, -(-int(fsize_max) // 512))
+        steps.append(f"trap '' XFSZ; ulimit -f {blocks} || exit 125")
     if drop_to is not None and SETPRIV is not None:
         uid = int(drop_to)
         steps.append(
@@ -309,6 +325,8 @@ class RawResult:
     timed_out: bool
     stdout_truncated: bool
     stderr_truncated: bool
+    stopped: bool = False
+    """The ``watch`` callback asked for the command to be stopped (it was killed)."""
 
 
 def _pidfd(pid: int) -> int | None:
@@ -328,6 +346,8 @@ def run_bwrap(
     timeout: float,
     max_output: int,
     register: Callable[[subprocess.Popen[bytes] | None, subprocess.Popen[bytes]], None],
+    watch: Callable[[], bool] | None = None,
+    watch_interval: float = 0.5,
 ) -> RawResult:
     """Run ``argv`` as ``uid``, collecting capped output until exit or timeout.
 
@@ -346,6 +366,10 @@ def run_bwrap(
         max_output: Byte cap per stream; the rest is drained and discarded.
         register: Called as ``register(None, proc)`` after spawn and
             ``register(proc, proc)`` when done, so the engine can kill on close.
+        watch: Called about every ``watch_interval`` seconds (longer when it is
+            slow) while the command runs; True kills the tree like a timeout, and
+            the result says ``stopped`` instead of ``timed_out``.
+        watch_interval: Seconds between ``watch`` calls.
     """
     proc = subprocess.Popen(
         argv,
@@ -371,11 +395,21 @@ def run_bwrap(
         sel.register(fd, selectors.EVENT_READ, key)
     deadline = time.monotonic() + timeout
     timed_out = False
+    stopped = False
     child_pidfd: int | None = None
     drain_until = 0.0
+    next_watch = time.monotonic() + watch_interval
     try:
         while sel.get_map():
             now = time.monotonic()
+            if watch is not None and not timed_out and now >= next_watch:
+                if watch():
+                    stopped = True
+                    deadline = now  # stop it exactly like a timeout
+                done = time.monotonic()
+                # A slow check (a huge tree) must not eat the command's time.
+                next_watch = done + max(watch_interval, 4 * (done - now))
+                now = done
             if not timed_out and now >= deadline:
                 timed_out = True
                 child_pidfd = _kill_tree(proc, bufs["info"], child_pidfd)
@@ -383,6 +417,8 @@ def run_bwrap(
             if timed_out and now >= drain_until:
                 break
             wait = (drain_until if timed_out else deadline) - now
+            if watch is not None and not timed_out:
+                wait = min(wait, next_watch - now)
             for skey, _ in sel.select(timeout=max(0.0, min(wait, 1.0))):
                 name = str(skey.data)
                 try:
@@ -427,9 +463,10 @@ def run_bwrap(
         stdout=bytes(bufs["out"]),
         stderr=bytes(bufs["err"]),
         returncode=proc.returncode,
-        timed_out=timed_out,
+        timed_out=timed_out and not stopped,
         stdout_truncated=trunc["out"],
         stderr_truncated=trunc["err"],
+        stopped=stopped,
     )
 
 
