@@ -25,11 +25,23 @@ from pydantic import BaseModel
 from requests.adapters import HTTPAdapter
 from requests.structures import CaseInsensitiveDict
 from requests.utils import get_environ_proxies
+from urllib3.exceptions import NewConnectionError
 
-from ._exceptions import APIConnectionError, APIStatusError, APITimeoutError, NotFoundError
+from ._exceptions import (
+    APIConnectionError,
+    APIStatusError,
+    APITimeoutError,
+    NotFoundError,
+    OutcomeUnknownError,
+)
 from ._logging import log, redact_text, redact_url
 from ._response import decode_response, error_from_response
-from ._retry import RetryPolicy, build_retrying
+from ._retry import (
+    RetryPolicy,
+    build_retrying,
+    is_transient_envelope_error,
+    is_transient_status,
+)
 from ._version import __version__
 
 __all__ = ["DEFAULT_TIMEOUT", "BaseClient", "ClientConfig", "Timeout", "TimeoutTypes"]
@@ -166,6 +178,46 @@ def new_session(pool_maxsize: int) -> requests.Session:
     return session
 
 
+def _never_sent(exc: requests.RequestException) -> bool:
+    """Whether a transport failure happened before any byte of the request left.
+
+    Only a failure to connect proves that: a connect timeout (`requests.ConnectTimeout`)
+    or a refused / unresolvable connection (urllib3's ``NewConnectionError``, which
+    requests wraps in a `requests.ConnectionError` around a ``MaxRetryError``). Anything
+    later — a read timeout, a reset after sending, a short or broken response body —
+    may have reached the server, which may have acted on it.
+    """
+    if isinstance(exc, requests.ConnectTimeout):
+        return True
+    if not isinstance(exc, requests.ConnectionError):
+        return False
+    seen: set[int] = set()
+    todo: list[object] = [exc]
+    while todo:
+        cause = todo.pop()
+        if cause is None or id(cause) in seen:
+            continue
+        seen.add(id(cause))
+        if isinstance(cause, NewConnectionError):
+            return True
+        if isinstance(cause, BaseException):
+            todo.extend(cause.args[:1])
+            todo.append(getattr(cause, "reason", None))
+            todo.append(cause.__cause__)
+            todo.append(cause.__context__)
+    return False
+
+
+def _is_transient(exc: APIStatusError) -> bool:
+    """An error a gateway or throttle may have produced without reaching the server."""
+    return is_transient_status(exc.status) or is_transient_envelope_error(exc.code, exc.message)
+
+
+def possibly_sent(exc: APIConnectionError) -> bool:
+    """Whether the failed attempt behind ``exc`` may have reached the server."""
+    return exc._possibly_sent
+
+
 class BaseClient:
     """Holds the session and configuration; resources call `call` and `transfer`."""
 
@@ -237,15 +289,21 @@ class BaseClient:
                     allow_redirects=False,
                 )
             status = response.status_code
+            if not stream:
+                # Read the body here, so that a reset or a short body (fewer bytes than
+                # Content-Length) is a transport failure of this attempt, like any other.
+                response.content  # noqa: B018
             return response
         except requests.Timeout as exc:
-            raise APITimeoutError(
+            err: APIConnectionError = APITimeoutError(
                 f"{method} {redact_url(url)} timed out: {redact_text(str(exc))}"
-            ) from None
+            )
+            err._possibly_sent = not _never_sent(exc)
+            raise err from None
         except requests.RequestException as exc:
-            raise APIConnectionError(
-                f"{method} {redact_url(url)} failed: {redact_text(str(exc))}"
-            ) from None
+            err = APIConnectionError(f"{method} {redact_url(url)} failed: {redact_text(str(exc))}")
+            err._possibly_sent = not _never_sent(exc)
+            raise err from None
         finally:
             if log.isEnabledFor(logging.INFO):
                 self._log_attempt(method, url, authenticated, status, started, attempt)
@@ -339,7 +397,10 @@ class BaseClient:
             host: ``"base"`` (regional) or ``"control"`` (list, fork by name).
             body: Request wire model, serialised once and resent as-is on retries.
             params: Query parameters.
-            idempotency_key: Sent as ``Idempotency-Key`` on every attempt.
+            idempotency_key: Sent as ``Idempotency-Key`` on every attempt. When the
+                retries run out and some attempt may have reached the server without
+                its answer coming back, the call raises `OutcomeUnknownError` carrying
+                this key instead of the last transport error.
             timeout: Overrides the client's timeout for this call.
             check: Runs on the decoded model inside the attempt; an `ArkerError` it
                 raises is retried like any other (used for per-entry write errors).
@@ -354,10 +415,14 @@ class BaseClient:
         effective_timeout = timeout or self._config.timeout
 
         attempts = 0
+        # Some attempt may have been acted on without its answer reaching us: for
+        # deletes, a gateway's 502/504 counts; for `OutcomeUnknownError`, only an
+        # attempt lost in transport after it was (possibly) sent.
         outcome_unknown = False
+        lost_after_send = False
 
         def attempt_once() -> M:
-            nonlocal attempts, outcome_unknown
+            nonlocal attempts, outcome_unknown, lost_after_send
             attempts += 1
             try:
                 response = self._send(
@@ -375,18 +440,38 @@ class BaseClient:
                 if outcome_unknown and absent_after_retry is not None:
                     return absent_after_retry
                 raise
-            except (APIConnectionError, APIStatusError) as exc:
-                outcome_unknown = (
-                    outcome_unknown
-                    or isinstance(exc, APIConnectionError)
-                    or (exc.status in (502, 504))
-                )
+            except APIConnectionError as exc:
+                lost_after_send = lost_after_send or possibly_sent(exc)
+                outcome_unknown = outcome_unknown or lost_after_send
+                raise
+            except APIStatusError as exc:
+                outcome_unknown = outcome_unknown or exc.status in (502, 504)
                 raise
             if check is not None:
                 check(result)
             return result
 
-        return build_retrying(self._config.retry, self._sleep)(attempt_once)
+        try:
+            return build_retrying(self._config.retry, self._sleep)(attempt_once)
+        except (APIConnectionError, APIStatusError) as exc:
+            # A keyed request (fork, run: not idempotent by nature) that gave up on a
+            # transient failure after some attempt was lost in transport once sent may
+            # have been carried out: say so rather than let "it failed" be assumed. An
+            # answer the server itself gave (404, 409, a non-transient 500…) is
+            # definitive: with the key, a retry after a success replays that success.
+            # A 502/504 alone stays a `ServiceUnavailableError`, as documented.
+            if idempotency_key is None or isinstance(exc, OutcomeUnknownError):
+                raise
+            unknown = lost_after_send and (
+                isinstance(exc, APIConnectionError) or _is_transient(exc)
+            )
+            if not unknown:
+                raise
+            raise OutcomeUnknownError(
+                f"{method} {redact_url(url)}: no answer after {attempts} attempt(s), "
+                f"last: {exc.message}",
+                idempotency_key,
+            ) from exc
 
     def transfer(
         self,

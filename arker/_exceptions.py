@@ -5,7 +5,8 @@ The tree::
     ArkerError                       code, message, status always set
     ├── ConfigurationError           bad client arguments (also a ValueError)
     ├── APIConnectionError           no usable HTTP response (refused, reset, DNS…)
-    │   └── APITimeoutError          connect or read timeout
+    │   ├── APITimeoutError          connect or read timeout
+    │   └── OutcomeUnknownError      fork/run may have happened; retry with its key
     ├── ResponseValidationError      the server answered something off-protocol
     └── APIStatusError               the server answered with an error envelope
         ├── BadRequestError              400 bad_request
@@ -43,6 +44,7 @@ __all__ = [
     "InternalServerError",
     "NotFoundError",
     "NotImplementedByServerError",
+    "OutcomeUnknownError",
     "PayloadTooLargeError",
     "PaymentRequiredError",
     "PermissionDeniedError",
@@ -99,6 +101,10 @@ class ConfigurationError(ArkerError, ValueError):
 class APIConnectionError(ArkerError):
     """No usable HTTP response: connection refused or reset, DNS failure, TLS error."""
 
+    #: Set by the SDK's transport: False only when the request provably never left
+    #: (connection refused, connect timeout). Internal; drives `OutcomeUnknownError`.
+    _possibly_sent: bool = True
+
     def __init__(self, message: str, code: str = "connection_error") -> None:
         super().__init__(code, message, 0)
 
@@ -108,6 +114,41 @@ class APITimeoutError(APIConnectionError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, code="timeout")
+
+
+class OutcomeUnknownError(APIConnectionError):
+    """A fork or run may or may not have happened: the SDK cannot tell.
+
+    Raised when the retry budget ran out and at least one attempt failed *after* the
+    request was (possibly) delivered — a read timeout, a connection reset after
+    sending, a truncated response — so the server may have done the work and only the
+    answer was lost. A failure to connect (refused, connect timeout) never raises
+    this: such a request was not sent.
+
+    Call again with the same ``idempotency_key`` to learn the outcome: the server
+    replays the first result for that key instead of forking or running again.
+
+    Attributes:
+        idempotency_key: The ``Idempotency-Key`` every attempt carried.
+    """
+
+    def __init__(self, message: str, idempotency_key: str) -> None:
+        super().__init__(
+            f"{message}; the request may have been carried out. Retry with "
+            f"idempotency_key={idempotency_key!r} to learn its outcome without repeating it",
+            code="outcome_unknown",
+        )
+        self.idempotency_key = idempotency_key
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_outcome_unknown, (self.message, self.idempotency_key))
+
+
+def _rebuild_outcome_unknown(message: str, idempotency_key: str) -> OutcomeUnknownError:
+    err = OutcomeUnknownError.__new__(OutcomeUnknownError)
+    APIConnectionError.__init__(err, message, code="outcome_unknown")
+    err.idempotency_key = idempotency_key
+    return err
 
 
 class ResponseValidationError(ArkerError):
