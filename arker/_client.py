@@ -43,6 +43,10 @@ def _clean_url(url: str, what: str) -> str:
 class Arker(BaseClient):
     """Client for the Arker API.
 
+    One client may be shared by many threads: each call builds its own request and
+    retry state, and the connection pool is thread-safe. Set ``pool_maxsize`` to at
+    least the number of threads calling at once.
+
     Args:
         api_key: Your key; defaults to ``ARKER_API_KEY``.
         base_url: Regional API host; defaults to ``ARKER_BASE_URL``, then the

@@ -2,7 +2,8 @@
 
 Starts its own `arker serve` on loopback (root + bubblewrap) and runs ``--clients``
 threads for ``--seconds`` (or until each has made ``--max-ops`` operations), each with
-its own `Arker` client, doing a mixed workload:
+its own `Arker` client (or, with ``--shared-client``, one client shared by all), doing a
+mixed workload:
 
 * ``fork`` + ``delete``: a throwaway child of the client's own VM (at most
   ``--max-forks`` per client, each deleted right away);
@@ -59,11 +60,17 @@ class Stats:
     route_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     route_status: dict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     error_examples: dict[str, str] = field(default_factory=dict)
+    slowest: list[tuple[float, str, float]] = field(default_factory=list)  # ms, op, at s
     large_left: int = 0
+    started: float = field(default_factory=time.monotonic)
 
     def op(self, name: str, ms: float, error: BaseException | None) -> None:
+        at = time.monotonic() - self.started - ms / 1000
         with self.lock:
             self.op_ms[name].append(ms)
+            self.slowest.append((ms, name, at))
+            if len(self.slowest) > 64:
+                self.slowest = sorted(self.slowest, reverse=True)[:8]
             if error is not None:
                 kind = type(error).__name__
                 self.op_errors[name][kind] += 1
@@ -259,6 +266,10 @@ def report(stats: Stats, elapsed: float, server: ArkerServer) -> None:
     by_class: Counter[str] = Counter()
     for counter in stats.op_errors.values():
         by_class.update(counter)
+    slowest = ", ".join(
+        f"{op} {ms:.0f} ms at {at:.1f} s" for ms, op, at in sorted(stats.slowest, reverse=True)[:8]
+    )
+    print(f"\nslowest operations (started at, seconds into the run): {slowest}")
     print("\nerrors by class:", dict(by_class) or "none")
     for key, example in sorted(stats.error_examples.items()):
         print(f"  {key}: {example}")
@@ -302,6 +313,9 @@ def main() -> None:
     parser.add_argument("--max-forks", type=int, default=20, help="throwaway forks per client")
     parser.add_argument("--max-large", type=int, default=24, help="1-8 MiB files in all")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--shared-client", action="store_true", help="all threads share one Arker client"
+    )
     parser.add_argument("--server-log", help="copy the server's stderr here at the end")
     args = parser.parse_args()
 
@@ -318,11 +332,14 @@ def main() -> None:
             admin.vms.fork("arkuntu", name=f"shared-{i}").vm_id
             for i in range((args.clients + SHARED_GROUP - 1) // SHARED_GROUP)
         ]
-        clients = [
-            Arker(server.api_key, base_url=server.base_url, control_url=server.control_url)
-            for _ in range(args.clients)
-        ]
-        started = time.monotonic()
+        if args.shared_client:  # one client (one session and pool) for every thread
+            clients = [admin] * args.clients
+        else:
+            clients = [
+                Arker(server.api_key, base_url=server.base_url, control_url=server.control_url)
+                for _ in range(args.clients)
+            ]
+        started = stats.started = time.monotonic()
         deadline = started + args.seconds
         workers = [
             Worker(i, c, shared[i // SHARED_GROUP], stats, deadline, args)
@@ -334,8 +351,9 @@ def main() -> None:
         for t in threads:
             t.join()
         elapsed = time.monotonic() - started
-        for c in clients:
-            c.close()
+        if not args.shared_client:
+            for c in clients:
+                c.close()
         for vm in shared:
             admin.vms.delete(vm)
         left = admin.vms.list(limit=100).total
