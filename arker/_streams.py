@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -58,18 +59,32 @@ class Tracker:
 
 
 class Source:
-    """A sized, hashed, re-readable upload body.
+    """A sized, re-readable upload body whose sha256 is known or found on demand.
 
     Attributes:
         size: Bytes in the body.
-        sha256: Hex digest of the body.
     """
 
-    def __init__(self, opener: Callable[[], BinaryIO], start: int, size: int, sha256: str):
+    def __init__(
+        self, opener: Callable[[], BinaryIO], start: int, size: int, sha256: str | None
+    ) -> None:
         self._opener = opener
         self._start = start
         self.size = size
-        self.sha256 = sha256
+        self._sha256 = sha256
+
+    @property
+    def sha256(self) -> str:
+        """Hex digest of the body. A streamed upload that read it whole, from the
+        start, has already computed it; otherwise the body is read once more."""
+        if self._sha256 is None:
+            with self._opener() as f:
+                f.seek(self._start)
+                self._sha256 = _hash_exact(f, self.size)
+        return self._sha256
+
+    def _learn(self, digest: str) -> None:
+        self._sha256 = digest
 
     def read_all(self) -> bytes:
         """The whole body (used only for small, inline uploads)."""
@@ -78,8 +93,10 @@ class Source:
             return f.read(self.size)
 
     def reader(self, offset: int, tracker: Tracker | None = None) -> _RangeReader:
-        """A file-like body from ``offset`` to the end, for a streamed PUT."""
-        return _RangeReader(self._opener, self._start + offset, self.size - offset, tracker)
+        """A file-like body from ``offset`` to the end, for a streamed PUT. Read whole
+        from offset 0, it also yields the body's sha256, sparing a second pass."""
+        learn = self._learn if offset == 0 and self._sha256 is None else None
+        return _RangeReader(self._opener, self._start + offset, self.size - offset, tracker, learn)
 
 
 class _RangeReader(io.RawIOBase):
@@ -92,8 +109,11 @@ class _RangeReader(io.RawIOBase):
         start: int,
         length: int,
         tracker: Tracker | None,
+        learn: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__()
+        self._digest = hashlib.sha256() if learn is not None else None
+        self._learn = learn
         self._file = opener()
         self._file.seek(start)
         self._left = length
@@ -119,6 +139,10 @@ class _RangeReader(io.RawIOBase):
         n = self._left if size is None or size < 0 else min(size, self._left)
         data = self._file.read(n)
         self._left -= len(data)
+        if self._digest is not None:
+            self._digest.update(data)
+            if self._left == 0 and self._learn is not None:
+                self._learn(self._digest.hexdigest())
         if self._tracker is not None and data:
             self._tracker.add(len(data))
         return data
@@ -128,18 +152,16 @@ class _RangeReader(io.RawIOBase):
         super().close()
 
 
-def _hash_stream(f: IO[bytes], limit: int) -> tuple[int, str]:
-    """Size and sha256 of what is left in ``f``, reading at most ``limit + 1`` bytes."""
+def _hash_exact(f: IO[bytes], length: int) -> str:
+    """sha256 of the next ``length`` bytes of ``f`` (fewer if it ends first)."""
     digest = hashlib.sha256()
-    size = 0
-    while True:
-        block = f.read(CHUNK)
+    while length > 0:
+        block = f.read(min(CHUNK, length))
         if not block:
-            return size, digest.hexdigest()
-        size += len(block)
-        if size > limit:
-            return size, ""
+            break
         digest.update(block)
+        length -= len(block)
+    return digest.hexdigest()
 
 
 def open_source(data: DataSource, limit: int) -> Source:
@@ -159,11 +181,17 @@ def open_source(data: DataSource, limit: int) -> Source:
     if isinstance(data, os.PathLike):
         path = Path(data)
         try:
-            with path.open("rb") as f:
-                size, digest = _hash_stream(f, limit)
+            st = path.stat()
+            if not stat.S_ISREG(st.st_mode):
+                # A FIFO or device has no size up front: spool it like a pipe.
+                with path.open("rb") as f:
+                    return _spool(f, limit)
+            with path.open("rb"):
+                pass  # readable now, not only later mid-upload
         except OSError as exc:
             raise BadRequestError("bad_request", f"cannot read {path}: {exc}", 400) from None
-        return Source(lambda: path.open("rb"), 0, size, digest)
+        # The sha256 is computed while the bytes stream out (or on demand).
+        return Source(lambda: path.open("rb"), 0, st.st_size, None)
     if hasattr(data, "read"):
         return _file_source(data, limit)
     raise BadRequestError(
@@ -183,13 +211,19 @@ def _file_source(f: IO[bytes], limit: int) -> Source:
         seekable = False
     if seekable:
         start = f.tell()
-        size, digest = _hash_stream(f, limit)
+        size = f.seek(0, os.SEEK_END) - start
+        f.seek(start)
 
         def reopen() -> BinaryIO:
             return cast(BinaryIO, _Unclosable(f))
 
-        return Source(reopen, start, size, digest)
-    # Not seekable (a pipe, a socket): spool once to disk so retries can re-read it.
+        return Source(reopen, start, size, None)
+    return _spool(f, limit)
+
+
+def _spool(f: IO[bytes], limit: int) -> Source:
+    """Copy a stream that cannot seek (a pipe, a socket) to a temp file once, so
+    retries can re-read it."""
     spool = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the Source
     digest_obj = hashlib.sha256()
     size = 0

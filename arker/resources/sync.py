@@ -287,7 +287,8 @@ class SyncResource(Resource):
             raise BadRequestError("bad_request", f"mode must be 0..0o7777, got {mode!r}", 400)
         tracker = Tracker(source.size, progress)
         if source.size <= INLINE_WRITE_MAX:
-            entry = inline_entry(path, source.read_all(), source.sha256, mode)
+            payload = source.read_all()
+            entry = inline_entry(path, payload, hashlib.sha256(payload).hexdigest(), mode)
             _require_written(self._write_entries(vm_id, [entry])[0], f"write {path}")
             tracker.set(source.size)
         else:
