@@ -26,7 +26,7 @@ from .._wire import (
     SyncRequest,
     SyncWriteRequest,
 )
-from .auth import require_org
+from .auth import RequireKeyMiddleware, require_org
 from .config import BACKEND, ServerConfig
 from .errors import ApiError, BodyLimitMiddleware, install_error_handlers
 from .idempotency import Idempotency
@@ -37,7 +37,44 @@ from .uploads import Uploads
 from .vmfiles import VmFiles
 from .vms import Vms
 
+
+async def reject_lone_surrogates(request: Request) -> None:
+    """FastAPI dependency: 400 for a JSON body with a lone surrogate (``"\\ud800"``).
+
+    Such a string is valid JSON and passes validation as ``str``, but it cannot be
+    encoded as UTF-8, so it would blow up (500) wherever a command, path or name
+    meets the OS or the database. FastAPI has parsed the body already (cached on the
+    request); this walks it iteratively (a deeply nested body must not recurse).
+
+    Raises:
+        ApiError: ``bad_request`` naming the problem.
+    """
+    try:
+        body = await request.json()
+    except ValueError:
+        return  # not JSON: the route's own validation answers
+    stack: list[Any] = [body]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            stack.extend(value.keys())
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(
+                    "bad_request", "request body has a string that is not valid Unicode"
+                ) from None
+
+
+_TIMEOUT_CAP_S = 10**9
+"""Run timeouts above this are treated as this (the configured maximum is far lower)."""
+
 OrgId = Annotated[str, Depends(require_org)]
+ValidText = Depends(reject_lone_surrogates)
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 
@@ -71,6 +108,8 @@ def create_app(services: Services) -> FastAPI:
     app = FastAPI(title="arker serve", version=__version__, docs_url=None, redoc_url=None)
     app.state.services = services
     install_error_handlers(app)
+    # Outermost last: the size guard, then the key check, both before any body is read.
+    app.add_middleware(RequireKeyMiddleware, store=services.store, prefixes=("/api/v1/vms/",))
     app.add_middleware(
         BodyLimitMiddleware,
         limit=services.config.max_body_bytes,
@@ -92,7 +131,7 @@ def create_app(services: Services) -> FastAPI:
     ) -> JSONResponse:
         return _json(s.vms.list(org_id, limit=limit, offset=offset, q=q, sort=sort))
 
-    @app.post("/api/v1/vms/fork")
+    @app.post("/api/v1/vms/fork", dependencies=[ValidText])
     def fork_by_name(
         org_id: OrgId, body: ForkRequest, idempotency_key: IdempotencyKey = None
     ) -> JSONResponse:
@@ -106,7 +145,7 @@ def create_app(services: Services) -> FastAPI:
             )
         )
 
-    @app.post("/api/v1/vms/{vm_id}/fork")
+    @app.post("/api/v1/vms/{vm_id}/fork", dependencies=[ValidText])
     def fork_by_id(
         vm_id: str, org_id: OrgId, body: ForkRequest, idempotency_key: IdempotencyKey = None
     ) -> JSONResponse:
@@ -125,12 +164,16 @@ def create_app(services: Services) -> FastAPI:
         s.vms.delete(org_id, vm_id)
         return _json(DeleteResponse())
 
-    @app.post("/api/v1/vms/{vm_id}/run")
+    @app.post("/api/v1/vms/{vm_id}/run", dependencies=[ValidText])
     def run(
         vm_id: str, org_id: OrgId, body: RunRequest, idempotency_key: IdempotencyKey = None
     ) -> JSONResponse:
         request_body = body.model_dump(mode="json")
         request_body["session_id"] = str(body.session_id)
+        if body.timeout is not None and body.timeout > _TIMEOUT_CAP_S:
+            # Any timeout is capped by the server's maximum anyway; this keeps a huge
+            # JSON integer (10**400) from overflowing when it becomes a float.
+            body = body.model_copy(update={"timeout": _TIMEOUT_CAP_S})
         return JSONResponse(
             s.idempotency.execute(
                 org_id,
@@ -141,7 +184,7 @@ def create_app(services: Services) -> FastAPI:
             )
         )
 
-    @app.post("/api/v1/vms/{vm_id}/sync")
+    @app.post("/api/v1/vms/{vm_id}/sync", dependencies=[ValidText])
     def sync(
         vm_id: str,
         org_id: OrgId,

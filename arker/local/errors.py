@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -51,12 +52,18 @@ class ApiError(Exception):
         self.status = status if status is not None else status_for_code(code)
 
 
-def envelope(code: str, message: str, status: int | None = None) -> JSONResponse:
+def envelope(
+    code: str,
+    message: str,
+    status: int | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
     """The JSON response for one error, built from the shared wire model."""
     body = ErrorEnvelope(error=ErrorBody(code=code, message=message))
     return JSONResponse(
         body.model_dump(mode="json"),
         status_code=status if status is not None else status_for_code(code),
+        headers=headers,
     )
 
 
@@ -86,7 +93,8 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _CODE_FOR_HTTP.get(exc.status_code, "internal")
         status = 400 if exc.status_code == 422 else exc.status_code
-        return envelope(code, str(exc.detail), status)
+        # Keep the exception's headers: a 405 must name the methods it does allow.
+        return envelope(code, str(exc.detail), status, exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

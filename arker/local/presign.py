@@ -98,10 +98,14 @@ class Signer:
         """
         if not expires or not sig:
             raise ApiError("forbidden", "presigned URL is missing its signature")
-        try:
-            expires_at = int(expires)
-        except ValueError:
-            raise ApiError("forbidden", "presigned URL signature is invalid") from None
+        # Only the exact decimal form the server minted: `int()` would also take
+        # " 123", "+123", "0123" or "1_23", i.e. altered URLs that still verify.
+        # (A bound on the length also keeps `int()` away from its 4300-digit limit.)
+        if not (expires.isascii() and expires.isdigit() and len(expires) <= 20) or (
+            expires != str(int(expires))
+        ):
+            raise ApiError("forbidden", "presigned URL signature is invalid")
+        expires_at = int(expires)
         expected = signature(self._secret, method, vm_id, target, expires_at)
         if not hmac.compare_digest(expected, sig):
             raise ApiError("forbidden", "presigned URL signature is invalid")
