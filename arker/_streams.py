@@ -13,7 +13,9 @@ import io
 import os
 import stat
 import tempfile
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, BinaryIO, Union, cast
 
@@ -21,6 +23,7 @@ from ._exceptions import ArkerError, BadRequestError
 
 __all__ = [
     "CHUNK",
+    "BackgroundHash",
     "DataSource",
     "PathSink",
     "ProgressCallback",
@@ -33,12 +36,39 @@ __all__ = [
 CHUNK = 1024 * 1024
 """Read size for hashing and streaming: big enough for throughput, small for memory."""
 
+_WRITEBACK_EVERY = 8 * 1024 * 1024
+
 ProgressCallback = Callable[[int, int], None]
 """Called with ``(bytes_done, bytes_total)``. ``bytes_done`` may go back when a
 transfer is retried from an earlier offset."""
 
 DataSource = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]", IO[bytes]]
 """What `SyncResource.write` accepts: bytes, text (UTF-8), a path, or a binary file."""
+
+
+class BackgroundHash:
+    """sha256 fed on a worker thread: hashlib releases the GIL on large blocks, so a
+    download's hashing overlaps its network reads and disk writes."""
+
+    _MAX_PENDING = 8
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="arker-sha256")
+        self._pending: deque[Future[None]] = deque()
+
+    def update(self, block: bytes) -> None:
+        self._pending.append(self._pool.submit(self._digest.update, block))
+        if len(self._pending) > self._MAX_PENDING:  # bound the memory held in the queue
+            self._pending.popleft().result()
+
+    def hexdigest(self) -> str:
+        while self._pending:
+            self._pending.popleft().result()
+        return self._digest.hexdigest()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class Tracker:
@@ -309,7 +339,17 @@ class PathSink(Sink):
         )
         self._tmp = Path(tmp)
         self._file = os.fdopen(fd, "w+b")
+        self._unflushed = 0
         super().__init__(self._file)
+
+    def write(self, block: bytes) -> None:
+        super().write(block)
+        self._unflushed += len(block)
+        if self._unflushed >= _WRITEBACK_EVERY and hasattr(os, "posix_fadvise"):
+            # Start writing back now rather than leave 100 MiB for the final fsync.
+            self._file.flush()
+            os.posix_fadvise(self._file.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            self._unflushed = 0
 
     def commit(self) -> None:
         self._file.flush()

@@ -36,6 +36,7 @@ from .._paths import path_problem
 from .._retry import is_transient_envelope_error
 from .._streams import (
     CHUNK,
+    BackgroundHash,
     DataSource,
     PathSink,
     ProgressCallback,
@@ -364,14 +365,17 @@ class SyncResource(Resource):
 def _drain(response: requests.Response, sink: Sink, tracker: Tracker) -> tuple[int, str]:
     """Stream a download body into ``sink``; return its size and sha256."""
     sink.restart()
-    digest = hashlib.sha256()
+    digest = BackgroundHash()
     size = 0
     if not tracker.total:
         tracker.total = int(response.headers.get("Content-Length") or 0)
     tracker.set(0)
-    for block in response.iter_content(CHUNK):
-        sink.write(block)
-        digest.update(block)
-        size += len(block)
-        tracker.add(len(block))
-    return size, digest.hexdigest()
+    try:
+        for block in response.iter_content(CHUNK):
+            sink.write(block)
+            digest.update(block)
+            size += len(block)
+            tracker.add(len(block))
+        return size, digest.hexdigest()
+    finally:
+        digest.close()
