@@ -3,7 +3,14 @@
 The first request with a key runs; its successful response is stored. A later request
 with the same key and the same body gets that stored response; with a different body,
 409 ``conflict``. A duplicate that arrives while the first is still running waits for
-its outcome. Failures are not stored: a retry after an error runs again.
+its outcome.
+
+Failures are not stored, so a retry after an error runs again — unless the handler
+raises `FinalError`: an error that happened *after* the work began (a run whose command
+ran and then broke the disk quota, say). That error is the request's outcome, stored and
+replayed like a response, so a retry whose first attempt's answer was lost never runs a
+command a second time. Errors before the work began (validation, ``not_found``, a busy
+session) stay unstored: nothing happened, and a later retry may well succeed.
 """
 
 from __future__ import annotations
@@ -19,6 +26,11 @@ from .errors import ApiError
 from .store import Store
 
 MAX_KEY_LEN = 64
+_ERROR_MARK = "__arker_final_error__"
+
+
+class FinalError(ApiError):
+    """An error that is the outcome of work that already began: stored under the key."""
 
 
 def check_key(key: str) -> None:
@@ -98,7 +110,14 @@ class Idempotency:
             # Wait outside the lock; if the first attempt failed we become the runner.
             waiting.done.wait()
         try:
-            response = handler()
+            try:
+                response = handler()
+            except FinalError as exc:
+                error = {"code": exc.code, "message": exc.message, "status": exc.status}
+                self._store.put_idempotent(
+                    org_id, scope, key, digest, json.dumps({_ERROR_MARK: error})
+                )
+                raise
             self._store.put_idempotent(org_id, scope, key, digest, json.dumps(response))
             return response
         finally:
@@ -112,6 +131,9 @@ def _replay(stored: tuple[str, str], digest: str) -> dict[str, Any]:
     if stored_digest != digest:
         raise _conflict()
     result: dict[str, Any] = json.loads(response)
+    error = result.get(_ERROR_MARK)
+    if isinstance(error, dict):
+        raise FinalError(str(error["code"]), str(error["message"]), int(error["status"]))
     return result
 
 

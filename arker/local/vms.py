@@ -25,6 +25,7 @@ from .._wire import (
 from .config import REGION, REGION_SUFFIX, ServerConfig
 from .engine_api import EngineLike, sandbox_error_parts
 from .errors import ApiError
+from .idempotency import FinalError
 from .store import SYSTEM_ORG, Store, VmRow, utc_now_iso
 
 log = logging.getLogger("arker.local")
@@ -153,8 +154,16 @@ class Vms:
         timeout = float(req.timeout) if req.timeout else self._config.default_run_timeout
         timeout = min(timeout, self._config.max_run_timeout)
         session = str(req.session_id)
-        with engine_errors():
-            outcome = self._engine.run(vm.id, req.command, session=session, timeout=timeout)
+        try:
+            with engine_errors():
+                outcome = self._engine.run(vm.id, req.command, session=session, timeout=timeout)
+        except ApiError as exc:
+            if exc.code == "vm_busy":
+                raise  # the command never started: a later retry may run it
+            # The command may have run (e.g. it broke the disk quota): this error is the
+            # run's outcome, replayed to a retry with the same Idempotency-Key instead
+            # of running the command again.
+            raise FinalError(exc.code, exc.message, exc.status) from exc
         stdout, stdout_encoding = decode_output(outcome.stdout)
         stderr, stderr_encoding = decode_output(outcome.stderr)
         return RunResponse(

@@ -306,3 +306,86 @@ def test_exactly_once_under_faults(arker_server: Any, seed: int) -> None:
             with contextlib.suppress(NotFoundError):
                 direct.vms.delete(vm.vm_id)
         direct.close()
+
+
+# -- the server's idempotency layer on its own (no sandbox needed) ---------------------------
+
+
+class SandboxError(Exception):
+    """Stands in for the engine's error (matched by class name, like the real one)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class _Engine:
+    """Counts commands that ran; fails the way it is told to."""
+
+    def __init__(self) -> None:
+        self.ran: list[str] = []
+        self.fail: tuple[str, bool] | None = None  # (code, after the command ran?)
+
+    def run(self, vm_id: str, command: str, *, session: str, timeout: float) -> Any:
+        if self.fail is not None and not self.fail[1]:
+            raise SandboxError(self.fail[0], "refused before running")
+        self.ran.append(command)
+        if self.fail is not None:
+            raise SandboxError(self.fail[0], "broke after running")
+        raise AssertionError("only failures are exercised here")
+
+
+@pytest.fixture
+def idem(tmp_path: Any) -> Any:
+    from arker.local.config import REGION, ServerConfig
+    from arker.local.idempotency import Idempotency
+    from arker.local.store import Store, VmRow, utc_now_iso
+    from arker.local.vms import Vms
+
+    store = Store(tmp_path / "db.sqlite")
+    org = store.ensure_org("o")
+    store.insert_vm(VmRow("vm1", org, None, False, ARKUNTU_ID, REGION, utc_now_iso(), None))
+    engine = _Engine()
+    vms = Vms(store, engine, ServerConfig(data_dir=tmp_path))  # type: ignore[arg-type]
+    return org, Idempotency(store), vms, engine
+
+
+def _run_keyed(idem: Any, key: str, command: str) -> None:
+    from arker._wire import RunRequest
+
+    org, idempotency, vms, _ = idem
+    body = RunRequest(command=command)
+    idempotency.execute(
+        org, "run:vm1", key, body.model_dump(mode="json"), lambda: vms.run(org, "vm1", body)
+    )
+
+
+def test_run_error_after_the_command_ran_is_replayed_not_rerun(idem: Any) -> None:
+    from arker.local.errors import ApiError
+
+    engine = idem[3]
+    engine.fail = ("payload_too_large", True)  # e.g. the command broke the disk quota
+    for _ in range(3):  # the first answer was lost; the SDK (or the user) retries
+        with pytest.raises(ApiError) as info:
+            _run_keyed(idem, "k1", "echo once >> log")
+        assert info.value.code == "payload_too_large"
+    assert engine.ran == ["echo once >> log"]
+    with pytest.raises(ApiError):  # another key is another run
+        _run_keyed(idem, "k2", "echo once >> log")
+    assert len(engine.ran) == 2
+
+
+def test_busy_session_is_not_stored(idem: Any) -> None:
+    from arker.local.errors import ApiError
+
+    engine = idem[3]
+    engine.fail = ("vm_busy", False)
+    with pytest.raises(ApiError) as info:
+        _run_keyed(idem, "k3", "true")
+    assert info.value.code == "vm_busy"
+    engine.fail = ("internal", True)
+    with pytest.raises(ApiError) as info:
+        _run_keyed(idem, "k3", "true")  # the retry got to run this time
+    assert info.value.code == "internal"
+    assert engine.ran == ["true"]
