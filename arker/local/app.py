@@ -11,20 +11,29 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Header, Query, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .._version import __version__
 from .._wire import (
     DeleteResponse,
     Envelope,
+    ErrorEnvelope,
     ForkRequest,
+    ForkResponse,
     HealthResponse,
+    ListVmsResponse,
     RunRequest,
+    RunResponse,
     SortOrder,
+    SyncDeleteResponse,
     SyncManifestRequest,
+    SyncManifestResponse,
     SyncReadRequest,
+    SyncReadResponse,
     SyncRequest,
     SyncWriteRequest,
+    SyncWriteResponse,
 )
 from .auth import RequireKeyMiddleware, require_org
 from .config import BACKEND, ServerConfig
@@ -92,6 +101,50 @@ class Services:
     vm_files: VmFiles
 
 
+_STATUS_TEXT = {
+    400: "bad_request, unsupported_*",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found, command_not_found",
+    405: "method not allowed (code bad_request)",
+    409: "conflict, vm_busy",
+    413: "payload_too_large",
+    500: "internal",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error envelope under each status (WIRE.md)."""
+    return {
+        status: {"model": ErrorEnvelope, "description": _STATUS_TEXT[status]}
+        for status in (*statuses, 500)
+    }
+
+
+_API_ERRORS = (400, 401, 413)
+"""What every authenticated route with a JSON body or query may answer."""
+
+_SyncResponse = SyncReadResponse | SyncWriteResponse | SyncManifestResponse | SyncDeleteResponse
+
+_RAW_BYTES = {
+    "description": "The raw bytes of the file",
+    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, without FastAPI's 422 responses (errors are 400 envelopes)."""
+    if app.openapi_schema is None:
+        doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        for item in doc.get("paths", {}).values():
+            for operation in item.values():
+                operation.get("responses", {}).pop("422", None)
+        for name in ("HTTPValidationError", "ValidationError"):
+            doc.get("components", {}).get("schemas", {}).pop(name, None)
+        app.openapi_schema = doc
+    return app.openapi_schema
+
+
 def _json(model: Envelope, *, exclude_none: bool = False) -> JSONResponse:
     return JSONResponse(model.model_dump(mode="json", by_alias=True, exclude_none=exclude_none))
 
@@ -107,6 +160,9 @@ def create_app(services: Services) -> FastAPI:
     """
     app = FastAPI(title="arker serve", version=__version__, docs_url=None, redoc_url=None)
     app.state.services = services
+    # `/openapi.json` stays on (schemathesis and client generators read it); the docs
+    # UIs stay off. Handlers return `JSONResponse`s, so `response_model` only documents.
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     install_error_handlers(app)
     # Outermost last: the size guard, then the key check, both before any body is read.
     app.add_middleware(RequireKeyMiddleware, store=services.store, prefixes=("/api/v1/vms/",))
@@ -117,11 +173,11 @@ def create_app(services: Services) -> FastAPI:
     )
     s = services
 
-    @app.get("/api/v1/health")
+    @app.get("/api/v1/health", response_model=HealthResponse, responses=_errors())
     def health() -> JSONResponse:
         return _json(HealthResponse(version=__version__, backend=BACKEND))
 
-    @app.get("/api/v1/vms/list")
+    @app.get("/api/v1/vms/list", response_model=ListVmsResponse, responses=_errors(*_API_ERRORS))
     def list_vms(
         org_id: OrgId,
         limit: Annotated[int, Query(ge=1, le=100)] = 25,
@@ -131,7 +187,12 @@ def create_app(services: Services) -> FastAPI:
     ) -> JSONResponse:
         return _json(s.vms.list(org_id, limit=limit, offset=offset, q=q, sort=sort))
 
-    @app.post("/api/v1/vms/fork", dependencies=[ValidText])
+    @app.post(
+        "/api/v1/vms/fork",
+        dependencies=[ValidText],
+        response_model=ForkResponse,
+        responses=_errors(*_API_ERRORS, 404, 409),
+    )
     def fork_by_name(
         org_id: OrgId, body: ForkRequest, idempotency_key: IdempotencyKey = None
     ) -> JSONResponse:
@@ -145,7 +206,12 @@ def create_app(services: Services) -> FastAPI:
             )
         )
 
-    @app.post("/api/v1/vms/{vm_id}/fork", dependencies=[ValidText])
+    @app.post(
+        "/api/v1/vms/{vm_id}/fork",
+        dependencies=[ValidText],
+        response_model=ForkResponse,
+        responses=_errors(*_API_ERRORS, 404, 409),
+    )
     def fork_by_id(
         vm_id: str, org_id: OrgId, body: ForkRequest, idempotency_key: IdempotencyKey = None
     ) -> JSONResponse:
@@ -159,12 +225,19 @@ def create_app(services: Services) -> FastAPI:
             )
         )
 
-    @app.delete("/api/v1/vms/{vm_id}")
+    @app.delete(
+        "/api/v1/vms/{vm_id}", response_model=DeleteResponse, responses=_errors(*_API_ERRORS, 404)
+    )
     def delete_vm(vm_id: str, org_id: OrgId) -> JSONResponse:
         s.vms.delete(org_id, vm_id)
         return _json(DeleteResponse())
 
-    @app.post("/api/v1/vms/{vm_id}/run", dependencies=[ValidText])
+    @app.post(
+        "/api/v1/vms/{vm_id}/run",
+        dependencies=[ValidText],
+        response_model=RunResponse,
+        responses=_errors(*_API_ERRORS, 404, 409),
+    )
     def run(
         vm_id: str, org_id: OrgId, body: RunRequest, idempotency_key: IdempotencyKey = None
     ) -> JSONResponse:
@@ -184,7 +257,12 @@ def create_app(services: Services) -> FastAPI:
             )
         )
 
-    @app.post("/api/v1/vms/{vm_id}/sync", dependencies=[ValidText])
+    @app.post(
+        "/api/v1/vms/{vm_id}/sync",
+        dependencies=[ValidText],
+        response_model=_SyncResponse,
+        responses=_errors(*_API_ERRORS, 404, 409),
+    )
     def sync(
         vm_id: str,
         org_id: OrgId,
@@ -201,7 +279,11 @@ def create_app(services: Services) -> FastAPI:
             return _json(s.vm_files.manifest(vm.id, body.path))
         return _json(s.vm_files.delete(vm.id, body.paths))
 
-    @app.get(READ_ROUTE)
+    @app.get(
+        READ_ROUTE,
+        response_class=StreamingResponse,
+        responses={200: _RAW_BYTES, **_errors(400, 403, 404)},
+    )
     def presigned_read(
         vm_id: str,
         path: str = "",
@@ -218,7 +300,7 @@ def create_app(services: Services) -> FastAPI:
             headers={"Content-Length": str(size)},
         )
 
-    @app.put(UPLOAD_ROUTE)
+    @app.put(UPLOAD_ROUTE, response_model=Envelope, responses=_errors(400, 403, 404, 409, 413))
     async def presigned_upload(
         vm_id: str,
         upload_id: str,
@@ -234,7 +316,7 @@ def create_app(services: Services) -> FastAPI:
         )
         return _json(Envelope())
 
-    @app.head(UPLOAD_ROUTE)
+    @app.head(UPLOAD_ROUTE, responses=_errors(403, 404))
     def presigned_upload_offset(
         vm_id: str,
         upload_id: str,
