@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from typing import BinaryIO
 
@@ -53,6 +54,7 @@ class Sync:
                     presigned_url=self._signer.read_url(base_url, vm_id, path),
                     size=size,
                     expires_in=self._signer.ttl_s,
+                    sha256=self._uploads.digest_of(vm_id, path, os.fstat(src.fileno())),
                 )
             data = src.read(INLINE_WRITE_MAX + 1)
         content, encoding = decode_output(data)

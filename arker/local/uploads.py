@@ -75,6 +75,9 @@ class Uploads:
         # sha256 of staging files that one PUT wrote whole (memory only: a restart
         # just means the commit hashes the file itself).
         self._digests: dict[tuple[str, str], str] = {}
+        # sha256 of files committed into VMs, keyed by (vm, path), with the identity of
+        # the file it describes (memory only, bounded).
+        self._file_digests: dict[tuple[str, str], tuple[tuple[int, ...], str]] = {}
 
     # --- entry kinds -------------------------------------------------------------------
 
@@ -214,6 +217,26 @@ class Uploads:
     def _put_lock(self, vm_id: str, upload_id: str) -> asyncio.Lock:
         return self._put_locks.setdefault((vm_id, upload_id), asyncio.Lock())
 
+    def digest_of(self, vm_id: str, path: str, st: os.stat_result) -> str | None:
+        """The sha256 of a file this server wrote, if it is provably unchanged since
+        (same inode, size, mtime and ctime): lets a presigned read announce a digest
+        without hashing 100 MiB before answering."""
+        known = self._file_digests.get((vm_id, path))
+        if known is None or known[0] != _identity(st):
+            return None
+        return known[1]
+
+    def _remember_digest(self, vm_id: str, path: str, digest: str) -> None:
+        try:
+            src, _ = self._engine.open_read(vm_id, path)
+        except Exception:  # a best-effort cache: never fail a committed write over it
+            return
+        with src:
+            identity = _identity(os.fstat(src.fileno()))
+        if len(self._file_digests) >= _MAX_REMEMBERED:
+            self._file_digests.pop(next(iter(self._file_digests)))
+        self._file_digests[(vm_id, path)] = (identity, digest)
+
     # --- maintenance -------------------------------------------------------------------
 
     def cleanup(self, max_age_s: float) -> None:
@@ -243,6 +266,8 @@ class Uploads:
                 )
         with open(staging, "rb") as src:
             self._engine.write_file(upload.vm_id, upload.path, src, upload.size, mode)
+        if sha256 is not None:
+            self._remember_digest(upload.vm_id, upload.path, sha256.lower())
         # The engine's write is atomic and durable; only then is the upload "done".
         self._store.mark_committed(upload.vm_id, upload.upload_id)
         staging.unlink(missing_ok=True)
@@ -307,6 +332,13 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+_MAX_REMEMBERED = 10_000
+
+
+def _identity(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _prefix_sha256(fd: int, length: int) -> hashlib._Hash:
