@@ -164,9 +164,12 @@ class Crasher:
         with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as fh:
             leaked = [line for line in fh if mnt in line or data in line]
         assert not leaked, f"{note}: mounts leaked into the host namespace: {leaked}"
+        vm_ids = {n[: -len(".json")] for n in os.listdir(self.engine_root / "vms")}
         if os.path.isdir(mnt):
             for name in os.listdir(mnt):
                 entry = os.path.join(mnt, name)
+                # Start-up removes the mount points of VMs that are gone.
+                assert name in vm_ids, f"{note}: stale mount point {entry}"
                 assert os.path.isdir(entry) and not os.listdir(entry), f"{note}: {entry}"
 
     def leftover_processes(self, marker: str) -> list[str]:

@@ -214,6 +214,11 @@ class Engine:
                 with contextlib.suppress(OSError):
                     mounts.umount(stale)
             mounts.make_private_bind(str(self._mnt))
+            # Mount points of VMs deleted (or forgotten) before a crash: nothing is
+            # mounted here yet, so every entry is an empty leftover.
+            for leftover in self._mnt.iterdir():
+                with contextlib.suppress(OSError):
+                    leftover.rmdir()
             self._base_dir(base)  # build / check the default base now
             runner.VmCgroup.kill_stale(self._tag)
             self._store.clean_temp()
@@ -338,6 +343,9 @@ class Engine:
             # Detached in the background: tearing an overlay down syncs the whole
             # upper filesystem, which must not stall the request.
             self._unmount(vm, background=True)
+            target = self._mnt / vm_id
+            # After the detached overlay is gone (FIFO): its mount point is unused.
+            self._background(lambda: target.rmdir())
             self._store.remove_meta(vm_id, durable=False)
             with self._lock:
                 self._vms.pop(vm_id, None)
@@ -495,6 +503,8 @@ class Engine:
                 leftover.rmdir()  # empty mount points of forked/deleted VMs
         with contextlib.suppress(OSError):
             mounts.umount(str(self._mnt))
+        with contextlib.suppress(OSError):
+            self._mnt.rmdir()  # one per data dir ever served: do not pile up in /run
         self._store.close()
         with contextlib.suppress(OSError):
             os.close(self._lock_fd)
