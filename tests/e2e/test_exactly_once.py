@@ -389,3 +389,64 @@ def test_busy_session_is_not_stored(idem: Any) -> None:
         _run_keyed(idem, "k3", "true")  # the retry got to run this time
     assert info.value.code == "internal"
     assert engine.ran == ["true"]
+
+
+# -- duplicates that overlap the first attempt (the client gave up, the server did not) -----
+
+
+def _post(server: Any, key: str, path: str, body: dict[str, Any], timeout: float) -> Any:
+    import requests
+
+    return requests.post(
+        f"{server.base_url}{path}",
+        json=body,
+        headers={"Authorization": f"Bearer {server.api_key}", "Idempotency-Key": key},
+        timeout=timeout,
+    )
+
+
+def test_in_flight_duplicates_wait_for_the_first(arker_server: Any, arker_client: Arker) -> None:
+    import requests
+
+    work = arker_client.vms.fork(ARKUNTU_ID, name="eo-inflight").vm_id
+    try:
+        token = f"I{uuid.uuid4().hex}"
+        key = f"inflight-{token}"
+        path = f"/api/v1/vms/{work}/run"
+        body = {"command": f"sleep 1; echo {token} >> {LOG}; echo {token}", "session_id": 0}
+        # The first attempt's answer never arrives (the client's read timeout)...
+        with pytest.raises(requests.Timeout):
+            _post(arker_server, key, path, body, timeout=0.2)
+        # ...and its retries arrive while the command still runs: they wait for it.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(
+                pool.map(lambda _: _post(arker_server, key, path, body, timeout=60), range(4))
+            )
+        assert [a.status_code for a in answers] == [200] * 4
+        assert {a.json()["stdout"] for a in answers} == {f"{token}\n"}
+        log = arker_client.sync.read(work, LOG).decode().split()
+        assert log.count(token) == 1
+        # A retry after it finished replays it too; another body with the key is refused.
+        assert _post(arker_server, key, path, body, timeout=60).json()["stdout"] == f"{token}\n"
+        other = _post(arker_server, key, path, {**body, "command": "true"}, timeout=60)
+        assert other.status_code == 409 and other.json()["error"]["code"] == "conflict"
+        assert arker_client.sync.read(work, LOG).decode().split().count(token) == 1
+
+        # Concurrent forks with one key make one VM.
+        name = f"eo-inflight-{token[:8]}"
+        fork_path = f"/api/v1/vms/{ARKUNTU_ID}/fork"
+        fork_body = {"is_public": False, "name": name}
+
+        def fork(_: int) -> Any:
+            return _post(arker_server, f"f-{token}", fork_path, fork_body, timeout=60)
+
+        with ThreadPoolExecutor(6) as pool:
+            forks = list(pool.map(fork, range(6)))
+        assert len({f.json()["vm_id"] for f in forks}) == 1
+        made = list(arker_client.vms.list_all(q=name))
+        assert [vm.vm_id for vm in made] == [forks[0].json()["vm_id"]]
+        arker_client.vms.delete(made[0].vm_id)
+    finally:
+        arker_client.vms.delete(work)
