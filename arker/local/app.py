@@ -311,6 +311,16 @@ def create_app(services: Services) -> FastAPI:
         s.signer.verify("PUT", vm_id, upload_id, expires, signature)
         if s.store.get_vm(vm_id) is None:
             raise ApiError("not_found", f"vm not found: {vm_id}")
+        # This route is exempt from the JSON body limit (it streams up to 100 MiB), so
+        # refuse a declared length past the announced size here, before reading a byte:
+        # otherwise the server would sit waiting for bytes it will refuse anyway.
+        upload = s.store.get_upload(vm_id, upload_id)
+        declared = request.headers.get("content-length", "")
+        if upload is not None and declared.isdigit() and int(declared) > upload.size:
+            raise ApiError(
+                "payload_too_large",
+                f"body of {declared} bytes is larger than the announced {upload.size}",
+            )
         await s.uploads.receive_put(
             vm_id, upload_id, request.stream(), request.headers.get("content-range")
         )

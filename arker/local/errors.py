@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._exceptions import status_for_code
@@ -95,6 +96,12 @@ def install_error_handlers(app: FastAPI) -> None:
         status = 400 if exc.status_code == 422 else exc.status_code
         # Keep the exception's headers: a 405 must name the methods it does allow.
         return envelope(code, str(exc.detail), status, exc.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, exc: ClientDisconnect) -> JSONResponse:
+        # The client hung up mid-body: nobody reads this answer, and it is no server
+        # error (no traceback in the log).
+        return envelope("bad_request", "client disconnected before the body was complete")
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

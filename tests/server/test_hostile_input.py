@@ -841,3 +841,75 @@ def test_links_in_the_vm_never_reach_host_files(
     # The VM's own /etc/passwd was not changed by anything above either.
     assert api.run(vm, "cat /etc/passwd")["stdout"] == vm_passwd
     assert_healthy(api, vm)
+
+
+# --- odd strings in commands, sessions, names and headers -----------------------------
+
+
+def test_odd_strings_in_run_fork_and_headers(api: Api, vm: str) -> None:
+    run = f"/api/v1/vms/{vm}/run"
+    for command in ("echo a\u0000b", "\u0000", "echo " + "x" * 200_000, "echo \u202e\ufeff"):
+        r = api.post(run, json={"command": command})
+        if len(command) > 128 * 1024:
+            expect(r, 413, "payload_too_large", "long command")
+            continue
+        assert r.status_code in (200, 400), (command[:20], r.text[:300])
+        if r.status_code != 200:
+            expect(r, 400, "bad_request", command[:20])
+    for session in ("../../../../tmp/x", "/etc", "a\u0000b", "..", ".", "", " ", "\n", "s/../t"):
+        r = api.post(run, json={"command": "pwd", "session_id": session})
+        assert r.status_code in (200, 400), (session, r.text[:300])
+        if r.status_code != 200:
+            expect(r, 400, "bad_request", session)
+    for name in ("a\u0000b", "'; DROP TABLE vms; --", "\u202e", ""):
+        r = api.post(f"/api/v1/vms/{vm}/fork", json={"name": name})
+        assert r.status_code in (200, 400), (name, r.text[:300])
+    r = api.post("/api/v1/vms/fork", json={"from": "never\u0000named"})
+    expect(r, 404, "not_found")
+    for key in ("", "k" * 65, "a\tb", "é", "k" * 8000):
+        r = api.post(run, json={"command": "true"}, headers={"Idempotency-Key": key})
+        assert r.status_code in (200, 400), (key[:10], r.text[:300])
+        if r.status_code != 200:
+            expect(r, 400, "bad_request", key[:10])
+    assert_healthy(api, vm)
+
+
+def test_presigned_put_with_huge_declared_length(
+    api: Api, vm: str, arker_server: ArkerServer
+) -> None:
+    upload = api.write(vm, {"path": "/home/user/up", "size": 3, "presigned": True})[0]
+    parts = urlsplit(upload["presigned_url"])
+    target = f"{parts.path}?{parts.query}"
+    started = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", arker_server.port, timeout=15)
+    try:
+        conn.putrequest("PUT", target)
+        conn.putheader("Content-Length", str(1 << 30))
+        conn.endheaders()
+        conn.send(b"abc")
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    assert time.monotonic() - started < 10
+    assert resp.status == 413, body
+    assert json.loads(body)["error"]["code"] == "payload_too_large"
+    # A chunked PUT past the announced size is refused as well.
+    conn = http.client.HTTPConnection("127.0.0.1", arker_server.port, timeout=15)
+    try:
+        conn.putrequest("PUT", target)
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        try:
+            for _ in range(64):
+                conn.send(b"100000\r\n" + b"z" * 0x100000 + b"\r\n")
+        except OSError:
+            pass
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    assert resp.status == 413, body
+    # The URL still works for the right bytes.
+    assert requests.put(upload["presigned_url"], data=b"abc", timeout=30).status_code == 200
+    assert_healthy(api, vm)
