@@ -77,6 +77,7 @@ def _sha(data: bytes) -> str:
 class Fork:
     key: str
     name: str
+    source: str  # the arkuntu id (fork by id) or the work VM's name (fork by name)
     vm_id: str | None = None  # known when the call succeeded (or was resolved)
     error: ArkerError | None = None
     deleted: bool = False  # a delete of it succeeded
@@ -110,11 +111,12 @@ def _drive(client: Arker, work: str, model: Model, rng: random.Random, ops: int)
             op = "fork"
         model.ops[op] += 1
         if op == "fork":
-            fork = Fork(key=f"eo-{seed}-{i}-{uuid.uuid4().hex[:8]}", name=f"eo{seed}f{i}")
+            source = ARKUNTU_ID if rng.random() < 0.7 else f"eo{seed}-work"
+            fork = Fork(f"eo-{seed}-{i}-{uuid.uuid4().hex[:8]}", f"eo{seed}f{i}", source)
             model.forks.append(fork)
             try:
                 fork.vm_id = client.vms.fork(
-                    ARKUNTU_ID, name=fork.name, idempotency_key=fork.key
+                    fork.source, name=fork.name, idempotency_key=fork.key
                 ).vm_id
             except ArkerError as exc:
                 _note(model, op, exc)
@@ -209,7 +211,7 @@ def _check(direct: Arker, work: str, model: Model) -> dict[str, int]:
             assert fork.error.idempotency_key == fork.key
             # The documented way out: the same call with the same key.
             fork.vm_id = direct.vms.fork(
-                ARKUNTU_ID, name=fork.name, idempotency_key=fork.error.idempotency_key
+                fork.source, name=fork.name, idempotency_key=fork.error.idempotency_key
             ).vm_id
             if ids:
                 assert ids == [fork.vm_id], (fork, ids)
@@ -222,7 +224,7 @@ def _check(direct: Arker, work: str, model: Model) -> dict[str, int]:
         if isinstance(fork.error, OutcomeUnknownError):
             assert found.get(fork.name) == [fork.vm_id], (fork, found.get(fork.name))
             # Resolving again replays: still one VM for the key.
-            again = direct.vms.fork(ARKUNTU_ID, name=fork.name, idempotency_key=fork.key)
+            again = direct.vms.fork(fork.source, name=fork.name, idempotency_key=fork.key)
             assert again.vm_id == fork.vm_id
     assert len(_names(direct, seed)) == len(found)
 
