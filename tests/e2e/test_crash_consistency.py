@@ -36,6 +36,7 @@ import pytest
 import requests
 
 from arker import Arker, NotFoundError
+from arker.local.sandbox.layers import FLATTEN_THRESHOLD
 from arker.testing import ArkerServer, start_server
 
 pytestmark = pytest.mark.e2e
@@ -59,6 +60,10 @@ class Crasher:
         self.generation = 0
         self.client = self._client()
         self.vm = self.client.vms.fork("arkuntu").vm_id
+        # A deep chain, so that the fork trials also flatten (and get killed in it).
+        for i in range(FLATTEN_THRESHOLD - 2):
+            self.client.runs.create(self.vm, f"echo {i} > /home/user/layer{i % 4}")
+            self.client.vms.delete(self.client.vms.fork(self.vm).vm_id)
         # Acceptable sha256 per path (None: absent); narrowed to what is observed.
         self.expected: dict[str, set[str | None]] = {PRESIGNED_PATH: {None}, CHUNKED_PATH: {None}}
 
@@ -152,11 +157,17 @@ class Crasher:
     def check_vms(self, note: str) -> set[str]:
         ids = {vm.vm_id for vm in self.client.vms.list_all()}
         assert self.vm in ids, f"{note}: the trial VM vanished"
+        layers = self.chain_depth(self.vm)
+        assert layers <= FLATTEN_THRESHOLD + 1, f"{note}: chain of {layers} layers"
         for vm_id in sorted(ids):
             out = self.client.runs.create(vm_id, "true && echo ok > /home/user/.probe", timeout=30)
             assert out.exit_code == 0, f"{note}: {vm_id} cannot run: {out.stderr_text}"
             assert self.client.sync.read(vm_id, "/home/user/.probe") == b"ok\n", note
         return ids
+
+    def chain_depth(self, vm_id: str) -> int:
+        meta = json.loads((self.engine_root / "vms" / f"{vm_id}.json").read_bytes())
+        return len(meta["layers"])
 
     def check_mounts(self, note: str) -> None:
         mnt = f"/run/arker-sandbox/{self.tag}"
@@ -272,6 +283,7 @@ def test_sigkill_at_random_points_leaves_a_consistent_server(crasher: Crasher) -
         crasher.check_files(note)
         ids = crasher.check_vms(note)
         crasher.tidy(ids)
-        results.append(f"{op}:{outcome[0] if outcome else '?'}")
+        depth = crasher.chain_depth(crasher.vm)
+        results.append(f"{op}:{outcome[0] if outcome else '?'}:depth={depth}")
     print(f"crash trials (seed {SEED}): {results}")
     assert len(results) >= 20
