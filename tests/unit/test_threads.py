@@ -46,6 +46,13 @@ def echo(loopback) -> Callable[[BaseHTTPRequestHandler], None]:
     return behaviour
 
 
+def serve_many(loopback) -> None:
+    """Echo answers, and a listen backlog for 16 simultaneous connects (socketserver's
+    default of 5 overflows and the kernel resets the surplus: not what is tested here)."""
+    loopback.server.socket.listen(64)
+    loopback.behaviour = echo(loopback)
+
+
 def hammer(client: Arker, thread: int) -> list[str]:
     """``CALLS`` calls from one thread, alternating run and list; every answer checked.
     Returns the idempotency keys its runs were sent with (as echoed back)."""
@@ -78,7 +85,7 @@ def run_threads(client: Arker, threads: int) -> list[str]:
 def test_one_client_many_threads_no_mixups_bounded_connections(
     loopback, make_client, caplog: pytest.LogCaptureFixture
 ) -> None:
-    loopback.behaviour = echo(loopback)
+    serve_many(loopback)
     client = make_client(base_url=loopback.url, control_url=loopback.url, max_retries=0)
     caplog.set_level(logging.DEBUG, logger="urllib3")
     caplog.set_level(logging.INFO, logger="arker")
@@ -96,7 +103,7 @@ def test_one_client_many_threads_no_mixups_bounded_connections(
 
 
 def test_with_options_copies_in_threads_share_one_pool(loopback, make_client) -> None:
-    loopback.behaviour = echo(loopback)
+    serve_many(loopback)
     client = make_client(base_url=loopback.url, control_url=loopback.url)
     barrier = threading.Barrier(THREADS)
 
@@ -119,7 +126,7 @@ def test_more_threads_than_the_pool_opens_and_discards_connections(
     """The rule the docs state: size ``pool_maxsize`` to the number of threads. With
     fewer, calls still succeed, but connections beyond the pool are closed after use
     (urllib3 warns "Connection pool is full") and new ones keep being opened."""
-    loopback.behaviour = echo(loopback)
+    serve_many(loopback)
     client = make_client(base_url=loopback.url, control_url=loopback.url, pool_maxsize=2)
     caplog.set_level(logging.WARNING, logger="urllib3")
 
