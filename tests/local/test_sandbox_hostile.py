@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -150,3 +151,39 @@ def test_sleeping_forever_is_killed_at_the_timeout(qengine: Engine) -> None:
     assert out.timed_out and out.exit_code == 124
     assert time.monotonic() - start < 10
     assert _sh(qengine, vm, "echo alive") == "alive\n"
+
+
+def test_server_disk_quota_flag_and_output_flood(sandbox_data_dir: Path) -> None:
+    from arker import Arker, PayloadTooLargeError
+    from arker.testing import start_server
+
+    server = start_server(sandbox_data_dir, extra_args=("--disk-quota", "32M"))
+    client = Arker(server.api_key, base_url=server.base_url, control_url=server.control_url)
+    try:
+        hog = client.vms.fork("arkuntu").vm_id
+        other = client.vms.fork("arkuntu").vm_id
+        with pytest.raises(PayloadTooLargeError) as err:
+            client.runs.create(hog, "dd if=/dev/zero of=/home/user/big bs=1M count=100")
+        assert "disk quota exceeded: VM uses" in str(err.value)
+        assert f"of {32 * MIB} bytes" in str(err.value)
+        with pytest.raises(PayloadTooLargeError):
+            client.sync.write(hog, "/home/user/more", b"x" * (2 * MIB))
+        client.runs.create(hog, "rm /home/user/big")
+        client.sync.write(hog, "/home/user/more", b"x" * (2 * MIB))
+        # A gigabyte of output: cut at the server's cap, and the server keeps serving.
+        result: list[Any] = []
+        flood = threading.Thread(
+            target=lambda: result.append(client.runs.create(hog, "head -c 1G /dev/zero"))
+        )
+        start = time.monotonic()
+        flood.start()
+        while flood.is_alive() and time.monotonic() - start < 2:
+            t = time.monotonic()
+            assert client.runs.create(other, "echo hi").stdout_text == "hi\n"
+            assert time.monotonic() - t < 5
+        flood.join(60)
+        assert result and result[0].stdout_truncated and result[0].exit_code == 0
+        assert time.monotonic() - start < 60
+    finally:
+        client.close()
+        server.stop()
