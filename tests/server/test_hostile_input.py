@@ -913,3 +913,20 @@ def test_presigned_put_with_huge_declared_length(
     # The URL still works for the right bytes.
     assert requests.put(upload["presigned_url"], data=b"abc", timeout=30).status_code == 200
     assert_healthy(api, vm)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "vmfiles.py's in-VM manifest helper follows a symlinked root (os.walk of "
+        "/home/user/e -> /etc lists the VM's /etc; /home/user/d -> / walks and hashes "
+        "the whole VM incl. /proc until its 600 s timeout, then answers 500 internal). "
+        "vmfiles.py is outside this change; see the hostile-input report."
+    ),
+)
+def test_manifest_does_not_follow_a_symlinked_root(api: Api, vm: str) -> None:
+    api.run(vm, "ln -s /etc /home/user/e")
+    r = api.sync(vm, {"op": "manifest", "path": "/home/user/e"})
+    assert r.status_code in (200, 400), r.text[:300]
+    if r.status_code == 200:
+        assert r.json()["entries"] == [], r.text[:300]
