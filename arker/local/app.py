@@ -14,6 +14,7 @@ from fastapi import Body, Depends, FastAPI, Header, Query, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from .._paths import path_problem
 from .._version import __version__
 from .._wire import (
     DeleteResponse,
@@ -291,6 +292,11 @@ def create_app(services: Services) -> FastAPI:
         signature: str | None = None,
     ) -> StreamingResponse:
         s.signer.verify("GET", vm_id, path, expires, signature)
+        # The server signs only checked paths; check again all the same (defence in
+        # depth should the signing secret leak: still never a path outside /home/user).
+        problem = path_problem(path)
+        if problem:
+            raise ApiError("bad_request", problem)
         if s.store.get_vm(vm_id) is None:
             raise ApiError("not_found", f"vm not found: {vm_id}")
         blocks, size = s.sync.stream(vm_id, path)

@@ -534,7 +534,6 @@ def test_bad_auth_headers_are_401(api: Api, vm: str, arker_server: ArkerServer) 
     # Auth comes before body validation: a garbage body without a key is still 401.
     got = raw(arker_server, "POST", f"/api/v1/vms/{vm}/run", JSON, b"[garbage")
     assert raw_error(got) == (401, "unauthorized")
-    # Duplicate Authorization headers must not let a bad one through.
     assert_healthy(api, vm)
 
 
@@ -660,7 +659,13 @@ def test_altered_presigned_urls_are_403(api: Api, vm: str, arker_server: ArkerSe
         r = requests.get(url, timeout=30)
         expect(r, 403, "forbidden", url[-120:])
     # Forged with the real secret for a path outside /home/user (defence in depth: the
-    # server only ever signs checked paths, but the route must still stay in the VM).
+    # server only ever signs checked paths, but the route checks them again).
+    exp = int(q["expires"])
+    for forged in ("/etc/passwd", "/home/user/../../etc/passwd", "/home/user/a\x00b", "x"):
+        url = _with_query(
+            read_url, path=forged, signature=signature(secret, "GET", vm, forged, exp)
+        )
+        expect(requests.get(url, timeout=30), 400, "bad_request", forged)
     # Method swapped: PUT and DELETE to a read URL.
     for method in ("PUT", "DELETE", "POST"):
         r = requests.request(method, read_url, data=b"x", timeout=30)
@@ -799,7 +804,7 @@ def test_links_in_the_vm_never_reach_host_files(
     ]
     for path in write_paths:
         results = api.write(vm, chunk(path, b"PWNED"))
-        assert len(results) == 1 and results[0] == {**results[0]}, results
+        assert len(results) == 1, results
         if results[0].get("error"):
             assert results[0]["error"]["code"] in ("bad_request", "forbidden", "not_found")
     # Presigned upload through a link as well.
