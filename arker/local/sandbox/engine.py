@@ -441,7 +441,11 @@ class Engine:
     def disk_usage(self, vm_id: str) -> int:
         """Bytes (allocated blocks) of the VM's layer chain, the quota's measure."""
         meta = self._get(vm_id).meta
-        total = self._upper_bytes(meta)
+        return self._frozen_bytes(meta) + self._upper_bytes(meta)
+
+    def _frozen_bytes(self, meta: VmMeta) -> int:
+        """Bytes of the VM's frozen layers (each measured once: they never change)."""
+        total = 0
         for lid in meta.layers:
             with self._lock:
                 cached = self._layer_bytes.get(lid)
@@ -744,10 +748,10 @@ class Engine:
         watch: Callable[[], bool] | None = None
         before = fsize = 0
         if quota > 0:
-            before = self.disk_usage(vm.meta.vm_id)
-            fsize = max(quota - before, 0) + _QUOTA_SLACK
-            frozen = before - self._upper_bytes(vm.meta)
             meta = vm.meta  # fork/delete wait for this run: the chain cannot change
+            frozen = self._frozen_bytes(meta)
+            before = frozen + self._upper_bytes(meta)
+            fsize = max(quota - before, 0) + _QUOTA_SLACK
 
             def watch() -> bool:
                 return frozen + self._upper_bytes(meta) > quota + _QUOTA_SLACK
@@ -791,7 +795,7 @@ class Engine:
             saved = files.commit_state(root_fd, state, runner.STATE_END, 1 << 20)
         cwd = (runner.parse_state_cwd(saved) if saved is not None else None) or VM_HOME
         if quota > 0:
-            after = self.disk_usage(vm.meta.vm_id)
+            after = frozen + self._upper_bytes(meta)
             # Crossing the budget is an error; once over it (cleaning up), only real
             # growth is: a rewritten session state file may take a block more.
             crossed = before <= quota < after
