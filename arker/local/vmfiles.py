@@ -43,7 +43,10 @@ def add(p):
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     out.append([p, st.st_size, stat.S_IMODE(st.st_mode), h.hexdigest()])
-if os.path.isfile(root) and not os.path.islink(root):
+real = os.path.realpath(root)
+if os.path.islink(root) or not (real == "/home/user" or real.startswith("/home/user/")):
+    pass  # links are never followed: not the root, nor a parent leading out of home
+elif os.path.isfile(root):
     add(root)
 else:
     for d, dirs, files in os.walk(root):

@@ -920,18 +920,16 @@ def test_presigned_put_with_huge_declared_length(
     assert_healthy(api, vm)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "vmfiles.py's in-VM manifest helper follows a symlinked root (os.walk of "
-        "/home/user/e -> /etc lists the VM's /etc; /home/user/d -> / walks and hashes "
-        "the whole VM incl. /proc until its 600 s timeout, then answers 500 internal). "
-        "vmfiles.py is outside this change; see the hostile-input report."
-    ),
-)
 def test_manifest_does_not_follow_a_symlinked_root(api: Api, vm: str) -> None:
-    api.run(vm, "ln -s /etc /home/user/e")
-    r = api.sync(vm, {"op": "manifest", "path": "/home/user/e"})
-    assert r.status_code in (200, 400), r.text[:300]
-    if r.status_code == 200:
-        assert r.json()["entries"] == [], r.text[:300]
+    api.run(
+        vm,
+        "ln -s /etc /home/user/e && ln -s / /home/user/d && mkdir -p /home/user/real "
+        "&& echo x > /home/user/real/f && ln -s /home/user/real /home/user/inside",
+    )
+    for root in ("/home/user/e", "/home/user/d", "/home/user/d/etc", "/home/user/inside"):
+        r = api.sync(vm, {"op": "manifest", "path": root})
+        assert r.status_code in (200, 400), r.text[:300]
+        if r.status_code == 200:
+            assert r.json()["entries"] == [], (root, r.text[:300])
+    listed = api.sync(vm, {"op": "manifest", "path": "/home/user/real"}).json()["entries"]
+    assert [e["path"] for e in listed] == ["/home/user/real/f"]
