@@ -78,6 +78,15 @@ class ErrorBody(WireModel):
     message: str = ""
 
 
+class RequestModel(WireModel):
+    """Base of request bodies: types are strict (``true`` is not a session id, ``"5"``
+    is not a timeout), so a server answers wrong types with 400 instead of guessing,
+    and the SDK refuses them before sending. Unknown fields are still ignored, so a
+    newer client's extensions never break an older server."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, strict=True)
+
+
 class Envelope(WireModel):
     """Fields every response may carry. Success responses subclass it."""
 
@@ -112,7 +121,7 @@ class ListVmsResponse(Envelope):
 # --- fork -------------------------------------------------------------------------------
 
 
-class ForkRequest(WireModel):
+class ForkRequest(RequestModel):
     """Body of both fork routes. ``from_`` is set only on the by-name route."""
 
     is_public: bool = False
@@ -140,7 +149,7 @@ class DeleteResponse(Envelope):
 # --- run --------------------------------------------------------------------------------
 
 
-class RunRequest(WireModel):
+class RunRequest(RequestModel):
     command: str
     session_id: Annotated[str, Field(max_length=128)] | int = 0
     timeout: Annotated[int, Field(ge=1)] | None = None
@@ -164,7 +173,7 @@ class RunResponse(Envelope):
 # --- sync -------------------------------------------------------------------------------
 
 
-class SyncReadRequest(WireModel):
+class SyncReadRequest(RequestModel):
     op: Literal["read"] = "read"
     path: str
 
@@ -184,7 +193,7 @@ FileMode = Annotated[int, Field(ge=0, le=0o7777)]
 """Permission bits of a file (``0o644``); the server ignores setuid/setgid bits."""
 
 
-class ChunkEntry(WireModel):
+class ChunkEntry(RequestModel):
     """Bytes ``[start, end)`` of a ``size``-byte file, inline as base64."""
 
     path: str
@@ -197,7 +206,7 @@ class ChunkEntry(WireModel):
     mode: FileMode | None = None  # (ext) applied when the file is complete
 
 
-class PresignEntry(WireModel):
+class PresignEntry(RequestModel):
     """Ask for a presigned PUT URL for a ``size``-byte file."""
 
     path: str
@@ -205,7 +214,7 @@ class PresignEntry(WireModel):
     presigned: Literal[True] = True
 
 
-class CommitEntry(WireModel):
+class CommitEntry(RequestModel):
     """Place the bytes uploaded under ``upload_id`` at ``path``."""
 
     path: str
@@ -236,19 +245,19 @@ WriteEntry = Annotated[
 ]
 
 
-class SyncWriteRequest(WireModel):
+class SyncWriteRequest(RequestModel):
     op: Literal["write"] = "write"
     writes: list[WriteEntry] = Field(min_length=1, max_length=64)
 
 
-class SyncManifestRequest(WireModel):
+class SyncManifestRequest(RequestModel):
     """(ext) List every regular file under ``path`` with its size, mode and sha256."""
 
     op: Literal["manifest"] = "manifest"
     path: str
 
 
-class SyncDeleteRequest(WireModel):
+class SyncDeleteRequest(RequestModel):
     """(ext) Delete files; a path that is already absent is not an error."""
 
     op: Literal["delete"] = "delete"

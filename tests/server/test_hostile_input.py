@@ -933,3 +933,22 @@ def test_manifest_does_not_follow_a_symlinked_root(api: Api, vm: str) -> None:
             assert r.json()["entries"] == [], (root, r.text[:300])
     listed = api.sync(vm, {"op": "manifest", "path": "/home/user/real"}).json()["entries"]
     assert [e["path"] for e in listed] == ["/home/user/real/f"]
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("run", {"command": "true", "session_id": True}),
+        ("run", {"command": "true", "timeout": "5"}),
+        ("run", {"command": "true", "timeout": 1.5}),
+        ("fork", {"is_public": "yes"}),
+        ("fork", {"is_public": 1}),
+        ("sync", {"op": "read", "path": 7}),
+    ],
+)
+def test_no_type_coercion_in_request_bodies(
+    api: Api, vm: str, route: str, body: dict[str, Any]
+) -> None:
+    """A wrong type is a 400, never silently reinterpreted (``true`` as session 1)."""
+    r = api.post(f"/api/v1/vms/{vm}/{route}", json=body)
+    assert error_of(r) == (400, "bad_request"), r.text[:300]
