@@ -199,6 +199,7 @@ class Engine:
         self._tag = hashlib.sha256(str(self._root.resolve()).encode()).hexdigest()[:8]
         self._lock = threading.RLock()
         self._gc_lock = threading.Lock()
+        self._collect_pending = False
         self._vms: dict[str, _Vm] = {}
         self._procs: set[subprocess.Popen[bytes]] = set()
         self._closed = False
@@ -359,7 +360,10 @@ class Engine:
         finally:
             self._release_exclusive(vm)
         self._schedule_sync()
-        self._collect_layers()
+        # Removing a deeply forked VM's layers is many rmtrees: done after the answer,
+        # on the background queue (behind the detached unmount), coalesced, so that
+        # concurrent deletes do not queue up on the GC lock.
+        self._schedule_collect()
 
     def run(self, vm_id: str, command: str, *, session: str, timeout: float | None) -> RunOutcome:
         """Run ``/bin/sh -c command`` as the VM user in session ``session``.
@@ -693,6 +697,20 @@ class Engine:
             self._store.syncfs()
 
         self._background(sync)
+
+    def _schedule_collect(self) -> None:
+        """Run `_collect_layers` soon on the background queue (coalesced)."""
+        with self._lock:
+            if self._collect_pending:
+                return
+            self._collect_pending = True
+
+        def collect() -> None:
+            with self._lock:
+                self._collect_pending = False
+            self._collect_layers()
+
+        self._background(collect)
 
     def _closer_main(self) -> None:
         while True:
