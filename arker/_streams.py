@@ -12,6 +12,7 @@ import hashlib
 import io
 import os
 import stat
+import sys
 import tempfile
 from collections import deque
 from collections.abc import Callable
@@ -30,6 +31,7 @@ __all__ = [
     "Sink",
     "Source",
     "Tracker",
+    "file_sha256",
     "open_source",
 ]
 
@@ -180,6 +182,12 @@ class _RangeReader(io.RawIOBase):
     def close(self) -> None:
         self._file.close()
         super().close()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """sha256 of a whole local file, read in `CHUNK` blocks."""
+    with open(path, "rb") as f:
+        return _hash_exact(f, sys.maxsize)
 
 
 def _hash_exact(f: IO[bytes], length: int) -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 from .._constants import MAX_FILE_BYTES
 from .._ids import new_ulid
 from .._paths import path_problem
+from .._streams import file_sha256
 from .._wire import ChunkEntry, CommitEntry, PresignEntry, WriteResult
 from .engine_api import EngineLike
 from .errors import ApiError
@@ -256,7 +257,7 @@ class Uploads:
             staging.touch()
         if sha256 is not None:
             known = self._digests.pop((upload.vm_id, upload.upload_id), None)
-            actual = known or _file_sha256(staging)
+            actual = known or file_sha256(staging)
             if actual != sha256.lower():
                 # The bytes are wrong somewhere: start over rather than keep bad data.
                 self._store.set_upload_ranges(upload.vm_id, upload.upload_id, [])
@@ -316,14 +317,6 @@ def _mode(entry: ChunkEntry | CommitEntry) -> int:
 
 def _done(size: int) -> WriteResult:
     return WriteResult(complete=True, written=True, received_bytes=size)
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_COPY_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

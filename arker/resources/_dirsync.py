@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Union
 from .._exceptions import ArkerError, BadRequestError
 from .._models import DirSyncResult
 from .._paths import dir_problem
-from .._streams import CHUNK
+from .._streams import file_sha256
 from .._wire import (
     ManifestEntry,
     SyncDeleteRequest,
@@ -78,14 +78,6 @@ def _remote_root(remote_dir: str) -> str:
     if problem is not None:
         raise BadRequestError("bad_request", problem, 400)
     return remote_dir.rstrip("/") + "/"
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _walk_local(
@@ -185,7 +177,7 @@ def push_dir(
 
         def sha(path: Path = f.path, memo: list[str] = digest) -> str:
             if not memo:
-                memo.append(_sha256_file(path))
+                memo.append(file_sha256(path))
             return memo[0]
 
         if _same(remote.get(f.rel), f.size, f.mode, sha):
@@ -265,7 +257,7 @@ def pull_dir(
         mode = stat.S_IMODE(entry.mode) & 0o777
         if target.is_file():
             st = target.stat()
-            local_sha = functools.partial(_sha256_file, target)
+            local_sha = functools.partial(file_sha256, target)
             if _same(entry, st.st_size, stat.S_IMODE(st.st_mode), local_sha):
                 skipped.append(rel)
                 continue
