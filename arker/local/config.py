@@ -65,11 +65,6 @@ class ServerConfig:
         return self.data_dir
 
     @property
-    def uploads_dir(self) -> Path:
-        """Staging area of unfinished uploads."""
-        return self.data_dir / "uploads"
-
-    @property
     def secret_path(self) -> Path:
         """HMAC key of presigned URLs (mode 0600)."""
         return self.data_dir / "presign.key"

@@ -176,7 +176,7 @@ def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Se
     from .vms import Vms
 
     signer = Signer(load_or_create_secret(config.secret_path))
-    uploads = Uploads(store, engine, config.uploads_dir)
+    uploads = Uploads(store, engine)
     return Services(
         config=config,
         store=store,

@@ -313,19 +313,15 @@ class Store:
             )
 
     def expire_uploads(self, older_than: float) -> list[tuple[str, str]]:
-        """Drop uploads created before ``older_than``; return their (vm_id, upload_id)."""
+        """Drop uploads created before ``older_than``; return the (vm_id, upload_id) of
+        those never committed (they may have bytes staged in their VM)."""
         with self._tx() as db:
             rows = db.execute(
-                "SELECT vm_id, upload_id FROM uploads WHERE created_at < ?", (older_than,)
+                "SELECT vm_id, upload_id FROM uploads WHERE created_at < ? AND committed = 0",
+                (older_than,),
             ).fetchall()
             db.execute("DELETE FROM uploads WHERE created_at < ?", (older_than,))
         return [(str(a), str(b)) for a, b in rows]
-
-    def upload_keys(self) -> set[tuple[str, str]]:
-        """(vm_id, upload_id) of every upload row."""
-        with self._lock:
-            rows = self._db.execute("SELECT vm_id, upload_id FROM uploads").fetchall()
-        return {(str(a), str(b)) for a, b in rows}
 
     # --- idempotency -------------------------------------------------------------------
 

@@ -1,10 +1,12 @@
-"""Chunked and presigned uploads: staged on disk, committed atomically into the VM.
+"""Chunked and presigned uploads: staged inside the VM, committed by a rename.
 
-Bytes never sit whole in memory: chunks are written at their offset into a staging
-file and fsynced before they are acknowledged; a presigned PUT is streamed to disk. The
-byte ranges received are recorded in SQLite, so an upload survives a restart and can
-be resumed. Once every byte is there (and the optional sha256 matches), the staging
-file is handed to `engine.write_file`, which places it in the VM atomically.
+Bytes never sit whole in memory: chunks are written at their offset into the upload's
+staging file and fsynced before they are acknowledged; a presigned PUT is streamed
+into it, fsynced as it goes. The staging file lives in the VM's own filesystem, hidden
+from the VM (``arker.local.sandbox.staging``), so the commit moves it into place
+instead of copying 100 MiB. The byte ranges received are recorded in SQLite, so an
+upload survives a restart and can be resumed. Once every byte is there (and the
+optional sha256 matches), `engine.commit_staged` renames it to its path atomically.
 """
 
 from __future__ import annotations
@@ -12,23 +14,23 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable
 
 from .._constants import MAX_FILE_BYTES
 from .._ids import new_ulid
 from .._paths import path_problem
-from .._streams import file_sha256
 from .._wire import ChunkEntry, CommitEntry, PresignEntry, WriteResult
-from .engine_api import EngineLike
+from .engine_api import EngineLike, StagedFileLike
 from .errors import ApiError
 from .store import Store, UploadRow
+from .vms import engine_errors
 
-_COPY_BLOCK = 1024 * 1024
+_WRITE_BLOCK = 1024 * 1024  # a PUT body is written in blocks this big, off the event loop
 _CHECKPOINT = 16 * 1024 * 1024  # fsync + record a PUT's progress this often
 
 
@@ -57,23 +59,20 @@ def check_target(path: str, size: int) -> None:
 
 
 class Uploads:
-    """Owns the staging directory and the upload rows of the store.
+    """Owns the upload rows of the store and the files they stage in VMs.
 
     Args:
         store: Persistent upload records.
-        engine: Places finished files into VMs.
-        staging_dir: Directory for partial files (created if missing).
+        engine: Stages uploads inside VMs and moves finished ones into place.
     """
 
-    def __init__(self, store: Store, engine: EngineLike, staging_dir: Path) -> None:
+    def __init__(self, store: Store, engine: EngineLike) -> None:
         self._store = store
         self._engine = engine
-        self._dir = staging_dir
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._guard = threading.Lock()
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._put_locks: dict[tuple[str, str], asyncio.Lock] = {}
-        # sha256 of staging files that one PUT wrote whole (memory only: a restart
+        # sha256 of staged files that one PUT wrote whole (memory only: a restart
         # just means the commit hashes the file itself).
         self._digests: dict[tuple[str, str], str] = {}
         # sha256 of files committed into VMs, keyed by (vm, path), with the identity of
@@ -104,6 +103,8 @@ class Uploads:
             _check_same_file(upload, entry.path, entry.size)
             if upload.committed:
                 return _done(upload.size)
+            if not upload.ranges:  # the upload's first bytes: is there room for all?
+                self._engine.check_room(vm_id, entry.size)
             if data:
                 self._digests.pop((vm_id, entry.upload_id), None)
                 self._write_at(upload, entry.start, data)
@@ -120,6 +121,8 @@ class Uploads:
     def presign(self, vm_id: str, entry: PresignEntry) -> str:
         """Register a server-minted upload for a presigned PUT; return its id."""
         check_target(entry.path, entry.size)
+        with engine_errors():
+            self._engine.check_room(vm_id, entry.size)  # before the client sends 100 MiB
         upload_id = new_ulid()
         self._store.create_upload(vm_id, upload_id, entry.path, entry.size)
         return upload_id
@@ -156,12 +159,14 @@ class Uploads:
         body: AsyncIterator[bytes],
         content_range: str | None = None,
     ) -> None:
-        """Stream a presigned PUT body into the staging file, never holding it in memory.
+        """Stream a presigned PUT body into the staged file, never holding it in memory.
 
         Without ``Content-Range`` the body is the whole file. With ``bytes S-E/T`` it
         resumes at ``S``, which must not pass the bytes already held (``HEAD`` on the
         upload URL tells). What arrives is fsynced and recorded as it goes, so a PUT
-        cut off mid-way leaves a prefix the next one can resume from.
+        cut off mid-way leaves a prefix the next one can resume from. Disk work runs on
+        a worker thread, one block behind the network, so the event loop keeps
+        serving other requests and receiving overlaps writing.
 
         Raises:
             ApiError: ``not_found`` for an unknown upload, ``payload_too_large`` when the
@@ -180,39 +185,45 @@ class Uploads:
             held = _prefix(upload.ranges)
             if start > held:
                 raise ApiError("conflict", f"cannot resume at byte {start}: {held} bytes are held")
-            fd = os.open(self._staging(upload), os.O_RDWR | os.O_CREAT, 0o600)
-            pos = start
+            writer = _PutWriter(self, upload, start)
+            pending: asyncio.Future[None] | None = None
             try:
-                os.ftruncate(fd, start)
-                self._store.set_upload_ranges(vm_id, upload_id, [(0, start)] if start else [])
-                self._digests.pop((vm_id, upload_id), None)
-                # Hash as the bytes arrive, so the commit need not read 100 MiB again.
-                digest = _prefix_sha256(fd, start)
-                synced = start
+                await _off_loop(writer.begin)
+                blocks: list[bytes] = []
+                buffered = 0
+                received = start
                 async for block in body:
-                    if pos + len(block) > upload.size:
+                    received += len(block)
+                    if received > upload.size:
                         raise ApiError(
                             "payload_too_large",
                             f"upload is larger than the announced {upload.size} bytes",
                         )
-                    _pwrite_all(fd, block, pos)
-                    digest.update(block)
-                    pos += len(block)
-                    if pos - synced >= _CHECKPOINT:
-                        self._checkpoint(fd, upload, pos)
-                        synced = pos
-                if pos != upload.size:
+                    blocks.append(block)
+                    buffered += len(block)
+                    if buffered >= _WRITE_BLOCK:
+                        if pending is not None:
+                            await pending
+                        pending = _off_loop(writer.write, blocks)
+                        blocks, buffered = [], 0
+                if pending is not None:
+                    await pending
+                    pending = None
+                if blocks:
+                    await _off_loop(writer.write, blocks)
+                if received != upload.size:
                     raise ApiError(
-                        "bad_request", f"upload has {pos} bytes; {upload.size} were announced"
+                        "bad_request", f"upload has {received} bytes; {upload.size} were announced"
                     )
-                self._digests[(vm_id, upload_id)] = digest.hexdigest()
+                self._digests[(vm_id, upload_id)] = writer.hexdigest()
             finally:
+                if pending is not None:
+                    await asyncio.gather(pending, return_exceptions=True)
                 # Whatever arrived, complete or cut off, is kept for the next attempt.
-                self._checkpoint(fd, upload, min(pos, upload.size))
-                os.close(fd)
+                await _off_loop(writer.finish)
 
-    def _checkpoint(self, fd: int, upload: UploadRow, held: int) -> None:
-        os.fsync(fd)
+    def _checkpoint(self, staged: StagedFileLike, upload: UploadRow, held: int) -> None:
+        staged.fsync()
         self._store.set_upload_ranges(upload.vm_id, upload.upload_id, [(0, held)] if held else [])
 
     def _put_lock(self, vm_id: str, upload_id: str) -> asyncio.Lock:
@@ -241,60 +252,55 @@ class Uploads:
     # --- maintenance -------------------------------------------------------------------
 
     def cleanup(self, max_age_s: float) -> None:
-        """Expire uploads older than ``max_age_s`` and remove orphaned staging files."""
+        """Expire uploads older than ``max_age_s`` and remove what they staged."""
         for vm_id, upload_id in self._store.expire_uploads(time.time() - max_age_s):
-            self._staging_for(vm_id, upload_id).unlink(missing_ok=True)
-        keep = {self._staging_for(v, u).name for v, u in self._store.upload_keys()}
-        for entry in self._dir.iterdir():
-            if entry.name not in keep:
-                entry.unlink(missing_ok=True)
+            if self._engine.exists(vm_id):
+                with contextlib.suppress(Exception):  # best effort: the VM may be going
+                    self._engine.discard_staged(vm_id, staging_name(vm_id, upload_id))
 
     # --- internals ---------------------------------------------------------------------
 
     def _commit_locked(self, upload: UploadRow, sha256: str | None, mode: int) -> None:
-        staging = self._staging(upload)
-        if upload.size == 0:
-            staging.touch()
-        if sha256 is not None:
-            known = self._digests.pop((upload.vm_id, upload.upload_id), None)
-            actual = known or file_sha256(staging)
-            if actual != sha256.lower():
-                # The bytes are wrong somewhere: start over rather than keep bad data.
-                self._store.set_upload_ranges(upload.vm_id, upload.upload_id, [])
-                staging.unlink(missing_ok=True)
-                raise ApiError(
-                    "bad_request", f"sha256 mismatch: expected {sha256}, received {actual}"
-                )
-        with open(staging, "rb") as src:
-            self._engine.write_file(upload.vm_id, upload.path, src, upload.size, mode)
+        name = staging_name(upload.vm_id, upload.upload_id)
+        with engine_errors():
+            if upload.size == 0:
+                with self._engine.staged_file(upload.vm_id, name) as staged:
+                    staged.truncate(0)  # nothing was sent: stage the empty file now
+            if sha256 is not None:
+                known = self._digests.pop((upload.vm_id, upload.upload_id), None)
+                actual = known or self._staged_sha256(upload, name)
+                if actual != sha256.lower():
+                    # The bytes are wrong somewhere: start over rather than keep bad data.
+                    self._store.set_upload_ranges(upload.vm_id, upload.upload_id, [])
+                    self._engine.discard_staged(upload.vm_id, name)
+                    raise ApiError(
+                        "bad_request", f"sha256 mismatch: expected {sha256}, received {actual}"
+                    )
+            self._engine.commit_staged(upload.vm_id, name, upload.path, upload.size, mode)
         if sha256 is not None:
             self._remember_digest(upload.vm_id, upload.path, sha256.lower())
-        # The engine's write is atomic and durable; only then is the upload "done".
+        # The rename is atomic and durable; only then is the upload "done". (A crash
+        # right between the two leaves the upload uncommitted with nothing staged: a
+        # retried commit then answers not_found and the client uploads again.)
         self._store.mark_committed(upload.vm_id, upload.upload_id)
-        staging.unlink(missing_ok=True)
+
+    def _staged_sha256(self, upload: UploadRow, name: str) -> str:
+        digest = hashlib.sha256()
+        with self._engine.staged_file(upload.vm_id, name) as staged:
+            for block in staged.read_blocks(upload.size):
+                digest.update(block)
+        return digest.hexdigest()
 
     def _write_at(self, upload: UploadRow, offset: int, data: bytes) -> None:
-        fd = os.open(self._staging(upload), os.O_WRONLY | os.O_CREAT, 0o600)
-        try:
-            written = 0
-            while written < len(data):
-                written += os.pwrite(fd, data[written:], offset + written)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        name = staging_name(upload.vm_id, upload.upload_id)
+        with engine_errors(), self._engine.staged_file(upload.vm_id, name) as staged:
+            staged.pwrite([data], offset)
+            staged.fsync()
 
     def _refresh(self, upload: UploadRow) -> UploadRow:
         row = self._store.get_upload(upload.vm_id, upload.upload_id)
         assert row is not None
         return row
-
-    def _staging(self, upload: UploadRow) -> Path:
-        return self._staging_for(upload.vm_id, upload.upload_id)
-
-    def _staging_for(self, vm_id: str, upload_id: str) -> Path:
-        # Client-minted ids are arbitrary text: hash them into a safe file name.
-        digest = hashlib.sha256(f"{vm_id}\0{upload_id}".encode()).hexdigest()[:40]
-        return self._dir / f"{digest}.part"
 
     def _lock_for(self, vm_id: str, upload_id: str) -> threading.Lock:
         with self._guard:
@@ -319,12 +325,68 @@ def _done(size: int) -> WriteResult:
     return WriteResult(complete=True, written=True, received_bytes=size)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def staging_name(vm_id: str, upload_id: str) -> str:
+    """The staged file's name in the VM. Client-minted ids are arbitrary text: hash them
+    (with the VM, so a fork's inherited leftovers never collide with its own uploads)."""
+    return hashlib.sha256(f"{vm_id}\0{upload_id}".encode()).hexdigest()[:40]
+
+
+class _PutWriter:
+    """The disk side of one presigned PUT (each method runs on a worker thread)."""
+
+    def __init__(self, uploads: Uploads, upload: UploadRow, start: int) -> None:
+        self._uploads = uploads
+        self._upload = upload
+        self._start = start
+        self._pos = start
+        self._synced = start
+        self._digest = hashlib.sha256()
+        self._staged: StagedFileLike | None = None
+
+    def begin(self) -> None:
+        up = self._upload
+        name = staging_name(up.vm_id, up.upload_id)
+        self._staged = self._uploads._engine.staged_file(up.vm_id, name)
+        self._staged.truncate(self._start)
+        store = self._uploads._store
+        store.set_upload_ranges(up.vm_id, up.upload_id, [(0, self._start)] if self._start else [])
+        self._uploads._digests.pop((up.vm_id, up.upload_id), None)
+        # Hash as the bytes arrive, so the commit need not read 100 MiB again.
+        for block in self._staged.read_blocks(self._start):
+            self._digest.update(block)
+
+    def write(self, blocks: list[bytes]) -> None:
+        assert self._staged is not None
+        self._staged.pwrite(blocks, self._pos)
+        for block in blocks:
+            self._digest.update(block)
+            self._pos += len(block)
+        if self._pos - self._synced >= _CHECKPOINT:
+            self._uploads._checkpoint(self._staged, self._upload, self._pos)
+            self._synced = self._pos
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+    def finish(self) -> None:
+        if self._staged is None:
+            return
+        try:
+            if self._pos != self._synced or self._pos == self._start:
+                self._uploads._checkpoint(self._staged, self._upload, self._pos)
+        finally:
+            self._staged.close()
+
+
+def _off_loop(fn: Callable[..., None], *args: object) -> asyncio.Future[None]:
+    """Start blocking disk work on a worker thread (engine errors mapped to wire errors);
+    await the result when it is needed."""
+
+    def run() -> None:
+        with engine_errors():
+            fn(*args)
+
+    return asyncio.get_running_loop().run_in_executor(None, run)
 
 
 _MAX_REMEMBERED = 10_000
@@ -332,19 +394,6 @@ _MAX_REMEMBERED = 10_000
 
 def _identity(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _prefix_sha256(fd: int, length: int) -> hashlib._Hash:
-    """A sha256 fed with the first ``length`` bytes of ``fd`` (a resumed PUT's prefix)."""
-    digest = hashlib.sha256()
-    offset = 0
-    while offset < length:
-        block = os.pread(fd, min(_COPY_BLOCK, length - offset), offset)
-        if not block:
-            break
-        digest.update(block)
-        offset += len(block)
-    return digest
 
 
 def _prefix(ranges: list[tuple[int, int]]) -> int:
@@ -366,11 +415,3 @@ def _parse_content_range(value: str, size: int) -> int:
             "bad_request", f"Content-Range {value!r} must be 'bytes S-{size - 1}/{size}'"
         )
     return start
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n

@@ -33,8 +33,7 @@ checked by polling, so a VM can overshoot by what it writes between two checks
 (write rate times ~0.5 s, plus up to the remaining budget per file written in
 parallel); space freed by deleting a file from a frozen layer (after a fork) is not
 given back (overlay keeps the lower copy); files written through ``/dev/shm`` are
-memory (cgroup-limited), not disk; upload staging files live outside VMs and are
-bounded per file only.
+memory (cgroup-limited), not disk; an upload counts once staged (see staging.py).
 """
 
 from __future__ import annotations
@@ -54,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from . import files, mounts, runner
+from . import files, mounts, runner, staging
 from .baseimage import (
     DEBIAN_BASE,
     HOST_BASE,
@@ -131,6 +130,7 @@ class _Vm:
     sessions: set[str] = field(default_factory=set)
     cgroup: runner.VmCgroup | None = None
     usage: int | None = None  # last measured disk usage (quota), saves a walk per run
+    generation: int = 0  # bumped at every mount: handles from an older mount are stale
 
 
 def _session_name(session: str) -> str:
@@ -423,27 +423,81 @@ class Engine:
             SandboxError: ``not_found``, ``payload_too_large``, ``bad_request``.
         """
         self._check_open()
+        vm = self._get(vm_id)
+        root_fd = self._enter(vm)
+        try:
+            used = self._check_room(vm, size)
+            files.write_atomic(root_fd, path, src, size, mode, self.sandbox_uid, self.sandbox_uid)
+            if used is not None:
+                vm.usage = used + size  # an upper bound; the next run measures again
+        finally:
+            self._leave(vm)
+
+    def check_room(self, vm_id: str, size: int) -> None:
+        """Refuse (``payload_too_large``) a ``size``-byte file the VM has no room for."""
+        self._check_open()
+        self._check_room(self._get(vm_id), size)
+
+    def _check_room(self, vm: _Vm, size: int) -> int | None:
+        """The VM's disk usage when a quota applies (after checking ``size`` fits)."""
         if size < 0:
             raise SandboxError("bad_request", "negative size")
         if size > self.limits.max_file_bytes:
             raise SandboxError(
                 "payload_too_large", f"file larger than {self.limits.max_file_bytes} bytes"
             )
+        quota = self.limits.disk_quota_bytes
+        if quota <= 0:
+            return None
+        used = self.disk_usage(vm.meta.vm_id)
+        if used + size > quota:
+            raise SandboxError(
+                "payload_too_large",
+                f"disk quota exceeded: VM uses {used} of {quota} bytes; "
+                f"a {size}-byte file does not fit (delete files to free space)",
+            )
+        return used
+
+    # -- uploads staged inside the VM (see staging.py) -------------------------------------
+
+    def staged_file(self, vm_id: str, name: str) -> staging.StagedFile:
+        """A handle on the upload staged as ``name`` in the VM (created on first write).
+
+        Raises:
+            SandboxError: ``not_found`` (now or at any later write, once the VM is gone).
+        """
+        self._check_open()
+        vm = self._get(vm_id)
+
+        def enter() -> tuple[int, int]:
+            root_fd = self._enter(vm)
+            return root_fd, vm.generation  # stable while entered: no remount can happen
+
+        return staging.StagedFile(enter, lambda: self._leave(vm), name)
+
+    def commit_staged(self, vm_id: str, name: str, path: str, size: int, mode: int = 0o644) -> None:
+        """Atomically move the staged upload ``name`` (``size`` bytes) to ``path``.
+
+        Raises:
+            SandboxError: ``not_found`` (VM or staged file), ``bad_request``.
+        """
+        self._check_open()
         vm = self._get(vm_id)
         root_fd = self._enter(vm)
         try:
-            quota = self.limits.disk_quota_bytes
-            if quota > 0:
-                used = self.disk_usage(vm_id)
-                if used + size > quota:
-                    raise SandboxError(
-                        "payload_too_large",
-                        f"disk quota exceeded: VM uses {used} of {quota} bytes; "
-                        f"a {size}-byte file does not fit (delete files to free space)",
-                    )
-            files.write_atomic(root_fd, path, src, size, mode, self.sandbox_uid, self.sandbox_uid)
-            if quota > 0:
-                vm.usage = used + size  # an upper bound; the next run measures again
+            staging.commit(root_fd, name, path, size, mode, self.sandbox_uid, self.sandbox_uid)
+            if vm.usage is not None:
+                vm.usage += size  # staged after the last measurement: an upper bound
+        finally:
+            self._leave(vm)
+
+    def discard_staged(self, vm_id: str, name: str) -> None:
+        """Remove the staged upload ``name`` if it (and the VM) still exist."""
+        self._check_open()
+        vm = self._get(vm_id)
+        root_fd = self._enter(vm)
+        try:
+            staging.discard(root_fd, name)
         finally:
             self._leave(vm)
 
@@ -632,6 +686,7 @@ class Engine:
         except OSError as exc:
             raise SandboxError("internal", f"cannot mount vm {meta.vm_id}: {exc}") from None
         vm.root_fd = os.open(target, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        vm.generation += 1
 
     def _unmount(self, vm: _Vm, *, background: bool = False) -> None:
         """Unmount the VM's overlay (caller holds ``vm.cond`` or exclusivity).

@@ -211,11 +211,13 @@ def _ensure_dirs(root_fd: int, parts: list[str], uid: int, gid: int) -> int:
         raise
 
 
-def _prepare(root_fd: int, path: str, uid: int, gid: int) -> tuple[int, int, str, str]:
-    """Resolve/create the parent and create the temp file (as the VM user).
+def target_dir(root_fd: int, path: str, uid: int, gid: int) -> tuple[int, str]:
+    """Resolve (creating as the VM user) the parent of ``path``; refuse a directory
+    target. Call with the VM user's fs identity.
 
     Returns:
-        ``(dir_fd, tmp_fd, tmp_name, name)``; the caller closes both descriptors.
+        ``(dir_fd, name)``: a real (non-``O_PATH``) handle on the parent, so it can be
+        fsynced, and the last path component. The caller closes ``dir_fd``.
     """
     parts = [p for p in path.split("/") if p]
     if not parts or any(p in (".", "..") for p in parts):
@@ -233,7 +235,6 @@ def _prepare(root_fd: int, path: str, uid: int, gid: int) -> tuple[int, int, str
             raise SandboxError("bad_request", f"cannot resolve parent of {path}") from None
         raise SandboxError("internal", f"cannot create parents of {path}: {exc}") from None
     try:
-        # A real (non-O_PATH) handle so the directory itself can be fsynced.
         real_dir = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
     finally:
         os.close(dir_fd)
@@ -244,6 +245,20 @@ def _prepare(root_fd: int, path: str, uid: int, gid: int) -> tuple[int, int, str
                 raise SandboxError("bad_request", f"path is a directory: {path}")
         except FileNotFoundError:
             pass
+    except BaseException:
+        os.close(real_dir)
+        raise
+    return real_dir, name
+
+
+def _prepare(root_fd: int, path: str, uid: int, gid: int) -> tuple[int, int, str, str]:
+    """Resolve/create the parent and create the temp file (as the VM user).
+
+    Returns:
+        ``(dir_fd, tmp_fd, tmp_name, name)``; the caller closes both descriptors.
+    """
+    real_dir, name = target_dir(root_fd, path, uid, gid)
+    try:
         tmp = f".arker-tmp-{secrets.token_hex(8)}"
         fd = os.open(
             tmp,
