@@ -337,11 +337,16 @@ class Sink:
 class PathSink(Sink):
     """A download to a temp file beside ``dest``, renamed over ``dest`` on success.
 
-    An interrupted download never leaves a truncated file under the final name.
+    An interrupted download never leaves a truncated file under the final name: the
+    rename happens only once every byte is there and verified. That holds against the
+    process dying at any point. Surviving a power cut as well takes ``durable=True``:
+    the file (then its directory) is fsynced around the rename, which on a disk
+    writing ~500 MB/s costs about as much as the download itself.
     """
 
-    def __init__(self, dest: os.PathLike[str] | str) -> None:
+    def __init__(self, dest: os.PathLike[str] | str, *, durable: bool = False) -> None:
         self.dest = Path(dest)
+        self._durable = durable
         fd, tmp = tempfile.mkstemp(
             prefix=f".{self.dest.name}.", suffix=".part", dir=self.dest.parent
         )
@@ -352,6 +357,8 @@ class PathSink(Sink):
 
     def write(self, block: bytes) -> None:
         super().write(block)
+        if not self._durable:
+            return
         self._unflushed += len(block)
         if self._unflushed >= _WRITEBACK_EVERY and hasattr(os, "posix_fadvise"):
             # Start writing back now rather than leave 100 MiB for the final fsync.
@@ -361,10 +368,25 @@ class PathSink(Sink):
 
     def commit(self) -> None:
         self._file.flush()
-        os.fsync(self._file.fileno())
+        if self._durable:
+            os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self._tmp, self.dest)
+        if self._durable:
+            _fsync_dir(self.dest.parent)
 
     def abort(self) -> None:
         self._file.close()
         self._tmp.unlink(missing_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

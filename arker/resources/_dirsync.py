@@ -241,6 +241,7 @@ def pull_dir(
     *,
     delete: bool,
     ignore: Ignore,
+    durable: bool = False,
 ) -> DirSyncResult:
     root = Path(local_dir)
     root.mkdir(parents=True, exist_ok=True)
@@ -262,7 +263,7 @@ def pull_dir(
                 skipped.append(rel)
                 continue
         target.parent.mkdir(parents=True, exist_ok=True)
-        bytes_sent += sync.read_to(vm_id, remote_root + rel, target)
+        bytes_sent += sync.read_to(vm_id, remote_root + rel, target, durable=durable)
         os.chmod(target, mode)
         sent.append(rel)
     links: list[str] = []

@@ -143,16 +143,33 @@ class SyncResource(Resource):
         dest: str | os.PathLike[str] | IO[bytes],
         *,
         progress: ProgressCallback | None = None,
+        durable: bool = False,
     ) -> int:
         """Stream the file at ``path`` into a local path or binary file; return its size.
 
         A download to a path lands atomically: the bytes go to a temporary file beside
-        ``dest``, verified, then renamed over it. An interrupted or corrupt download
-        never leaves a truncated file under ``dest``.
+        ``dest``, are verified, then renamed over it. An interrupted or corrupt download
+        never leaves a truncated file under ``dest``, even if the process is killed.
+
+        Args:
+            vm_id: The VM.
+            path: Absolute path under ``/home/user/``.
+            dest: A local path, or a binary file object (written from its position).
+            progress: Called with ``(bytes_done, bytes_total)`` as bytes arrive.
+            durable: Also survive a power cut or kernel crash: fsync the file before
+                the rename and its directory after it (as ``rsync --fsync`` does).
+                Off by default, as in curl, wget and rsync: it about doubles the time
+                of a large download to a fast disk. Ignored for file objects.
+
+        Raises:
+            NotFoundError: No such file.
+            BadRequestError: ``path`` breaks the path rules (no request is made).
+            ResponseValidationError: The bytes do not match the size or sha256 the
+                server announced; nothing is left under ``dest``.
         """
         check_path(path)
         if isinstance(dest, (str, os.PathLike)):
-            return self._download(vm_id, path, PathSink(dest), progress)
+            return self._download(vm_id, path, PathSink(dest, durable=durable), progress)
         return self._download(vm_id, path, Sink(dest), progress)
 
     def _download(
@@ -227,6 +244,7 @@ class SyncResource(Resource):
         *,
         delete: bool = False,
         ignore: Ignore = None,
+        durable: bool = False,
     ) -> DirSyncResult:
         """Make ``local_dir`` hold the files of ``remote_dir`` in the VM.
 
@@ -239,11 +257,14 @@ class SyncResource(Resource):
             local_dir: Local destination (created as needed).
             delete: Also delete local files that ``remote_dir`` lacks.
             ignore: Glob patterns or a predicate on relative paths.
+            durable: fsync each downloaded file, as `read_to` does with it.
 
         Returns:
             What was downloaded, skipped and deleted, and how many bytes moved.
         """
-        return pull_dir(self, vm_id, remote_dir, local_dir, delete=delete, ignore=ignore)
+        return pull_dir(
+            self, vm_id, remote_dir, local_dir, delete=delete, ignore=ignore, durable=durable
+        )
 
     # -- writes ----------------------------------------------------------------------
 

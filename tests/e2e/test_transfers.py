@@ -57,7 +57,7 @@ def test_upload_cut_at_60_percent_resumes(
     arker_server: Any, arker_client: Arker, vm_id: str, tmp_path: Path
 ) -> None:
     src = tmp_path / "big.bin"
-    src.write_bytes(os.urandom(40 * MiB))
+    src.write_bytes(os.urandom(100 * MiB))  # the check: a 100 MiB upload
     plan = FaultPlan(
         rate=0.0,
         cut_fraction=0.6,

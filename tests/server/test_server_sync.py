@@ -284,3 +284,86 @@ def test_other_orgs_cannot_touch_a_vm(api: Api, other: Api, vm: str) -> None:
         == 404
     )
     assert theirs not in [i["vm_id"] for i in api.get("/api/v1/vms/list?limit=100").json()["items"]]
+
+
+# --- uploads staged inside the VM (arker/local/sandbox/staging.py) -------------------
+
+
+def _staged_files(arker_server: Any) -> set[Path]:
+    """Staged upload files anywhere in the server's layers (seen from the host)."""
+    return set(Path(arker_server.data_dir).glob("engine/**/.arker-uploads/*"))
+
+
+def test_a_staged_upload_is_out_of_the_vm_users_reach(api: Api, vm: str, arker_server: Any) -> None:
+    data = b"secret-in-flight" * 70_000
+    before = _staged_files(arker_server)
+    url, upload_id = presigned_put(api, vm, "/home/user/later.bin", len(data))
+    assert requests.put(url, data=data, timeout=60).status_code == 200
+    (staged,) = _staged_files(arker_server) - before
+    assert staged.read_bytes() == data
+    # Staged, not committed: nothing under the path, and the VM user can neither list,
+    # read, replace nor remove the staging directory.
+    probe = api.run(
+        vm,
+        "ls /home/user; ls -A /.arker-uploads; cat /.arker-uploads/*; "
+        "rm -rf /.arker-uploads; mv /.arker-uploads /home/user/x; "
+        "stat -c '%U %a' /.arker-uploads; grep -rl secret-in-flight /home /tmp",
+    )
+    assert "later.bin" not in probe["stdout"]
+    assert "secret-in-flight" not in probe["stdout"]
+    assert "Permission denied" in probe["stderr"]
+    assert probe["stdout"].strip().endswith("700")
+    commit = {"path": "/home/user/later.bin", "size": len(data), "upload_id": upload_id}
+    commit["sha256"] = hashlib.sha256(data).hexdigest()
+    assert api.write(vm, {**commit, "mode": 0o640})[0]["written"] is True
+    owner = api.run(vm, "stat -c '%u %a %s' /home/user/later.bin")["stdout"].split()
+    assert owner == ["1000", "640", str(len(data))]
+    assert read(api, vm, "/home/user/later.bin") == data
+    assert not staged.exists()  # the commit moved it: nothing left behind
+
+
+def test_fork_between_put_and_commit(api: Api, vm: str) -> None:
+    data = hashlib.sha256(b"fork").digest() * (6 * 1024 * 1024 // 32)
+    path = "/home/user/forked.bin"
+    url, upload_id = presigned_put(api, vm, path, len(data))
+    # The first 2 MiB, then a fork, then the rest resumed from where it stopped.
+    head = 2 * 1024 * 1024
+    cut = requests.put(
+        url,
+        data=data[:head],
+        headers={"Content-Range": f"bytes 0-{len(data) - 1}/{len(data)}"},
+        timeout=60,
+    )
+    assert cut.status_code == 400  # short of the announced size, but the prefix is kept
+    assert requests.head(url, timeout=30).headers["Upload-Offset"] == str(head)
+    child = api.fork(vm)["vm_id"]
+    rest = requests.put(
+        url,
+        data=data[head:],
+        headers={"Content-Range": f"bytes {head}-{len(data) - 1}/{len(data)}"},
+        timeout=60,
+    )
+    assert rest.status_code == 200, rest.text
+    child2 = api.fork(vm)["vm_id"]  # a fork after the PUT, before the commit
+    commit = {"path": path, "size": len(data), "upload_id": upload_id}
+    commit["sha256"] = hashlib.sha256(data).hexdigest()
+    assert api.write(vm, commit)[0]["written"] is True
+    assert read(api, vm, path) == data
+    for other in (child, child2):
+        assert api.run(other, f"test -e {path}; echo $?")["stdout"] == "1\n"
+        # The parent's upload is not the child's to commit.
+        assert api.write(other, commit)[0]["error"]["code"] == "not_found"
+
+
+def test_commit_needs_write_permission_on_the_target_directory(api: Api, vm: str) -> None:
+    api.run(vm, "mkdir /home/user/ro && chmod 555 /home/user/ro")
+    data = b"z" * (5 * 1024 * 1024)
+    url, upload_id = presigned_put(api, vm, "/home/user/ro/f", len(data))
+    assert requests.put(url, data=data, timeout=60).status_code == 200
+    commit = {"path": "/home/user/ro/f", "size": len(data), "upload_id": upload_id}
+    error = api.write(vm, commit)[0]["error"]
+    assert error["code"] == "bad_request" and "permission denied" in error["message"]
+    assert api.run(vm, "ls -A /home/user/ro")["stdout"] == ""
+    api.run(vm, "chmod 755 /home/user/ro")
+    assert api.write(vm, commit)[0]["written"] is True  # still staged: a retry works
+    assert read(api, vm, "/home/user/ro/f") == data

@@ -160,6 +160,35 @@ def test_read_to_an_existing_path_is_replaced_only_on_success(
     assert dest.read_bytes() == b"previous"
 
 
+@pytest.mark.parametrize("durable", [False, True])
+def test_read_to_fsyncs_file_and_directory_only_when_durable(
+    client: Arker,
+    server: PresignedServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    durable: bool,
+) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    server.files["/home/user/r"] = os.urandom(BIG)
+    dest = tmp_path / "out.bin"
+    assert client.sync.read_to(VM, "/home/user/r", dest, durable=durable) == BIG
+    assert dest.read_bytes() == server.files["/home/user/r"]
+    if durable:
+        # The temp file before the rename, then the directory holding the new name.
+        assert len(synced) == 2 and synced[0].endswith(".part")
+        assert synced[1] == str(tmp_path)
+    else:
+        assert synced == []
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
 def test_progress_callbacks_and_bar(client: Arker, server: PresignedServer) -> None:
     seen: list[tuple[int, int]] = []
     client.sync.write(
