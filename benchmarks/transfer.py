@@ -5,6 +5,8 @@ one server, writes and reads 1 MiB, 8 MiB and 100 MiB files with:
 
 * ``sdk-path``: ``client.sync.write(vm, path, Path(...))`` / ``client.sync.read_to(vm,
   path, Path(...))`` — streamed, hashed, atomic;
+* ``sdk-durable`` (reads only): ``read_to(..., durable=True)``, which also fsyncs the
+  file and its directory (curl does not);
 * ``sdk-bytes``: ``client.sync.write(vm, path, data)`` / ``client.sync.read(vm, path)``;
 * ``v0.1.0``: the published 0.1.0 client (loaded from ``shared/reference`` beside the
   repository): the whole payload in memory, urllib, a connection per call;
@@ -42,7 +44,8 @@ from typing import Any
 MiB = 1024 * 1024
 HERE = Path(__file__).resolve().parent
 REFERENCE = HERE.parent.parent / "shared/reference/arker-0.1.0/arker/computer.py"
-VARIANTS = ("sdk-path", "sdk-bytes", "v0.1.0", "curl")
+VARIANTS = ("sdk-path", "sdk-durable", "sdk-bytes", "v0.1.0", "curl")
+WRITERS = tuple(v for v in VARIANTS if v != "sdk-durable")
 
 
 def _status_kib(field: str) -> int:
@@ -69,12 +72,13 @@ def worker(args: argparse.Namespace) -> None:
     env = os.environ
     remote, local = args.remote, Path(args.local)
     prepare: Callable[[], Any] = lambda: None  # noqa: E731
-    if args.variant == "sdk-path":
+    if args.variant in ("sdk-path", "sdk-durable"):
         client = Arker()
+        durable = args.variant == "sdk-durable"
         op = (
             (lambda _: client.sync.write(args.vm, remote, local))
             if args.op == "write"
-            else (lambda _: client.sync.read_to(args.vm, remote, local))
+            else (lambda _: client.sync.read_to(args.vm, remote, local, durable=durable))
         )
     elif args.variant == "sdk-bytes":
         client = Arker()
@@ -97,7 +101,7 @@ def worker(args: argparse.Namespace) -> None:
     result = op(held)
     seconds = time.perf_counter() - started
     growth = (_status_kib("VmHWM") - before) * 1024
-    if args.op == "read" and args.variant != "sdk-path":
+    if args.op == "read" and args.variant not in ("sdk-path", "sdk-durable"):
         digest = hashlib.sha256(result).hexdigest()
     elif args.op == "read":
         digest = hashlib.sha256(local.read_bytes()).hexdigest()
@@ -225,7 +229,7 @@ def main() -> None:
                     f.write(os.urandom(MiB))
             want = hashlib.sha256(src.read_bytes()).hexdigest()
             for op in ("write", "read"):
-                for variant in VARIANTS:
+                for variant in WRITERS if op == "write" else VARIANTS:
                     samples: list[dict[str, Any]] = []
                     for i in range(args.repeat):
                         remote = f"/home/user/{variant}-{size}-{i}.bin"
@@ -255,15 +259,15 @@ def main() -> None:
                         name = variant
                     rows.append((op, size, name, seconds, size * MiB / seconds / 1e6, mem))
             # The written copies are checked against the source, through the SDK.
-            for variant in VARIANTS:
+            for variant in WRITERS:
                 got = client.sync.read(vm, f"/home/user/{variant}-{size}-0.bin")
                 if hashlib.sha256(got).hexdigest() != want:
                     raise SystemExit(f"{variant} wrote a wrong {size} MiB file")
-    print(f"{'op':<6}{'MiB':>5}  {'variant':<10}{'seconds':>9}{'MB/s':>9}{'x curl':>8}  RSS MiB")
+    print(f"{'op':<6}{'MiB':>5}  {'variant':<12}{'seconds':>9}{'MB/s':>9}{'x curl':>8}  RSS MiB")
     floor = {(op, size): mbps for op, size, name, _, mbps, _ in rows if name.startswith("curl")}
     for op, size, name, seconds, mbps, mem in rows:
         ratio = mbps / floor[(op, size)]
-        print(f"{op:<6}{size:>5}  {name:<10}{seconds:>9.3f}{mbps:>9.1f}{ratio:>8.2f}  {mem}")
+        print(f"{op:<6}{size:>5}  {name:<12}{seconds:>9.3f}{mbps:>9.1f}{ratio:>8.2f}  {mem}")
     print("x curl: this variant's MB/s divided by curl's (1.00 = as fast as the floor)")
 
 
