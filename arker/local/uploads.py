@@ -108,6 +108,10 @@ class Uploads:
             if data:
                 self._digests.pop((vm_id, entry.upload_id), None)
                 self._write_at(upload, entry.start, data)
+                if entry.sha256 is not None and len(data) == entry.size:
+                    # The whole file in one chunk (the usual small write): hash it
+                    # here rather than read it back from the VM at the commit.
+                    self._digests[(vm_id, entry.upload_id)] = hashlib.sha256(data).hexdigest()
                 ranges = merge_range(upload.ranges, entry.start, entry.end)
                 self._store.set_upload_ranges(vm_id, entry.upload_id, ranges)
                 upload = self._refresh(upload)
