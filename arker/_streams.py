@@ -144,7 +144,8 @@ class _RangeReader(io.RawIOBase):
         learn: Callable[[str], None] | None = None,
     ) -> None:
         super().__init__()
-        self._digest = hashlib.sha256() if learn is not None else None
+        # Hashed on a worker thread while the socket sends: not one after the other.
+        self._digest = BackgroundHash() if learn is not None else None
         self._learn = learn
         self._file = opener()
         self._file.seek(start)
@@ -175,11 +176,14 @@ class _RangeReader(io.RawIOBase):
             self._digest.update(data)
             if self._left == 0 and self._learn is not None:
                 self._learn(self._digest.hexdigest())
+                self._learn = None
         if self._tracker is not None and data:
             self._tracker.add(len(data))
         return data
 
     def close(self) -> None:
+        if self._digest is not None:
+            self._digest.close()
         self._file.close()
         super().close()
 

@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from .._constants import MAX_FILE_BYTES
 from .._ids import new_ulid
@@ -336,21 +337,30 @@ def staging_name(vm_id: str, upload_id: str) -> str:
 
 
 class _PutWriter:
-    """The disk side of one presigned PUT (each method runs on a worker thread)."""
+    """The disk side of one presigned PUT (each method runs on a worker thread).
+
+    Checkpoints (fsync, then record the prefix held) run on a thread of their own with
+    a handle of their own, so writing the next blocks overlaps the disk flushing the
+    previous ones; at most one checkpoint is in flight. Any handle's fsync flushes the
+    file, and a checkpoint records only bytes written before it began.
+    """
 
     def __init__(self, uploads: Uploads, upload: UploadRow, start: int) -> None:
         self._uploads = uploads
         self._upload = upload
+        self._name = staging_name(upload.vm_id, upload.upload_id)
         self._start = start
         self._pos = start
         self._synced = start
         self._digest = hashlib.sha256()
         self._staged: StagedFileLike | None = None
+        self._syncer: ThreadPoolExecutor | None = None
+        self._sync_handle: StagedFileLike | None = None
+        self._sync_job: Future[None] | None = None
 
     def begin(self) -> None:
         up = self._upload
-        name = staging_name(up.vm_id, up.upload_id)
-        self._staged = self._uploads._engine.staged_file(up.vm_id, name)
+        self._staged = self._uploads._engine.staged_file(up.vm_id, self._name)
         self._staged.truncate(self._start)
         store = self._uploads._store
         store.set_upload_ranges(up.vm_id, up.upload_id, [(0, self._start)] if self._start else [])
@@ -365,8 +375,19 @@ class _PutWriter:
         for block in blocks:
             self._digest.update(block)
             self._pos += len(block)
-        if self._pos - self._synced >= _CHECKPOINT:
-            self._uploads._checkpoint(self._staged, self._upload, self._pos)
+        if self._pos - self._synced >= _CHECKPOINT and (
+            self._sync_job is None or self._sync_job.done()
+        ):
+            if self._sync_job is not None:
+                self._sync_job.result()  # a failed checkpoint fails the PUT
+            if self._syncer is None:
+                self._syncer = ThreadPoolExecutor(1, thread_name_prefix="arker-put-sync")
+                up = self._upload
+                self._sync_handle = self._uploads._engine.staged_file(up.vm_id, self._name)
+            assert self._sync_handle is not None
+            self._sync_job = self._syncer.submit(
+                self._uploads._checkpoint, self._sync_handle, self._upload, self._pos
+            )
             self._synced = self._pos
 
     def hexdigest(self) -> str:
@@ -376,10 +397,15 @@ class _PutWriter:
         if self._staged is None:
             return
         try:
-            if self._pos != self._synced or self._pos == self._start:
-                self._uploads._checkpoint(self._staged, self._upload, self._pos)
+            if self._syncer is not None:
+                # Wait for the checkpoint in flight, so it cannot land after the last.
+                self._syncer.shutdown(wait=True)
+            # Always a last checkpoint: the one in flight may have failed.
+            self._uploads._checkpoint(self._staged, self._upload, self._pos)
         finally:
             self._staged.close()
+            if self._sync_handle is not None:
+                self._sync_handle.close()
 
 
 def _off_loop(fn: Callable[..., None], *args: object) -> asyncio.Future[None]:

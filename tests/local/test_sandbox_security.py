@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import time
 from pathlib import Path
 
 import pytest
@@ -102,10 +103,13 @@ def test_fork_bomb_is_contained(engine: Engine) -> None:
     # dash (/bin/sh) rejects ':' as a function name; bash runs the classic bomb.
     code, _, _ = run(engine, ":(){ :|:& };:", timeout=3)
     assert code in (2, 124)
-    code, _, _ = run(engine, "bash -c ':(){ :|:& };:'; sleep 30", timeout=3)
-    assert code == 124
-    code, _, _ = run(engine, "b(){ b|b& };b; sleep 30", timeout=3)
-    assert code == 124
+    # The run ends by its timeout (124) or, when the bomb still holds every pid of the
+    # VM's budget, because the shell itself cannot fork `sleep` (2): contained both ways.
+    for bomb in ("bash -c ':(){ :|:& };:'; sleep 30", "b(){ b|b& };b; sleep 30"):
+        started = time.monotonic()
+        code, _, _ = run(engine, bomb, timeout=3)
+        assert code in (2, 124)
+        assert time.monotonic() - started < 20
     code, out, _ = run(engine, "echo survived")
     assert (code, out) == (0, "survived\n")
 
