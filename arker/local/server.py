@@ -153,7 +153,17 @@ def serve(config: ServerConfig) -> int:
         print(f"export ARKER_CONTROL_URL={url}", flush=True)
         print(f"export ARKER_API_KEY={api_key}", flush=True)
         server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
+            uvicorn.Config(
+                app,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+                # h11, even when httptools is installed: httptools refuses a request
+                # with an unknown method in plain text, before the app could answer
+                # with an error envelope. The speed comes from uvloop, picked up when
+                # installed (benchmarks/http_stack.py).
+                http="h11",
+            )
         )
         server.run(sockets=[sock])
         return 0
