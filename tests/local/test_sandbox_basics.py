@@ -296,3 +296,27 @@ def test_write_source_is_read_with_server_rights(engine: Engine, tmp_path: Path)
     fh, _ = engine.open_read(BASE_VM, "/home/user/lazy")
     with fh:
         assert fh.read() == b"secret-body"
+
+
+@pytest.mark.parametrize(
+    ("stdout", "stderr", "code", "retry"),
+    [
+        (b"", b"bwrap: Can't fork for pid 1: Resource temporarily unavailable\n", 1, True),
+        (b"", b"bwrap: Creating new namespace failed: Resource temporarily unavailable\n", 1, True),
+        # The command's own output or status: it ran, so it is never run again.
+        (b"x", b"bwrap: Can't fork for pid 1: Resource temporarily unavailable\n", 1, False),
+        (b"", b"sh: 1: Cannot fork\n", 2, False),
+        (b"", b"bash: fork: Resource temporarily unavailable\n", 1, False),
+        (b"", b"bwrap: Can't fork for pid 1: Resource temporarily unavailable\nmore\n", 1, False),
+        (b"", b"bwrap: execvp nope: No such file or directory\n", 1, False),
+        (b"", b"bwrap: Can't fork for pid 1: Resource temporarily unavailable\n", 2, False),
+    ],
+)
+def test_only_a_sandbox_that_could_not_fork_is_started_again(
+    stdout: bytes, stderr: bytes, code: int, retry: bool
+) -> None:
+    from arker.local.sandbox.engine import _bwrap_could_not_fork
+    from arker.local.sandbox.runner import RawResult
+
+    raw = RawResult(stdout, stderr, code, False, False, False)
+    assert _bwrap_could_not_fork(raw) is retry

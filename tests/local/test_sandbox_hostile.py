@@ -118,13 +118,17 @@ def test_a_gigabyte_of_output_is_cut_and_the_engine_stays_responsive(qengine: En
     flood = _vm(qengine, "flood")
     quiet = _vm(qengine, "quiet")
     latencies: list[float] = []
+    failures: list[BaseException] = []
     stop = threading.Event()
 
     def probe() -> None:
-        while not stop.is_set():
-            t = time.monotonic()
-            assert _sh(qengine, quiet, "echo hi") == "hi\n"
-            latencies.append(time.monotonic() - t)
+        try:
+            while not stop.is_set():
+                t = time.monotonic()
+                assert _sh(qengine, quiet, "echo hi") == "hi\n"
+                latencies.append(time.monotonic() - t)
+        except BaseException as exc:  # surfaced below: a thread's assert fails nothing
+            failures.append(exc)
 
     prober = threading.Thread(target=probe)
     prober.start()
@@ -137,6 +141,7 @@ def test_a_gigabyte_of_output_is_cut_and_the_engine_stays_responsive(qengine: En
     finally:
         stop.set()
         prober.join()
+    assert not failures, failures
     assert out.exit_code == 0 and not out.timed_out
     assert out.stdout_truncated and out.stderr_truncated
     assert len(out.stdout) == len(out.stderr) == 64 * 1024

@@ -79,6 +79,11 @@ _MAX_COMMAND = 128 * 1024 - 1
 # commands that write small files (the session state) while it cleans up.
 _QUOTA_SLACK = 1 << 20
 _QUOTA_NOISE = 64 << 10
+# bwrap itself can fail to fork the sandbox's pid 1 (EAGAIN) while the kernel is still
+# reaping a killed sandbox's processes. The command never started, so trying again is
+# safe; a user would otherwise see "bwrap: Can't fork for pid 1" as the run's output.
+_SPAWN_ATTEMPTS = 3
+_BWRAP_EAGAIN = re.compile(rb"bwrap: [^\n]*: Resource temporarily unavailable\n?")
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,20 @@ class _Vm:
     cgroup: runner.VmCgroup | None = None
     usage: int | None = None  # last measured disk usage (quota), saves a walk per run
     generation: int = 0  # bumped at every mount: handles from an older mount are stale
+
+
+def _bwrap_could_not_fork(raw: runner.RawResult) -> bool:
+    """bwrap gave up before the command started, for want of a process slot.
+
+    Its last words are then one line of its own (``bwrap: Can't fork for pid 1:
+    Resource temporarily unavailable``), nothing on stdout, exit status 1.
+    """
+    return (
+        raw.returncode == 1
+        and not raw.stdout
+        and not raw.timed_out
+        and _BWRAP_EAGAIN.fullmatch(raw.stderr) is not None
+    )
 
 
 def _session_name(session: str) -> str:
@@ -816,7 +835,6 @@ class Engine:
                 )
             cgroup = vm.cgroup
         state = runner.session_state_path(name)
-        info_r, info_w = os.pipe()
         ro_binds = host_binds() if vm.meta.base == HOST_BASE else []
         if self.network and vm.meta.base == HOST_BASE and os.path.exists("/etc/resolv.conf"):
             # The skeleton's copy is as old as the skeleton; DNS must follow the host.
@@ -837,36 +855,42 @@ class Engine:
             def watch() -> bool:
                 return frozen + self._upper_bytes(meta) > quota + _QUOTA_SLACK
 
-        argv = runner.spawn_prefix(
-            cgroup,
-            self.limits.pids_max,
-            self.limits.memory_max_bytes,
-            drop_to=self.sandbox_uid if drop_in_argv else None,
-            fsize_max=fsize if quota > 0 else None,
-        ) + runner.bwrap_argv(
-            bwrap=self._bwrap,
-            root_fd=root_fd,
-            ro_binds=ro_binds,
-            network=self.network,
-            info_fd=info_w,
-            command=command,
-            state_path=state,
-        )
         start = time.monotonic()
-        try:
-            raw = runner.run_bwrap(
-                argv,
-                uid=None if drop_in_argv else self.sandbox_uid,
-                pass_fds=(root_fd, info_w),
-                info_w=info_w,
-                info_r=info_r,
-                timeout=limit,
-                max_output=self.limits.max_output_bytes,
-                register=self._register,
-                watch=watch,
+        for attempt in range(_SPAWN_ATTEMPTS):
+            if attempt:
+                time.sleep(0.05 * attempt)
+            info_r, info_w = os.pipe()
+            argv = runner.spawn_prefix(
+                cgroup,
+                self.limits.pids_max,
+                self.limits.memory_max_bytes,
+                drop_to=self.sandbox_uid if drop_in_argv else None,
+                fsize_max=fsize if quota > 0 else None,
+            ) + runner.bwrap_argv(
+                bwrap=self._bwrap,
+                root_fd=root_fd,
+                ro_binds=ro_binds,
+                network=self.network,
+                info_fd=info_w,
+                command=command,
+                state_path=state,
             )
-        except OSError as exc:
-            raise SandboxError("internal", f"cannot start sandbox: {exc}") from None
+            try:
+                raw = runner.run_bwrap(
+                    argv,
+                    uid=None if drop_in_argv else self.sandbox_uid,
+                    pass_fds=(root_fd, info_w),
+                    info_w=info_w,
+                    info_r=info_r,
+                    timeout=max(limit - (time.monotonic() - start), 0.1),
+                    max_output=self.limits.max_output_bytes,
+                    register=self._register,
+                    watch=watch,
+                )
+            except OSError as exc:
+                raise SandboxError("internal", f"cannot start sandbox: {exc}") from None
+            if not _bwrap_could_not_fork(raw):
+                break
         duration_ms = (time.monotonic() - start) * 1000.0
         if raw.returncode == 125 and b"arker-spawn" in raw.stderr[:500]:
             raise SandboxError("internal", "cannot place the command in the VM's cgroups")
