@@ -6,8 +6,6 @@ import base64
 import hashlib
 from pathlib import Path
 
-from conftest import BASE_VM
-
 from arker._ids import new_ulid
 from arker._wire import ChunkEntry
 from arker.local.sandbox import Engine
@@ -15,6 +13,7 @@ from arker.local.store import Store
 from arker.local.uploads import Uploads, staging_name
 
 MiB = 1024 * 1024
+BASE_VM = "01KQBYKEV5WJ7YB010603T1DCT_d8c0"  # tests/local/conftest.py makes it
 
 
 def _staged_on_host(data_dir: Path) -> set[Path]:
