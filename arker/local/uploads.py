@@ -290,11 +290,8 @@ class Uploads:
         self._store.mark_committed(upload.vm_id, upload.upload_id)
 
     def _staged_sha256(self, upload: UploadRow, name: str) -> str:
-        digest = hashlib.sha256()
         with self._engine.staged_file(upload.vm_id, name) as staged:
-            for block in staged.read_blocks(upload.size):
-                digest.update(block)
-        return digest.hexdigest()
+            return _prefix_sha256(staged, upload.size).hexdigest()
 
     def _write_at(self, upload: UploadRow, offset: int, data: bytes) -> None:
         name = staging_name(upload.vm_id, upload.upload_id)
@@ -366,8 +363,7 @@ class _PutWriter:
         store.set_upload_ranges(up.vm_id, up.upload_id, [(0, self._start)] if self._start else [])
         self._uploads._digests.pop((up.vm_id, up.upload_id), None)
         # Hash as the bytes arrive, so the commit need not read 100 MiB again.
-        for block in self._staged.read_blocks(self._start):
-            self._digest.update(block)
+        self._digest = _prefix_sha256(self._staged, self._start)
 
     def write(self, blocks: list[bytes]) -> None:
         assert self._staged is not None
@@ -424,6 +420,14 @@ _MAX_REMEMBERED = 10_000
 
 def _identity(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _prefix_sha256(staged: StagedFileLike, length: int) -> hashlib._Hash:
+    """A sha256 fed with the first ``length`` bytes of a staged file."""
+    digest = hashlib.sha256()
+    for block in staged.read_blocks(length):
+        digest.update(block)
+    return digest
 
 
 def _prefix(ranges: list[tuple[int, int]]) -> int:

@@ -44,6 +44,7 @@ import hashlib
 import os
 import queue
 import re
+import secrets
 import shutil
 import subprocess
 import threading
@@ -83,6 +84,7 @@ _QUOTA_NOISE = 64 << 10
 # reaping a killed sandbox's processes. The command never started, so trying again is
 # safe; a user would otherwise see "bwrap: Can't fork for pid 1" as the run's output.
 _SPAWN_ATTEMPTS = 3
+_WRITE_BLOCK = 1 << 20
 _BWRAP_EAGAIN = re.compile(rb"bwrap: [^\n]*: Resource temporarily unavailable\n?")
 
 
@@ -438,19 +440,35 @@ class Engine:
     ) -> None:
         """Atomically write ``size`` bytes from ``src`` to ``path`` inside the VM.
 
+        The bytes are staged, fsynced and committed like an upload (see staging.py).
+
         Raises:
             SandboxError: ``not_found``, ``payload_too_large``, ``bad_request``.
         """
         self._check_open()
         vm = self._get(vm_id)
-        root_fd = self._enter(vm)
+        used = self._check_room(vm, size)
+        name = secrets.token_hex(20)
         try:
-            used = self._check_room(vm, size)
-            files.write_atomic(root_fd, path, src, size, mode, self.sandbox_uid, self.sandbox_uid)
-            if used is not None:
-                vm.usage = used + size  # an upper bound; the next run measures again
-        finally:
-            self._leave(vm)
+            with self.staged_file(vm_id, name) as staged:
+                staged.truncate(0)
+                offset = 0
+                while offset < size:
+                    block = src.read(min(_WRITE_BLOCK, size - offset))
+                    if not block:
+                        raise SandboxError(
+                            "bad_request", f"body shorter than size ({offset} < {size})"
+                        )
+                    staged.pwrite([block], offset)
+                    offset += len(block)
+                staged.fsync()
+            self.commit_staged(vm_id, name, path, size, mode)
+        except BaseException:
+            with contextlib.suppress(SandboxError):
+                self.discard_staged(vm_id, name)
+            raise
+        if used is not None:
+            vm.usage = used + size  # an upper bound; the next run measures again
 
     def check_room(self, vm_id: str, size: int) -> None:
         """Refuse (``payload_too_large``) a ``size``-byte file the VM has no room for."""

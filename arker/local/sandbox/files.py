@@ -14,14 +14,13 @@ import contextlib
 import ctypes
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Iterator
 from typing import BinaryIO
 
 from .errors import SandboxError
 
-__all__ = ["commit_state", "open_read", "read_small", "write_atomic"]
+__all__ = ["as_fs_user", "commit_state", "open_read", "openat2", "read_small", "target_dir"]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -32,7 +31,6 @@ RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_IN_ROOT = 0x10
 _RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV
-_CHUNK = 1 << 20
 
 
 class _OpenHow(ctypes.Structure):
@@ -249,106 +247,3 @@ def target_dir(root_fd: int, path: str, uid: int, gid: int) -> tuple[int, str]:
         os.close(real_dir)
         raise
     return real_dir, name
-
-
-def _prepare(root_fd: int, path: str, uid: int, gid: int) -> tuple[int, int, str, str]:
-    """Resolve/create the parent and create the temp file (as the VM user).
-
-    Returns:
-        ``(dir_fd, tmp_fd, tmp_name, name)``; the caller closes both descriptors.
-    """
-    real_dir, name = target_dir(root_fd, path, uid, gid)
-    try:
-        tmp = f".arker-tmp-{secrets.token_hex(8)}"
-        fd = os.open(
-            tmp,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-            dir_fd=real_dir,
-        )
-    except BaseException:
-        os.close(real_dir)
-        raise
-    return real_dir, fd, tmp, name
-
-
-def _copy(src: BinaryIO, fd: int, size: int) -> None:
-    remaining = size
-    try:
-        src_fd = src.fileno()
-        src_pos = src.tell()
-    except (AttributeError, OSError, ValueError):
-        src_fd = -1
-    if src_fd >= 0 and remaining > 0:
-        # In-kernel copy from a real file (a staged upload): no trip through Python.
-        try:
-            while remaining > 0:
-                n = os.sendfile(fd, src_fd, src_pos, min(remaining, 1 << 30))
-                if n == 0:
-                    break
-                src_pos += n
-                remaining -= n
-            src.seek(src_pos)
-        except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EXDEV):
-                raise
-            src.seek(src_pos)
-    while remaining > 0:
-        chunk = src.read(min(_CHUNK, remaining))
-        if not chunk:
-            raise SandboxError(
-                "bad_request", f"body shorter than size ({size - remaining} < {size})"
-            )
-        view = memoryview(chunk)
-        while view:
-            n = os.write(fd, view)
-            view = view[n:]
-        remaining -= len(chunk)
-
-
-def write_atomic(
-    root_fd: int, path: str, src: BinaryIO, size: int, mode: int, uid: int, gid: int
-) -> None:
-    """Stream ``size`` bytes from ``src`` into ``path`` inside the VM, atomically.
-
-    The bytes go to a temp file in the target directory, are fsynced, and the temp
-    file is renamed over the target (``renameat`` never follows a symlink at the
-    target, it replaces the link). Every filesystem step inside the VM runs with the
-    VM user's access rights (``uid``/``gid``), so new files and parent directories
-    belong to it; reading ``src`` runs with the server's own rights.
-
-    Raises:
-        SandboxError: ``bad_request`` (target is a directory, parent not a directory,
-            permission denied, short body), ``internal`` otherwise.
-    """
-    real_dir = fd = -1
-    tmp = ""
-    try:
-        with as_fs_user(uid, gid):
-            real_dir, fd, tmp, name = _prepare(root_fd, path, uid, gid)
-        _copy(src, fd, size)
-        with as_fs_user(uid, gid):
-            os.fchown(fd, uid, gid)
-            # Never hand the VM a setuid/setgid file from the host side.
-            os.fchmod(fd, mode & 0o1777)
-            os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            try:
-                os.rename(tmp, name, src_dir_fd=real_dir, dst_dir_fd=real_dir)
-            except IsADirectoryError:
-                raise SandboxError("bad_request", f"path is a directory: {path}") from None
-            tmp = ""
-            os.fsync(real_dir)
-    except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            raise SandboxError("bad_request", f"permission denied: {path}") from None
-        raise SandboxError("internal", f"cannot write {path}: {exc.strerror}") from None
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        if tmp:
-            with contextlib.suppress(OSError), as_fs_user(uid, gid):
-                os.unlink(tmp, dir_fd=real_dir)
-        if real_dir >= 0:
-            os.close(real_dir)
