@@ -84,7 +84,6 @@ _QUOTA_NOISE = 64 << 10
 # reaping a killed sandbox's processes. The command never started, so trying again is
 # safe; a user would otherwise see "bwrap: Can't fork for pid 1" as the run's output.
 _SPAWN_ATTEMPTS = 3
-_WRITE_BLOCK = 1 << 20
 _BWRAP_EAGAIN = re.compile(rb"bwrap: [^\n]*: Resource temporarily unavailable\n?")
 
 
@@ -451,17 +450,7 @@ class Engine:
         name = secrets.token_hex(20)
         try:
             with self.staged_file(vm_id, name) as staged:
-                staged.truncate(0)
-                offset = 0
-                while offset < size:
-                    block = src.read(min(_WRITE_BLOCK, size - offset))
-                    if not block:
-                        raise SandboxError(
-                            "bad_request", f"body shorter than size ({offset} < {size})"
-                        )
-                    staged.pwrite([block], offset)
-                    offset += len(block)
-                staged.fsync()
+                staged.fill(src, size)
             self.commit_staged(vm_id, name, path, size, mode)
         except BaseException:
             with contextlib.suppress(SandboxError):
