@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 from pathlib import Path
+
+import pytest
 
 from arker._ids import new_ulid
 from arker._wire import ChunkEntry
-from arker.local.sandbox import Engine
+from arker.local.sandbox import Engine, SandboxError
 from arker.local.store import Store
 from arker.local.uploads import Uploads, staging_name
 
@@ -70,3 +73,15 @@ def test_a_fork_never_sees_writes_made_after_it(engine: Engine) -> None:
     assert out.stdout.split() == [b"1000", b"600", str(2 * MiB).encode()]
     child = engine.run("child", "test -e /home/user/both.bin; echo $?", session="s", timeout=30)
     assert child.stdout == b"1\n"
+
+
+def test_write_file_with_a_short_body_writes_and_leaves_nothing(
+    engine: Engine, sandbox_data_dir: Path
+) -> None:
+    engine.fork(BASE_VM, "short")
+    with pytest.raises(SandboxError) as err:
+        engine.write_file("short", "/home/user/f", io.BytesIO(b"12345"), 10)
+    assert err.value.code == "bad_request" and "shorter" in err.value.message
+    out = engine.run("short", "test -e /home/user/f; echo $?", session="s", timeout=30)
+    assert out.stdout == b"1\n"
+    assert _staged_on_host(sandbox_data_dir) == set()
