@@ -17,8 +17,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import arker
 import arker.computer
+
+import arker
 
 CHECKS: list[str] = []
 
