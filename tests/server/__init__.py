@@ -1,0 +1,1 @@
+"""Raw-HTTP tests of a real `arker serve` on loopback."""
