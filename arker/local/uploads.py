@@ -27,9 +27,9 @@ from .._ids import new_ulid
 from .._paths import path_problem
 from .._wire import ChunkEntry, CommitEntry, PresignEntry, WriteResult
 from .engine_api import EngineLike, StagedFileLike
+from .engine_errors import engine_errors
 from .errors import ApiError
 from .store import Store, UploadRow
-from .vms import engine_errors
 
 _WRITE_BLOCK = 1024 * 1024  # a PUT body is written in blocks this big, off the event loop
 _CHECKPOINT = 16 * 1024 * 1024  # fsync + record a PUT's progress this often
@@ -105,7 +105,8 @@ class Uploads:
             if upload.committed:
                 return _done(upload.size)
             if not upload.ranges:  # the upload's first bytes: is there room for all?
-                self._engine.check_room(vm_id, entry.size)
+                with engine_errors():
+                    self._engine.check_room(vm_id, entry.size)
             if data:
                 self._digests.pop((vm_id, entry.upload_id), None)
                 self._write_at(upload, entry.start, data)
