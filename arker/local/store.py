@@ -192,17 +192,6 @@ class Store:
             ).fetchone()
         return str(row[0]) if row else None
 
-    def key_count(self) -> int:
-        """Number of registered API keys."""
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0])
-
-    def org_id_by_name(self, name: str) -> str | None:
-        """The id of org ``name`` or None."""
-        with self._lock:
-            row = self._db.execute("SELECT id FROM orgs WHERE name = ?", (name,)).fetchone()
-        return str(row[0]) if row else None
-
     # --- vms ---------------------------------------------------------------------------
 
     def insert_vm(self, vm: VmRow) -> None:
