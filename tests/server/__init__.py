@@ -1,1 +1,1 @@
-"""Raw-HTTP tests of a real `arker serve` on loopback."""
+"""Tests of `arker serve`: raw HTTP against a real server on loopback, and its parts."""
