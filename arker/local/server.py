@@ -19,7 +19,7 @@ import secrets
 import signal
 import socket
 import sys
-import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -141,7 +141,7 @@ def serve(config: ServerConfig) -> int:
         services.vms.ensure_base_image()
         engine.gc(store.vm_ids())
         services.uploads.cleanup(config.upload_ttl_s)
-        store.expire_idempotent(time.time() - config.upload_ttl_s)
+        store.expire_idempotent(datetime.now(timezone.utc) - timedelta(seconds=config.upload_ttl_s))
 
         from .app import create_app
 

@@ -17,8 +17,8 @@ import binascii
 import contextlib
 import hashlib
 import os
-import time
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
 
 from .._constants import MAX_FILE_BYTES
 from .._ids import new_ulid
@@ -165,7 +165,8 @@ class Uploads:
 
     def cleanup(self, max_age_s: float) -> None:
         """Expire uploads older than ``max_age_s`` and remove what they staged."""
-        for vm_id, upload_id in self._store.expire_uploads(time.time() - max_age_s):
+        cutoff = datetime.now(timezone.utc) - timedelta(seconds=max_age_s)
+        for vm_id, upload_id in self._store.expire_uploads(cutoff):
             self._staged_digests.forget(vm_id, upload_id)
             if self._engine.exists(vm_id):
                 with contextlib.suppress(Exception):  # best effort: the VM may be going
