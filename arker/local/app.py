@@ -115,7 +115,7 @@ _STATUS_TEXT = {
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for the error envelope under each status (WIRE.md)."""
+    """OpenAPI ``responses``: the wire's error envelope under each status."""
     return {
         status: {"model": ErrorEnvelope, "description": _STATUS_TEXT[status]}
         for status in (*statuses, 500)

@@ -73,8 +73,8 @@ class ServerConfig:
 def prepare_data_dir(path: Path) -> Path:
     """Create ``path`` (mode 0700) if needed and tighten an existing one to 0700.
 
-    The data dir holds VM filesystems written by sandboxed code: nobody else may
-    traverse it (see LOCAL-SANDBOX.md, setuid pitfall).
+    The data dir holds VM filesystems written by sandboxed code, setuid executables
+    included: no other host user may traverse it and run them.
     """
     path = path.expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -1,4 +1,4 @@
-"""HMAC-SHA256 signed URLs the server serves itself (WIRE.md "Presigned URLs").
+"""HMAC-SHA256 signed URLs (presigned reads and uploads) the server serves itself.
 
 A signature binds one method, one VM, one target (a file path for GET, an upload id
 for PUT) and an expiry. The secret lives in the data dir (mode 0600), so URLs stay

@@ -6,7 +6,8 @@ committed transaction survives ``kill -9`` of the server (the bytes are in the k
 page cache); only a power loss can roll back the last transactions, which is also the
 durability the sandbox engine gives forks. ``FULL`` would fsync on every commit, and on
 ext4 (data=ordered) that fsync first writes out every dirty byte on the filesystem: a
-run or fork right after a VM wrote 1 GiB waited hundreds of milliseconds for it.
+run or fork right after a VM wrote a lot of data would wait for all of it to reach the
+disk.
 """
 
 from __future__ import annotations

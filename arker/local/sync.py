@@ -1,4 +1,4 @@
-"""File sync (WIRE.md "Sync"): reads inline or presigned, writes per entry."""
+"""File sync: reads inline or presigned, writes per entry."""
 
 from __future__ import annotations
 

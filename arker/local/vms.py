@@ -1,6 +1,6 @@
 """VM lifecycle on behalf of one org: list, fork, delete, run.
 
-Visibility rule (WIRE.md): an org sees, runs on, reads and deletes only its own VMs;
+Visibility rule of the wire protocol: an org sees, runs on, reads and deletes only its own VMs;
 it may fork its own and any public one. Anything else answers 404 as if absent.
 """
 

@@ -39,8 +39,8 @@ def test_wrong_methods_are_405_envelope(api: Api, vm: str, arker_server: ArkerSe
                 # `DELETE /api/v1/vms/{vm_id}` with the id "list" or "fork".
                 assert raw_error(got) == (404, "not_found"), (method, route, got)
                 continue
-            # WIRE.md has no row for 405; the server answers the true HTTP status with
-            # the generic `bad_request` code.
+            # The wire's status table has no row for 405; the server answers the true
+            # HTTP status with the generic `bad_request` code.
             assert raw_error(got) == (405, "bad_request"), (method, route, got)
             assert got[1].get("allow"), (method, route, got)
     assert_healthy(api, vm)
