@@ -15,6 +15,10 @@ REGION_SUFFIX = "loc0"
 BACKEND = "bwrap-overlayfs"
 """What the health route reports as the backend."""
 
+EXIT_SANDBOX_UNAVAILABLE = 3
+"""Exit status of `arker serve` when the sandbox probe fails (the pytest fixture skips
+on it)."""
+
 
 def default_data_dir() -> Path:
     """``$XDG_DATA_HOME/arker``, else ``~/.local/share/arker``."""
