@@ -5,6 +5,10 @@
 * ``rsps``: a `responses.RequestsMock` for the wire layer (unmatched requests fail);
 * ``loopback``: a real HTTP/1.1 keep-alive server on 127.0.0.1 (port 0) for the tests
   where real sockets matter (timeouts, connection reuse, resets): `tests.kit.loopback`.
+
+The server and e2e suites get ``arker_server`` and ``arker_client`` from the
+`arker.testing` plugin, registered here when the package is not installed (its pytest11
+entry point is then absent).
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ from tests.kit.loopback import LoopbackServer
 API_KEY = "sk-SECRET-123"
 BASE = "http://base.arker.test"
 CONTROL = "http://control.arker.test"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    pm = config.pluginmanager
+    if not (pm.has_plugin("arker") or pm.has_plugin("arker.testing")):
+        pm.import_plugin("arker.testing")
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,7 @@
 """Fixtures for raw-HTTP tests against a real `arker serve` (loopback only).
 
-The ``arker_server`` fixture comes from the `arker.testing` plugin; it is registered
-here when the package is not installed (the pytest11 entry point then is absent).
+The ``arker_server`` fixture comes from the `arker.testing` plugin (registered by
+``tests/conftest.py`` when the package is not installed).
 """
 
 from __future__ import annotations
@@ -12,12 +12,6 @@ import pytest
 
 from arker.testing import ArkerServer
 from tests.kit.server import Api
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    pm = config.pluginmanager
-    if not (pm.has_plugin("arker") or pm.has_plugin("arker.testing")):
-        pm.import_plugin("arker.testing")
 
 
 @pytest.fixture
