@@ -19,7 +19,7 @@ from .errors import ApiError
 from .keyed_locks import AsyncKeyedLocks
 from .store import Store, UploadRow
 from .upload_digests import StagedDigests
-from .upload_staging import held_prefix, prefix_ranges, prefix_sha256, staging_name
+from .upload_staging import contiguous_prefix, prefix_ranges, prefix_sha256, staging_name
 
 _WRITE_BLOCK = 1024 * 1024  # a PUT body is written in blocks this big, off the event loop
 _CHECKPOINT = 16 * 1024 * 1024  # fsync + record a PUT's progress this often
@@ -69,7 +69,7 @@ class PresignedPuts:
             upload = row
             if upload.committed:
                 return
-            held = held_prefix(upload.ranges)
+            held = contiguous_prefix(upload.ranges)
             if start > held:
                 raise ApiError("conflict", f"cannot resume at byte {start}: {held} bytes are held")
             self._staged_digests.forget(vm_id, upload_id)  # the staged file changes now

@@ -29,7 +29,7 @@ def merge_range(ranges: list[tuple[int, int]], start: int, end: int) -> list[tup
     return merged
 
 
-def held_prefix(ranges: list[tuple[int, int]]) -> int:
+def contiguous_prefix(ranges: list[tuple[int, int]]) -> int:
     """Length of the run of bytes held from offset 0."""
     return ranges[0][1] if ranges and ranges[0][0] == 0 else 0
 

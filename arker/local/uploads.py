@@ -32,7 +32,7 @@ from .store import Store, UploadRow
 from .upload_commit import Committer
 from .upload_digests import FileDigests, StagedDigests
 from .upload_put import PresignedPuts
-from .upload_staging import held_prefix, merge_range, staging_name
+from .upload_staging import contiguous_prefix, merge_range, staging_name
 
 
 def check_target(path: str, size: int) -> None:
@@ -143,7 +143,7 @@ class Uploads:
         upload = self._store.get_upload(vm_id, upload_id)
         if upload is None:
             raise ApiError("not_found", f"unknown upload_id: {upload_id}")
-        return upload.size if upload.committed else held_prefix(upload.ranges)
+        return upload.size if upload.committed else contiguous_prefix(upload.ranges)
 
     async def receive_put(
         self,
