@@ -29,9 +29,10 @@ from typing import Any
 
 import pytest
 
+from .local.config import EXIT_SANDBOX_UNAVAILABLE
+
 START_TIMEOUT_S = 120.0
 STOP_TIMEOUT_S = 30.0
-EXIT_SANDBOX_UNAVAILABLE = 3  # mirrors arker.local.server (not imported: keep this light)
 _ARKER_ROOT = Path(__file__).resolve().parent.parent
 
 

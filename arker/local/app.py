@@ -7,11 +7,9 @@ objects, dump the response model. Handlers that touch the (blocking) engine are 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Header, Query, Request
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .._paths import path_problem
@@ -19,7 +17,6 @@ from .._version import __version__
 from .._wire import (
     DeleteResponse,
     Envelope,
-    ErrorEnvelope,
     ForkRequest,
     ForkResponse,
     HealthResponse,
@@ -37,48 +34,12 @@ from .._wire import (
     SyncWriteResponse,
 )
 from .auth import RequireKeyMiddleware, require_org
-from .config import BACKEND, ServerConfig
+from .body_checks import reject_lone_surrogates
+from .config import BACKEND
 from .errors import ApiError, BodyLimitMiddleware, install_error_handlers
-from .idempotency import Idempotency
-from .presign import READ_ROUTE, UPLOAD_ROUTE, Signer
-from .store import Store
-from .sync import Sync
-from .uploads import Uploads
-from .vmfiles import VmFiles
-from .vms import Vms
-
-
-async def reject_lone_surrogates(request: Request) -> None:
-    """FastAPI dependency: 400 for a JSON body with a lone surrogate (``"\\ud800"``).
-
-    Such a string is valid JSON and passes validation as ``str``, but it cannot be
-    encoded as UTF-8, so it would blow up (500) wherever a command, path or name
-    meets the OS or the database. FastAPI has parsed the body already (cached on the
-    request); this walks it iteratively (a deeply nested body must not recurse).
-
-    Raises:
-        ApiError: ``bad_request`` naming the problem.
-    """
-    try:
-        body = await request.json()
-    except ValueError:
-        return  # not JSON: the route's own validation answers
-    stack: list[Any] = [body]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, dict):
-            stack.extend(value.keys())
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
-        elif isinstance(value, str):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError:
-                raise ApiError(
-                    "bad_request", "request body has a string that is not valid Unicode"
-                ) from None
-
+from .openapi import API_ERRORS, RAW_BYTES, error_docs, openapi_document
+from .presign import READ_ROUTE, UPLOAD_ROUTE
+from .services import Services
 
 _TIMEOUT_CAP_S = 10**9
 """Run timeouts above this are treated as this (the configured maximum is far lower)."""
@@ -88,62 +49,7 @@ ValidText = Depends(reject_lone_surrogates)
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 
-@dataclass(frozen=True)
-class Services:
-    """Everything the routes use, built once at start-up."""
-
-    config: ServerConfig
-    store: Store
-    vms: Vms
-    sync: Sync
-    uploads: Uploads
-    signer: Signer
-    idempotency: Idempotency
-    vm_files: VmFiles
-
-
-_STATUS_TEXT = {
-    400: "bad_request, unsupported_*",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found, command_not_found",
-    405: "method not allowed (code bad_request)",
-    409: "conflict, vm_busy",
-    413: "payload_too_large",
-    500: "internal",
-}
-
-
-def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for the error envelope under each status (WIRE.md)."""
-    return {
-        status: {"model": ErrorEnvelope, "description": _STATUS_TEXT[status]}
-        for status in (*statuses, 500)
-    }
-
-
-_API_ERRORS = (400, 401, 413)
-"""What every authenticated route with a JSON body or query may answer."""
-
 _SyncResponse = SyncReadResponse | SyncWriteResponse | SyncManifestResponse | SyncDeleteResponse
-
-_RAW_BYTES = {
-    "description": "The raw bytes of the file",
-    "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-}
-
-
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI document, without FastAPI's 422 responses (errors are 400 envelopes)."""
-    if app.openapi_schema is None:
-        doc = get_openapi(title=app.title, version=app.version, routes=app.routes)
-        for item in doc.get("paths", {}).values():
-            for operation in item.values():
-                operation.get("responses", {}).pop("422", None)
-        for name in ("HTTPValidationError", "ValidationError"):
-            doc.get("components", {}).get("schemas", {}).pop(name, None)
-        app.openapi_schema = doc
-    return app.openapi_schema
 
 
 def _json(model: Envelope, *, exclude_none: bool = False) -> JSONResponse:
@@ -163,7 +69,7 @@ def create_app(services: Services) -> FastAPI:
     app.state.services = services
     # `/openapi.json` stays on (schemathesis and client generators read it); the docs
     # UIs stay off. Handlers return `JSONResponse`s, so `response_model` only documents.
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     install_error_handlers(app)
     # Outermost last: the size guard, then the key check, both before any body is read.
     app.add_middleware(RequireKeyMiddleware, store=services.store, prefixes=("/api/v1/vms/",))
@@ -174,11 +80,11 @@ def create_app(services: Services) -> FastAPI:
     )
     s = services
 
-    @app.get("/api/v1/health", response_model=HealthResponse, responses=_errors())
+    @app.get("/api/v1/health", response_model=HealthResponse, responses=error_docs())
     def health() -> JSONResponse:
         return _json(HealthResponse(version=__version__, backend=BACKEND))
 
-    @app.get("/api/v1/vms/list", response_model=ListVmsResponse, responses=_errors(*_API_ERRORS))
+    @app.get("/api/v1/vms/list", response_model=ListVmsResponse, responses=error_docs(*API_ERRORS))
     def list_vms(
         org_id: OrgId,
         limit: Annotated[int, Query(ge=1, le=100)] = 25,
@@ -192,7 +98,7 @@ def create_app(services: Services) -> FastAPI:
         "/api/v1/vms/fork",
         dependencies=[ValidText],
         response_model=ForkResponse,
-        responses=_errors(*_API_ERRORS, 404, 409),
+        responses=error_docs(*API_ERRORS, 404, 409),
     )
     def fork_by_name(
         org_id: OrgId, body: ForkRequest, idempotency_key: IdempotencyKey = None
@@ -211,7 +117,7 @@ def create_app(services: Services) -> FastAPI:
         "/api/v1/vms/{vm_id}/fork",
         dependencies=[ValidText],
         response_model=ForkResponse,
-        responses=_errors(*_API_ERRORS, 404, 409),
+        responses=error_docs(*API_ERRORS, 404, 409),
     )
     def fork_by_id(
         vm_id: str, org_id: OrgId, body: ForkRequest, idempotency_key: IdempotencyKey = None
@@ -227,7 +133,9 @@ def create_app(services: Services) -> FastAPI:
         )
 
     @app.delete(
-        "/api/v1/vms/{vm_id}", response_model=DeleteResponse, responses=_errors(*_API_ERRORS, 404)
+        "/api/v1/vms/{vm_id}",
+        response_model=DeleteResponse,
+        responses=error_docs(*API_ERRORS, 404),
     )
     def delete_vm(vm_id: str, org_id: OrgId) -> JSONResponse:
         s.vms.delete(org_id, vm_id)
@@ -237,7 +145,7 @@ def create_app(services: Services) -> FastAPI:
         "/api/v1/vms/{vm_id}/run",
         dependencies=[ValidText],
         response_model=RunResponse,
-        responses=_errors(*_API_ERRORS, 404, 409),
+        responses=error_docs(*API_ERRORS, 404, 409),
     )
     def run(
         vm_id: str, org_id: OrgId, body: RunRequest, idempotency_key: IdempotencyKey = None
@@ -262,7 +170,7 @@ def create_app(services: Services) -> FastAPI:
         "/api/v1/vms/{vm_id}/sync",
         dependencies=[ValidText],
         response_model=_SyncResponse,
-        responses=_errors(*_API_ERRORS, 404, 409),
+        responses=error_docs(*API_ERRORS, 404, 409),
     )
     def sync(
         vm_id: str,
@@ -283,7 +191,7 @@ def create_app(services: Services) -> FastAPI:
     @app.get(
         READ_ROUTE,
         response_class=StreamingResponse,
-        responses={200: _RAW_BYTES, **_errors(400, 403, 404)},
+        responses={200: RAW_BYTES, **error_docs(400, 403, 404)},
     )
     def presigned_read(
         vm_id: str,
@@ -306,7 +214,7 @@ def create_app(services: Services) -> FastAPI:
             headers={"Content-Length": str(size)},
         )
 
-    @app.put(UPLOAD_ROUTE, response_model=Envelope, responses=_errors(400, 403, 404, 409, 413))
+    @app.put(UPLOAD_ROUTE, response_model=Envelope, responses=error_docs(400, 403, 404, 409, 413))
     async def presigned_upload(
         vm_id: str,
         upload_id: str,
@@ -332,7 +240,7 @@ def create_app(services: Services) -> FastAPI:
         )
         return _json(Envelope())
 
-    @app.head(UPLOAD_ROUTE, responses=_errors(403, 404))
+    @app.head(UPLOAD_ROUTE, responses=error_docs(403, 404))
     def presigned_upload_offset(
         vm_id: str,
         upload_id: str,

@@ -15,6 +15,10 @@ REGION_SUFFIX = "loc0"
 BACKEND = "bwrap-overlayfs"
 """What the health route reports as the backend."""
 
+EXIT_SANDBOX_UNAVAILABLE = 3
+"""Exit status of `arker serve` when the sandbox probe fails (the pytest fixture skips
+on it)."""
+
 
 def default_data_dir() -> Path:
     """``$XDG_DATA_HOME/arker``, else ``~/.local/share/arker``."""
@@ -73,8 +77,8 @@ class ServerConfig:
 def prepare_data_dir(path: Path) -> Path:
     """Create ``path`` (mode 0700) if needed and tighten an existing one to 0700.
 
-    The data dir holds VM filesystems written by sandboxed code: nobody else may
-    traverse it (see LOCAL-SANDBOX.md, setuid pitfall).
+    The data dir holds VM filesystems written by sandboxed code, setuid executables
+    included: no other host user may traverse it and run them.
     """
     path = path.expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True, mode=0o700)

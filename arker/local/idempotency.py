@@ -1,4 +1,4 @@
-"""Exactly-once fork and run behind an ``Idempotency-Key`` header (WIRE.md ext).
+"""Exactly-once fork and run behind an ``Idempotency-Key`` header (a wire extension).
 
 The first request with a key runs; its successful response is stored. A later request
 with the same key and the same body gets that stored response; with a different body,

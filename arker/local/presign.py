@@ -1,4 +1,4 @@
-"""HMAC-SHA256 signed URLs the server serves itself (WIRE.md "Presigned URLs").
+"""HMAC-SHA256 signed URLs (presigned reads and uploads) the server serves itself.
 
 A signature binds one method, one VM, one target (a file path for GET, an upload id
 for PUT) and an expiry. The secret lives in the data dir (mode 0600), so URLs stay
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from urllib.parse import quote, urlencode
 
 from .._constants import PRESIGN_TTL_S
 from .errors import ApiError
+from .private_file import write_private
 
 READ_ROUTE = "/api/v1/presigned/{vm_id}/read"
 """GET: raw bytes of the file named by the ``path`` query parameter."""
@@ -39,14 +39,7 @@ def load_or_create_secret(path: Path) -> bytes:
     except FileNotFoundError:
         pass
     secret = secrets.token_bytes(32)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, secret)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private(path, secret)
     return secret
 
 

@@ -14,26 +14,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import secrets
 import signal
 import socket
 import sys
-import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
-from .config import ServerConfig, prepare_data_dir
+from .config import EXIT_SANDBOX_UNAVAILABLE, ServerConfig, prepare_data_dir
+from .private_file import write_private
 from .store import Store
 
-if TYPE_CHECKING:
-    from .app import Services
-    from .engine_api import EngineLike
-
 DEFAULT_ORG = "default"
-EXIT_SANDBOX_UNAVAILABLE = 3
-"""Exit status when the sandbox probe fails (the pytest fixture skips on it)."""
 
 log = logging.getLogger("arker.local")
 
@@ -65,24 +58,13 @@ def ensure_default_key(store: Store, data_dir: Path, requested: str | None) -> s
     if key is None:
         key = new_api_key()
     store.add_key(org_id, key)
-    _write_private(path, key)
+    write_private(path, key.encode())
     return key
 
 
 def new_api_key() -> str:
     """A fresh random API key."""
     return f"ark_{secrets.token_urlsafe(24)}"
-
-
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -137,11 +119,13 @@ def serve(config: ServerConfig) -> int:
         except SandboxUnavailable as exc:
             print(f"arker serve: {exc}", file=sys.stderr, flush=True)
             return 1
+        from .services import build_services
+
         services = build_services(config, store, engine)
         services.vms.ensure_base_image()
         engine.gc(store.vm_ids())
         services.uploads.cleanup(config.upload_ttl_s)
-        store.expire_idempotent(time.time() - config.upload_ttl_s)
+        store.expire_idempotent(datetime.now(timezone.utc) - timedelta(seconds=config.upload_ttl_s))
 
         from .app import create_app
 
@@ -173,27 +157,3 @@ def serve(config: ServerConfig) -> int:
         if engine is not None:
             engine.close()
         store.close()
-
-
-def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Services:
-    """Wire the service objects together around a started engine."""
-    from .app import Services
-    from .idempotency import Idempotency
-    from .presign import Signer, load_or_create_secret
-    from .sync import Sync
-    from .uploads import Uploads
-    from .vmfiles import VmFiles
-    from .vms import Vms
-
-    signer = Signer(load_or_create_secret(config.secret_path))
-    uploads = Uploads(store, engine)
-    return Services(
-        config=config,
-        store=store,
-        vms=Vms(store, engine, config),
-        sync=Sync(engine, uploads, signer),
-        uploads=uploads,
-        signer=signer,
-        idempotency=Idempotency(store),
-        vm_files=VmFiles(engine),
-    )

@@ -6,7 +6,8 @@ committed transaction survives ``kill -9`` of the server (the bytes are in the k
 page cache); only a power loss can roll back the last transactions, which is also the
 durability the sandbox engine gives forks. ``FULL`` would fsync on every commit, and on
 ext4 (data=ordered) that fsync first writes out every dirty byte on the filesystem: a
-run or fork right after a VM wrote 1 GiB waited hundreds of milliseconds for it.
+run or fork right after a VM wrote a lot of data would wait for all of it to reach the
+disk.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import json
 import secrets
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS uploads (
     size INTEGER NOT NULL,
     ranges TEXT NOT NULL DEFAULT '[]',
     committed INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
+    created_at TEXT NOT NULL,
     PRIMARY KEY (vm_id, upload_id)
 );
 CREATE TABLE IF NOT EXISTS idempotency (
@@ -65,10 +65,15 @@ CREATE TABLE IF NOT EXISTS idempotency (
     key TEXT NOT NULL,
     body_sha256 TEXT NOT NULL,
     response TEXT NOT NULL,
-    created_at REAL NOT NULL,
+    created_at TEXT NOT NULL,
     PRIMARY KEY (org_id, scope, key)
 );
 """
+
+
+_SCHEMA_VERSION = 1
+"""``PRAGMA user_version`` of the current layout. 0: uploads and idempotency records kept
+their ``created_at`` as epoch seconds (REAL); from 1 every timestamp is ISO 8601 text."""
 
 
 def hash_key(api_key: str) -> str:
@@ -77,8 +82,18 @@ def hash_key(api_key: str) -> str:
 
 
 def utc_now_iso() -> str:
-    """Current time as ISO 8601 UTC with microseconds (sorts as text)."""
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    """Current time as ISO 8601 UTC with microseconds (sorts as text): the one form of
+    every timestamp in the database."""
+    return iso_utc(datetime.now(timezone.utc))
+
+
+def iso_utc(when: datetime) -> str:
+    """``when`` (timezone-aware) as stored: ISO 8601 UTC with microseconds."""
+    return when.astimezone(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _epoch_to_iso(value: float) -> str:
+    return iso_utc(datetime.fromtimestamp(value, timezone.utc))
 
 
 @dataclass(frozen=True)
@@ -105,7 +120,7 @@ class UploadRow:
     size: int
     ranges: list[tuple[int, int]]
     committed: bool
-    created_at: float
+    created_at: str
 
     @property
     def received_bytes(self) -> int:
@@ -140,10 +155,14 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
-        with self._tx():
+        self._db.create_function("arker_epoch_to_iso", 1, _epoch_to_iso, deterministic=True)
+        with self._tx() as db:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
-                    self._db.execute(statement)
+                    db.execute(statement)
+            if int(db.execute("PRAGMA user_version").fetchone()[0]) < _SCHEMA_VERSION:
+                _migrate_to_iso_timestamps(db)
+                db.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
     def close(self) -> None:
         """Close the connection (checkpointing the WAL)."""
@@ -190,17 +209,6 @@ class Store:
             row = self._db.execute(
                 "SELECT org_id FROM api_keys WHERE key_sha256 = ?", (hash_key(api_key),)
             ).fetchone()
-        return str(row[0]) if row else None
-
-    def key_count(self) -> int:
-        """Number of registered API keys."""
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM api_keys").fetchone()[0])
-
-    def org_id_by_name(self, name: str) -> str | None:
-        """The id of org ``name`` or None."""
-        with self._lock:
-            row = self._db.execute("SELECT id FROM orgs WHERE name = ?", (name,)).fetchone()
         return str(row[0]) if row else None
 
     # --- vms ---------------------------------------------------------------------------
@@ -290,7 +298,7 @@ class Store:
             db.execute(
                 "INSERT OR IGNORE INTO uploads (vm_id, upload_id, path, size, created_at)"
                 " VALUES (?, ?, ?, ?, ?)",
-                (vm_id, upload_id, path, size, time.time()),
+                (vm_id, upload_id, path, size, utc_now_iso()),
             )
         row = self.get_upload(vm_id, upload_id)
         assert row is not None
@@ -312,15 +320,16 @@ class Store:
                 (vm_id, upload_id),
             )
 
-    def expire_uploads(self, older_than: float) -> list[tuple[str, str]]:
+    def expire_uploads(self, older_than: datetime) -> list[tuple[str, str]]:
         """Drop uploads created before ``older_than``; return the (vm_id, upload_id) of
         those never committed (they may have bytes staged in their VM)."""
+        cutoff = iso_utc(older_than)
         with self._tx() as db:
             rows = db.execute(
                 "SELECT vm_id, upload_id FROM uploads WHERE created_at < ? AND committed = 0",
-                (older_than,),
+                (cutoff,),
             ).fetchall()
-            db.execute("DELETE FROM uploads WHERE created_at < ?", (older_than,))
+            db.execute("DELETE FROM uploads WHERE created_at < ?", (cutoff,))
         return [(str(a), str(b)) for a, b in rows]
 
     # --- idempotency -------------------------------------------------------------------
@@ -344,13 +353,26 @@ class Store:
                 "INSERT OR REPLACE INTO idempotency"
                 " (org_id, scope, key, body_sha256, response, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                (org_id, scope, key, body_sha256, response, time.time()),
+                (org_id, scope, key, body_sha256, response, utc_now_iso()),
             )
 
-    def expire_idempotent(self, older_than: float) -> None:
+    def expire_idempotent(self, older_than: datetime) -> None:
         """Forget idempotency records created before ``older_than``."""
         with self._tx() as db:
-            db.execute("DELETE FROM idempotency WHERE created_at < ?", (older_than,))
+            db.execute("DELETE FROM idempotency WHERE created_at < ?", (iso_utc(older_than),))
+
+
+def _migrate_to_iso_timestamps(db: sqlite3.Connection) -> None:
+    """Rewrite the epoch-seconds ``created_at`` of a version-0 database as ISO text.
+
+    The columns keep the REAL type they were declared with; SQLite stores ISO text in
+    them as text (it is no number), so they compare as text like every other timestamp.
+    """
+    for table in ("uploads", "idempotency"):
+        db.execute(
+            f"UPDATE {table} SET created_at = arker_epoch_to_iso(created_at)"
+            " WHERE typeof(created_at) IN ('integer', 'real')"
+        )
 
 
 def _vm(row: tuple[object, ...]) -> VmRow:
@@ -376,5 +398,5 @@ def _upload(row: tuple[object, ...]) -> UploadRow:
         size=int(str(size)),
         ranges=[(int(a), int(b)) for a, b in json.loads(str(ranges))],
         committed=bool(committed),
-        created_at=float(str(created_at)),
+        created_at=str(created_at),
     )

@@ -1,4 +1,4 @@
-"""File sync (WIRE.md "Sync"): reads inline or presigned, writes per entry."""
+"""File sync: reads inline or presigned, writes per entry."""
 
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ from .._wire import (
     WriteResult,
 )
 from .engine_api import EngineLike
+from .engine_errors import engine_errors
 from .errors import ApiError
 from .presign import Signer
+from .text_codec import decode_output
 from .uploads import Uploads
-from .vms import decode_output, engine_errors
 
 _STREAM_BLOCK = 1024 * 1024
 
@@ -83,17 +84,17 @@ class Sync:
     def _write_one(
         self, vm_id: str, entry: ChunkEntry | PresignEntry | CommitEntry, base_url: str
     ) -> WriteResult:
-        with engine_errors():
-            if isinstance(entry, ChunkEntry):
-                return self._uploads.chunk(vm_id, entry)
-            if isinstance(entry, PresignEntry):
-                upload_id = self._uploads.presign(vm_id, entry)
-                return WriteResult(
-                    presigned_url=self._signer.upload_url(base_url, vm_id, upload_id),
-                    upload_id=upload_id,
-                    expires_in=self._signer.ttl_s,
-                )
-            return self._uploads.commit(vm_id, entry)
+        # `Uploads` maps the engine's errors itself, where it calls the engine.
+        if isinstance(entry, ChunkEntry):
+            return self._uploads.chunk(vm_id, entry)
+        if isinstance(entry, PresignEntry):
+            upload_id = self._uploads.presign(vm_id, entry)
+            return WriteResult(
+                presigned_url=self._signer.upload_url(base_url, vm_id, upload_id),
+                upload_id=upload_id,
+                expires_in=self._signer.ttl_s,
+            )
+        return self._uploads.commit(vm_id, entry)
 
     def _open(self, vm_id: str, path: str) -> tuple[BinaryIO, int]:
         try:

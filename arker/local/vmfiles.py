@@ -16,8 +16,8 @@ from .._constants import HOME_PREFIX
 from .._paths import path_problem
 from .._wire import ManifestEntry, SyncDeleteResponse, SyncManifestResponse
 from .engine_api import EngineLike
+from .engine_errors import engine_errors
 from .errors import ApiError
-from .vms import engine_errors
 
 MANIFEST_CAP = 10_000
 """Most entries one manifest lists; beyond it the response says ``truncated``."""

@@ -1,15 +1,12 @@
 """VM lifecycle on behalf of one org: list, fork, delete, run.
 
-Visibility rule (WIRE.md): an org sees, runs on, reads and deletes only its own VMs;
+Visibility rule of the wire protocol: an org sees, runs on, reads and deletes only its own VMs;
 it may fork its own and any public one. Anything else answers 404 as if absent.
 """
 
 from __future__ import annotations
 
-import base64
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 
 from .._constants import ARKUNTU_ID
@@ -23,28 +20,16 @@ from .._wire import (
     VmSummaryWire,
 )
 from .config import REGION, REGION_SUFFIX, ServerConfig
-from .engine_api import EngineLike, sandbox_error_parts
+from .engine_api import EngineLike
+from .engine_errors import engine_errors
 from .errors import ApiError
 from .idempotency import FinalError
 from .store import SYSTEM_ORG, Store, VmRow, utc_now_iso
+from .text_codec import decode_output
 
 log = logging.getLogger("arker.local")
 
 BASE_IMAGE_NAME = "arkuntu"
-
-
-@contextmanager
-def engine_errors() -> Iterator[None]:
-    """Turn the engine's ``SandboxError`` into the wire error with the same code."""
-    try:
-        yield
-    except ApiError:
-        raise
-    except Exception as exc:
-        parts = sandbox_error_parts(exc)
-        if parts is None:
-            raise
-        raise ApiError(*parts) from exc
 
 
 def summary(vm: VmRow) -> VmSummaryWire:
@@ -56,14 +41,6 @@ def summary(vm: VmRow) -> VmSummaryWire:
         region=vm.region,
         created_at=datetime.fromisoformat(vm.created_at),
     )
-
-
-def decode_output(data: bytes) -> tuple[str, str]:
-    """``(text, encoding)``: UTF-8 text when the bytes are valid UTF-8, else base64."""
-    try:
-        return data.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        return base64.b64encode(data).decode("ascii"), "base64"
 
 
 class Vms:

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from faultproxy import FaultPlan, FaultProxy
 
 from arker import (
     ARKUNTU_ID,
@@ -47,6 +46,7 @@ from arker import (
     ServiceUnavailableError,
     Timeout,
 )
+from tests.kit.faultproxy import FaultPlan, FaultProxy
 
 pytestmark = pytest.mark.e2e
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 import requests
-from faultproxy import FaultPlan, FaultProxy
 
 from arker import Arker, BadRequestError
+from tests.kit.faultproxy import FaultPlan, FaultProxy
 
 pytestmark = pytest.mark.e2e
 

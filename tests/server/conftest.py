@@ -1,7 +1,7 @@
 """Fixtures for raw-HTTP tests against a real `arker serve` (loopback only).
 
-The ``arker_server`` fixture comes from the `arker.testing` plugin; it is registered
-here when the package is not installed (the pytest11 entry point then is absent).
+The ``arker_server`` fixture comes from the `arker.testing` plugin (registered by
+``tests/conftest.py`` when the package is not installed).
 """
 
 from __future__ import annotations
@@ -9,15 +9,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from serverkit import Api
 
 from arker.testing import ArkerServer
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    pm = config.pluginmanager
-    if not (pm.has_plugin("arker") or pm.has_plugin("arker.testing")):
-        pm.import_plugin("arker.testing")
+from tests.kit.server import Api
 
 
 @pytest.fixture
@@ -55,3 +49,17 @@ def vm(api: Api) -> str:
     """A fresh VM forked from arkuntu, owned by the default org."""
     vm_id: str = api.fork(name="test-vm")["vm_id"]
     return vm_id
+
+
+@pytest.fixture(scope="module")
+def no_unhandled_errors(arker_server: ArkerServer) -> Iterator[None]:
+    """No request of the module using this may reach the server's 500 handler."""
+    log = arker_server.log_path
+    start = log.stat().st_size if log.exists() else 0
+    yield
+    if log.exists():
+        with open(log, "rb") as f:
+            f.seek(start)
+            new = f.read().decode(errors="replace")
+        assert "unhandled error" not in new, new[-4000:]
+        assert "Traceback" not in new, new[-4000:]

@@ -7,10 +7,9 @@ import threading
 import time
 from typing import Any
 
-from serverkit import Api, error_of
-
 from arker._constants import ARKUNTU_ID
 from arker._ids import looks_like_vm_id, new_ulid
+from tests.kit.server import Api, error_of
 
 
 def test_health_needs_no_auth(anon: Api) -> None:

@@ -7,9 +7,9 @@ import signal
 from typing import Any
 
 import pytest
-from serverkit import Api
 
 from arker._ids import new_ulid
+from tests.kit.server import Api
 
 
 @pytest.mark.parametrize("kill", [False, True], ids=["sigterm", "sigkill"])

@@ -11,11 +11,11 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import requests
-from serverkit import Api, error_of
 
 from arker._constants import MAX_FILE_BYTES
 from arker._ids import new_ulid
 from arker.local.presign import signature
+from tests.kit.server import Api, error_of
 
 
 def chunk(

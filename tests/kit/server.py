@@ -1,13 +1,15 @@
-"""Raw-HTTP helpers for the server tests (a uniquely named module, importable by tests)."""
+"""A raw-HTTP client of a real `arker serve`, and assertions on what it answers."""
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
 import requests
 
 from arker._constants import ARKUNTU_ID
+from arker._ids import new_ulid
 from arker.testing import ArkerServer
 
 
@@ -76,3 +78,28 @@ def error_of(r: requests.Response) -> tuple[int, str]:
     assert body["ok"] is False, r.text
     assert isinstance(body["error"]["message"], str)
     return r.status_code, body["error"]["code"]
+
+
+def expect(r: requests.Response, status: int, code: str, what: object = "") -> None:
+    """Assert that ``r`` is an error envelope with this status and code."""
+    assert error_of(r) == (status, code), f"{what!r}: {r.status_code} {r.text[:300]}"
+
+
+def assert_healthy(api: Api, vm: str) -> None:
+    """Health answers and a normal run still works."""
+    h = api.get("/api/v1/health")
+    assert h.status_code == 200 and h.json()["ok"] is True, h.text
+    out = api.run(vm, "echo alive")
+    assert out["stdout"] == "alive\n" and out["exit_code"] == 0, out
+
+
+def chunk(path: str, data: bytes, upload_id: str | None = None) -> dict[str, Any]:
+    """A write entry carrying the whole of ``data`` as one inline chunk."""
+    return {
+        "path": path,
+        "size": len(data),
+        "upload_id": upload_id or new_ulid(),
+        "start": 0,
+        "end": len(data),
+        "content": base64.b64encode(data).decode(),
+    }

@@ -1,0 +1,45 @@
+"""The service objects behind the routes, wired together once at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import ServerConfig
+from .engine_api import EngineLike
+from .idempotency import Idempotency
+from .presign import Signer, load_or_create_secret
+from .store import Store
+from .sync import Sync
+from .uploads import Uploads
+from .vmfiles import VmFiles
+from .vms import Vms
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything the routes use, built once at start-up."""
+
+    config: ServerConfig
+    store: Store
+    vms: Vms
+    sync: Sync
+    uploads: Uploads
+    signer: Signer
+    idempotency: Idempotency
+    vm_files: VmFiles
+
+
+def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Services:
+    """Wire the service objects together around a started engine."""
+    signer = Signer(load_or_create_secret(config.secret_path))
+    uploads = Uploads(store, engine)
+    return Services(
+        config=config,
+        store=store,
+        vms=Vms(store, engine, config),
+        sync=Sync(engine, uploads, signer),
+        uploads=uploads,
+        signer=signer,
+        idempotency=Idempotency(store),
+        vm_files=VmFiles(engine),
+    )

@@ -1,0 +1,1 @@
+"""The real SDK against a real `arker serve` on loopback."""

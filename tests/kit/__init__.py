@@ -1,0 +1,9 @@
+"""Helpers shared by the test suites, imported as package modules.
+
+* `tests.kit.server`: `Api`, a raw-HTTP client of a real `arker serve`, and the
+  assertions on its error envelopes and health;
+* `tests.kit.raw_http`: one request sent verbatim over `http.client` (no URL
+  normalisation), for paths and headers `requests` would rewrite;
+* `tests.kit.faultproxy`: a seeded fault-injecting HTTP proxy for the e2e suites;
+* `tests.kit.loopback`: a real keep-alive HTTP server on loopback for the SDK tests.
+"""

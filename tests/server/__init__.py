@@ -1,0 +1,1 @@
+"""Tests of `arker serve`: raw HTTP against a real server on loopback, and its parts."""
