@@ -4,7 +4,7 @@ Schemathesis reads ``/openapi.json`` from the live server (loopback) and, for ev
 operation, sends generated requests (valid and invalid bodies, query strings, path
 parameters and headers) with the server's API key. Every answer must be no 5xx,
 declared for that operation, and match the declared schema (the success model or
-the WIRE.md error envelope).
+the wire's error envelope).
 
 Bounded and deterministic: few examples per operation, derandomized generation.
 """
