@@ -8,7 +8,8 @@ from typing import Any, TypeVar
 import requests
 from pydantic import BaseModel, ValidationError
 
-from ._exceptions import APIStatusError, ResponseValidationError, code_for_status, error_for
+from ._error_codes import code_for_status
+from ._exceptions import APIStatusError, ResponseValidationError, error_for
 from ._retry import parse_retry_after
 from ._wire import ErrorEnvelope
 

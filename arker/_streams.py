@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, BinaryIO, Union, cast
 
-from ._exceptions import ArkerError, BadRequestError
+from ._exceptions import ArkerError, refused_before_sending
 
 __all__ = [
     "CHUNK",
@@ -231,22 +231,20 @@ def open_source(data: DataSource, limit: int) -> Source:
             with path.open("rb"):
                 pass  # readable now, not only later mid-upload
         except OSError as exc:
-            raise BadRequestError("bad_request", f"cannot read {path}: {exc}", 400) from None
+            raise refused_before_sending(f"cannot read {path}: {exc}") from None
         # The sha256 is computed while the bytes stream out (or on demand).
         return Source(lambda: path.open("rb"), 0, st.st_size, None)
     if hasattr(data, "read"):
         return _file_source(data, limit)
-    raise BadRequestError(
-        "bad_request",
-        f"data must be bytes, str, a path or a binary file, not {type(data).__name__}",
-        400,
+    raise refused_before_sending(
+        f"data must be bytes, str, a path or a binary file, not {type(data).__name__}"
     )
 
 
 def _file_source(f: IO[bytes], limit: int) -> Source:
     probe = f.read(0)
     if not isinstance(probe, bytes):
-        raise BadRequestError("bad_request", "file objects must be opened in binary mode", 400)
+        raise refused_before_sending("file objects must be opened in binary mode")
     try:
         seekable = f.seekable()
     except (AttributeError, ValueError):

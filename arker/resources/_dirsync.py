@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
-from .._exceptions import ArkerError, BadRequestError
+from .._exceptions import ArkerError, ResponseValidationError, refused_before_sending
 from .._models import DirSyncResult
 from .._paths import dir_problem
 from .._streams import file_sha256
@@ -76,7 +76,7 @@ def _matcher(ignore: Ignore) -> Callable[[str], bool]:
 def _remote_root(remote_dir: str) -> str:
     problem = dir_problem(remote_dir)
     if problem is not None:
-        raise BadRequestError("bad_request", problem, 400)
+        raise refused_before_sending(problem)
     return remote_dir.rstrip("/") + "/"
 
 
@@ -123,9 +123,7 @@ def _manifest(sync: SyncResource, vm_id: str, remote_root: str) -> dict[str, Man
     entries: dict[str, ManifestEntry] = {}
     for entry in wire.entries:
         if not entry.path.startswith(remote_root):
-            raise ArkerError(
-                "invalid_response", f"manifest entry outside {remote_root}: {entry.path}", 0
-            )
+            raise ResponseValidationError(f"manifest entry outside {remote_root}: {entry.path}")
         entries[entry.path[len(remote_root) :]] = entry
     return entries
 
@@ -149,7 +147,7 @@ def push_dir(
 
     root = Path(local_dir)
     if not root.is_dir():
-        raise BadRequestError("bad_request", f"not a local directory: {root}", 400)
+        raise refused_before_sending(f"not a local directory: {root}")
     remote_root = _remote_root(remote_dir)
     ignored = _matcher(ignore)
     links: list[str] = []
@@ -219,17 +217,15 @@ def _safe_local_target(root: Path, rel: str) -> Path:
     names, or a parent directory that is a symbolic link)."""
     parts = rel.split("/")
     if not rel or rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise ArkerError("invalid_response", f"unsafe path in manifest: {rel!r}", 0)
+        raise ResponseValidationError(f"unsafe path in manifest: {rel!r}")
     current = root
     for part in parts[:-1]:
         current = current / part
         if current.is_symlink():
-            raise BadRequestError(
-                "bad_request", f"refusing to write through the symbolic link {current}", 400
-            )
+            raise refused_before_sending(f"refusing to write through the symbolic link {current}")
     target = current / parts[-1]
     if target.is_symlink():
-        raise BadRequestError("bad_request", f"refusing to replace the symbolic link {target}", 400)
+        raise refused_before_sending(f"refusing to replace the symbolic link {target}")
     return target
 
 

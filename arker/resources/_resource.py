@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from .._base_client import BaseClient
-from .._exceptions import BadRequestError
+from .._exceptions import refused_before_sending
 from .._response import validation_message
 
 M = TypeVar("M", bound=BaseModel)
@@ -19,7 +19,7 @@ def build_request(model: type[M], **fields: Any) -> M:
     try:
         return model(**fields)
     except ValidationError as exc:
-        raise BadRequestError("bad_request", validation_message(exc, model.__name__), 400) from None
+        raise refused_before_sending(validation_message(exc, model.__name__)) from None
 
 
 class Resource:

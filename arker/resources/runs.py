@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .._exceptions import BadRequestError
+from .._exceptions import refused_before_sending
 from .._ids import new_ulid
 from .._models import RunResult
 from .._wire import RunRequest, RunResponse
@@ -47,9 +47,9 @@ class RunsResource(Resource):
             VmBusyError: Another command is still running in that session.
         """
         if not isinstance(command, str):
-            raise BadRequestError("bad_request", "command must be a string", 400)
+            raise refused_before_sending("command must be a string")
         if timeout is not None and (isinstance(timeout, bool) or timeout < 1):
-            raise BadRequestError("bad_request", f"timeout must be >= 1 s, got {timeout}", 400)
+            raise refused_before_sending(f"timeout must be >= 1 s, got {timeout}")
         body = build_request(RunRequest, command=command, session_id=session_id, timeout=timeout)
         wait = (timeout or _SERVER_DEFAULT_TIMEOUT_S) + _READ_MARGIN_S
         wire = self._client.call(

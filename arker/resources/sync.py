@@ -22,13 +22,13 @@ import requests
 
 from .._base_client import Body
 from .._constants import INLINE_WRITE_MAX, MAX_FILE_BYTES
+from .._error_codes import status_for_code
 from .._exceptions import (
-    BadRequestError,
     PayloadTooLargeError,
     PermissionDeniedError,
     ResponseValidationError,
     error_for,
-    status_for_code,
+    refused_before_sending,
 )
 from .._ids import new_ulid
 from .._models import DirSyncResult
@@ -67,7 +67,7 @@ def check_path(path: str) -> None:
     """Raise `BadRequestError` for a path the server would refuse (before any request)."""
     problem = path_problem(path)
     if problem is not None:
-        raise BadRequestError("bad_request", problem, 400)
+        raise refused_before_sending(problem)
 
 
 def _require_written(result: WriteResult, what: str) -> None:
@@ -300,13 +300,11 @@ class SyncResource(Resource):
         check_path(path)
         source = open_source(data, MAX_FILE_BYTES)
         if source.size > MAX_FILE_BYTES:
-            raise PayloadTooLargeError(
-                "payload_too_large",
-                f"data is over the {MAX_FILE_BYTES}-byte (100 MiB) file limit",
-                413,
+            raise refused_before_sending(
+                f"data is over the {MAX_FILE_BYTES}-byte (100 MiB) file limit", PayloadTooLargeError
             )
         if mode is not None and not 0 <= mode <= 0o7777:
-            raise BadRequestError("bad_request", f"mode must be 0..0o7777, got {mode!r}", 400)
+            raise refused_before_sending(f"mode must be 0..0o7777, got {mode!r}")
         tracker = Tracker(source.size, progress)
         if source.size <= INLINE_WRITE_MAX:
             payload = source.read_all()
