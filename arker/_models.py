@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Iterator
-from datetime import datetime
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer
 
 from ._exceptions import ResponseValidationError
-from ._wire import ForkResponse, ListVmsResponse, RunResponse, VmSummaryWire
+from ._wire import ForkResponse, ListVmsResponse, RunResponse, VmSummaryWire, decode_content
 
 __all__ = ["DirSyncResult", "ForkResult", "RunResult", "VmList", "VmSummary"]
 
@@ -83,12 +81,10 @@ class RunResult(_PublicModel):
 
 def _decode_stream(text: str, encoding: str, field: str) -> bytes:
     """Turn a wire output stream into bytes. Unknown encodings are taken as text."""
-    if encoding == "base64":
-        try:
-            return base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ResponseValidationError(f"{field}: invalid base64 ({exc})") from exc
-    return text.encode("utf-8", "surrogatepass")
+    try:
+        return decode_content(text, encoding)
+    except ValueError as exc:
+        raise ResponseValidationError(f"{field}: {exc}") from None
 
 
 class VmSummary(_PublicModel):
@@ -153,7 +149,7 @@ class ForkResult(_PublicModel):
     name: str | None = None
     base_image: str | None = None
     region: str | None = None
-    created_at: datetime | None = None
+    created_at: AwareDatetime | None = None
 
     @classmethod
     def from_wire(cls, wire: ForkResponse) -> ForkResult:

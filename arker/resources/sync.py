@@ -12,7 +12,6 @@ a sha256 that the receiving side checks.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import io
 import os
@@ -55,6 +54,7 @@ from .._wire import (
     SyncWriteResponse,
     WriteEntry,
     WriteResult,
+    decode_content,
 )
 from ._dirsync import Ignore, pull_dir, push_dir
 from ._resource import Resource
@@ -76,13 +76,10 @@ def _require_written(result: WriteResult, what: str) -> None:
 
 
 def _inline_content(wire: SyncReadResponse) -> bytes:
-    content = wire.content or ""
-    if wire.encoding == "base64":
-        try:
-            return base64.b64decode(content, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ResponseValidationError(f"content: invalid base64 ({exc})") from None
-    return content.encode("utf-8", "surrogatepass")
+    try:
+        return decode_content(wire.content or "", wire.encoding)
+    except ValueError as exc:
+        raise ResponseValidationError(f"content: {exc}") from None
 
 
 def inline_entry(path: str, payload: bytes, sha256: str, mode: int | None) -> ChunkEntry:

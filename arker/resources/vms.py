@@ -8,12 +8,10 @@ from urllib.parse import quote
 from .._exceptions import refused_before_sending
 from .._ids import looks_like_vm_id, new_ulid, resolve_source
 from .._models import ForkResult, VmList, VmSummary
-from .._wire import DeleteResponse, ForkRequest, ForkResponse, ListVmsResponse, SortOrder
+from .._wire import SORT_KEYS, DeleteResponse, ForkRequest, ForkResponse, ListVmsResponse, SortOrder
 from ._resource import Resource, build_request
 
 __all__ = ["VmsResource"]
-
-_SORTS = ("created_at", "-created_at", "region", "-region")
 
 
 def _check_list_args(limit: int, offset: int, sort: str | None) -> None:
@@ -21,8 +19,8 @@ def _check_list_args(limit: int, offset: int, sort: str | None) -> None:
         raise refused_before_sending(f"limit must be 1-100, got {limit}")
     if offset < 0:
         raise refused_before_sending(f"offset must be >= 0, got {offset}")
-    if sort is not None and sort not in _SORTS:
-        raise refused_before_sending(f"sort must be one of {_SORTS}, got {sort!r}")
+    if sort is not None and sort not in SORT_KEYS:
+        raise refused_before_sending(f"sort must be one of {SORT_KEYS}, got {sort!r}")
 
 
 def vm_path(vm_id: str, suffix: str = "") -> str:
