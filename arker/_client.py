@@ -11,19 +11,14 @@ from typing import TYPE_CHECKING
 
 import requests
 
-from ._base_client import (
-    DEFAULT_TIMEOUT,
-    BaseClient,
-    ClientConfig,
-    TimeoutTypes,
-    new_session,
-    to_timeout,
-)
+from ._base_client import BaseClient
+from ._config import DEFAULT_TIMEOUT, ClientConfig, TimeoutTypes, to_timeout
 from ._constants import DEFAULT_BASE_URL, DEFAULT_CONTROL_URL
 from ._exceptions import ConfigurationError
 from ._logging import setup_from_env
 from ._models import VmList
 from ._retry import RetryPolicy
+from ._transport import new_session
 from ._wire import SortOrder
 from .resources import RunsResource, SyncResource, VmsResource
 

@@ -58,6 +58,6 @@ class RunsResource(Resource):
             RunResponse,
             body=body,
             idempotency_key=idempotency_key or new_ulid(),
-            timeout=self._client._config.timeout.with_read_at_least(wait),
+            read_timeout_at_least=wait,
         )
         return RunResult.from_wire(wire)

@@ -19,7 +19,6 @@ from typing import IO
 
 import requests
 
-from .._base_client import Body
 from .._constants import INLINE_WRITE_MAX, MAX_FILE_BYTES
 from .._error_codes import status_for_code
 from .._exceptions import (
@@ -44,6 +43,7 @@ from .._streams import (
     Tracker,
     open_source,
 )
+from .._transport import Body
 from .._wire import (
     ChunkEntry,
     CommitEntry,
@@ -184,7 +184,7 @@ class SyncResource(Resource):
                 tracker.total = tracker.total or size
                 tracker.set(size)
             elif wire.presigned_url:
-                size, digest = self._client.transfer(
+                size, digest = self._client.presigned.transfer(
                     "GET",
                     wire.presigned_url,
                     consume=lambda response: _drain(response, sink, tracker),
@@ -338,12 +338,12 @@ class SyncResource(Resource):
 
         def prepare(attempt: int) -> tuple[Body, dict[str, str]]:
             headers = {"Content-Type": "application/octet-stream"}
-            offset = 0 if attempt == 1 else _held_offset(self._client.head(url), size)
+            offset = 0 if attempt == 1 else _held_offset(self._client.presigned.head(url), size)
             if offset:
                 headers["Content-Range"] = f"bytes {offset}-{size - 1}/{size}"
             return source.reader(offset, tracker), headers
 
-        self._client.transfer("PUT", url, prepare=prepare, consume=lambda response: None)
+        self._client.presigned.transfer("PUT", url, prepare=prepare, consume=lambda response: None)
 
     def _write_entries(self, vm_id: str, entries: list[WriteEntry]) -> list[WriteResult]:
         """Send write entries in one request. A per-entry error raises inside the

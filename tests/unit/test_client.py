@@ -192,7 +192,7 @@ def test_api_key_never_logged_nor_in_errors(make_client, rsps, caplog, api_key) 
     said = _everything_said(caplog, errors)
     assert api_key not in said
     assert api_key not in repr(client) and api_key not in repr(client._config)
-    assert api_key not in repr(client._auth)
+    assert api_key not in repr(vars(client._transport))
     assert api_key not in repr(client.with_options(max_retries=0).__dict__)
 
 
