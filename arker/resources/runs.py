@@ -6,8 +6,7 @@ from .._exceptions import refused_before_sending
 from .._ids import new_ulid
 from .._models import RunResult
 from .._wire import RunRequest, RunResponse
-from ._resource import Resource, build_request
-from .vms import vm_path
+from ._resource import Resource, build_request, vm_path
 
 __all__ = ["RunsResource"]
 

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from urllib.parse import quote
 
 from .._exceptions import refused_before_sending
 from .._ids import looks_like_vm_id, new_ulid, resolve_source
 from .._models import ForkResult, VmList, VmSummary
 from .._wire import SORT_KEYS, DeleteResponse, ForkRequest, ForkResponse, ListVmsResponse, SortOrder
-from ._resource import Resource, build_request
+from ._resource import Resource, build_request, vm_path
 
-__all__ = ["VmsResource"]
+__all__ = ["VmsResource", "vm_path"]
 
 
 def _check_list_args(limit: int, offset: int, sort: str | None) -> None:
@@ -21,13 +20,6 @@ def _check_list_args(limit: int, offset: int, sort: str | None) -> None:
         raise refused_before_sending(f"offset must be >= 0, got {offset}")
     if sort is not None and sort not in SORT_KEYS:
         raise refused_before_sending(f"sort must be one of {SORT_KEYS}, got {sort!r}")
-
-
-def vm_path(vm_id: str, suffix: str = "") -> str:
-    """``/api/v1/vms/<id><suffix>`` with the id percent-encoded (ids come from users)."""
-    if not vm_id or not isinstance(vm_id, str):
-        raise refused_before_sending(f"vm_id must be a non-empty string: {vm_id!r}")
-    return f"/api/v1/vms/{quote(vm_id, safe='')}{suffix}"
 
 
 class VmsResource(Resource):
