@@ -1,11 +1,11 @@
 """When to retry, and how long to wait. Tenacity is the only retry layer in the SDK.
 
-Each decision is a small named function with a table test in ``tests/test_retry.py``:
+Each decision is a small named function with a table test in ``tests/unit/test_retry.py``:
 
 * `is_transient_status` — HTTP statuses worth another attempt;
 * `is_transient_envelope_error` — an ``internal`` error whose message carries one of the
-  throttling hints listed in WIRE.md (sent with HTTP 200 or 500, or inside one write
-  result);
+  throttling hints the protocol lists (`TRANSIENT_HINTS`; sent with HTTP 200 or 500,
+  or inside one write result);
 * `parse_retry_after` — the server's ``Retry-After`` header, in seconds;
 * `should_retry` — the verdict for one exception under a `RetryPolicy`.
 
@@ -75,7 +75,7 @@ def is_transient_status(status: int) -> bool:
 def is_transient_envelope_error(code: str, message: str) -> bool:
     """An ``internal`` error is transient when its message names a throttling condition.
 
-    WIRE.md allows reading message text for this purpose only.
+    The protocol allows reading message text for this purpose only.
     """
     return code == "internal" and any(hint in message for hint in TRANSIENT_HINTS)
 

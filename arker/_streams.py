@@ -294,9 +294,6 @@ class _Unclosable(io.RawIOBase):
     def read(self, size: int = -1) -> bytes:
         return self._f.read(size)
 
-    def close(self) -> None:
-        super().close()
-
 
 class Sink:
     """Where a download goes. `restart` drops what an interrupted attempt wrote."""
@@ -342,8 +339,9 @@ class PathSink(Sink):
     An interrupted download never leaves a truncated file under the final name: the
     rename happens only once every byte is there and verified. That holds against the
     process dying at any point. Surviving a power cut as well takes ``durable=True``:
-    the file (then its directory) is fsynced around the rename, which on a disk
-    writing ~500 MB/s costs about as much as the download itself.
+    the file (then its directory) is fsynced around the rename, which on a fast disk
+    costs about as much as the download itself (``benchmarks/transfer.py`` measures
+    ``durable=True`` against the default).
     """
 
     def __init__(self, dest: os.PathLike[str] | str, *, durable: bool = False) -> None:

@@ -31,7 +31,8 @@ from arker._error_codes import STATUS_BY_CODE, code_for_status, status_for_code
 
 VM = "01HZZZZZZZZZZZZZZZZZZZZZZZ_abc1"
 
-# (wire code, HTTP status, class) — codes and statuses are WIRE.md's envelope table.
+# (wire code, HTTP status, class): the protocol's envelope table, written out independently
+# of arker._error_codes so that a change to either shows here.
 ENVELOPE_CASES = [
     ("bad_request", 400, BadRequestError),
     ("unauthorized", 401, AuthenticationError),
@@ -46,8 +47,8 @@ ENVELOPE_CASES = [
     ("command_not_found", 404, CommandNotFoundError),
     ("internal", 500, InternalServerError),
     ("not_implemented", 501, NotImplementedByServerError),
-    # 429 and 5xx gateways are the transient statuses; without envelope codes in
-    # WIRE.md, the SDK names them itself.
+    # 429 and 5xx gateways are the transient statuses; the protocol gives them no
+    # envelope codes, so the SDK names them itself.
     ("rate_limited", 429, RateLimitError),
     ("unavailable", 503, ServiceUnavailableError),
 ]
