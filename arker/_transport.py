@@ -209,12 +209,16 @@ class Transport:
             return response
         except requests.Timeout as exc:
             err: APIConnectionError = APITimeoutError(
-                f"{method} {redact_url(url)} timed out: {redact_text(str(exc))}"
+                f"{method} {_shown_url(url, authenticated)} timed out: "
+                f"{_shown_text(str(exc), authenticated)}"
             )
             err._possibly_sent = not _never_sent(exc)
             raise err from None
         except requests.RequestException as exc:
-            err = APIConnectionError(f"{method} {redact_url(url)} failed: {redact_text(str(exc))}")
+            err = APIConnectionError(
+                f"{method} {_shown_url(url, authenticated)} failed: "
+                f"{_shown_text(str(exc), authenticated)}"
+            )
             err._possibly_sent = not _never_sent(exc)
             raise err from None
         finally:
@@ -263,6 +267,18 @@ class Transport:
             self.session.close()
 
 
+def _shown_url(url: str, authenticated: bool) -> str:
+    """A URL as logs and error messages show it. Only credentials are hidden: a presigned
+    URL's query string is its signature, while an API URL's query holds plain parameters
+    (``limit``, ``q``…; the API key travels in a header)."""
+    return url if authenticated else redact_url(url)
+
+
+def _shown_text(text: str, authenticated: bool) -> str:
+    """An exception's text, which quotes the URL, under the same rule as `_shown_url`."""
+    return text if authenticated else redact_text(text)
+
+
 def _log_attempt(
     method: str,
     url: str,
@@ -272,8 +288,7 @@ def _log_attempt(
     attempt: int,
 ) -> None:
     elapsed_ms = (time.perf_counter() - started) * 1000
-    # API query strings are plain parameters; presigned ones hold a signature.
-    shown_url = url if authenticated else redact_url(url)
+    shown_url = _shown_url(url, authenticated)
     log.info(
         "%s %s -> %s (%.1f ms, attempt %d)",
         method,
