@@ -37,7 +37,7 @@ from ._exceptions import (
 from ._logging import redact_url
 from ._presigned import PresignedTransfer
 from ._response import decode_response
-from ._retry import build_retrying, is_transient_envelope_error, is_transient_status
+from ._retry import build_retrying, is_transient
 from ._transport import USER_AGENT, Transport, possibly_sent
 
 __all__ = ["BaseClient"]
@@ -45,11 +45,6 @@ __all__ = ["BaseClient"]
 M = TypeVar("M", bound=BaseModel)
 
 Host = Literal["base", "control"]
-
-
-def _is_transient(exc: APIStatusError) -> bool:
-    """An error a gateway or throttle may have produced without reaching the server."""
-    return is_transient_status(exc.status) or is_transient_envelope_error(exc.code, exc.message)
 
 
 class BaseClient:
@@ -183,9 +178,7 @@ class BaseClient:
             # A 502/504 alone stays a `ServiceUnavailableError`, as documented.
             if idempotency_key is None or isinstance(exc, OutcomeUnknownError):
                 raise
-            unknown = lost_after_send and (
-                isinstance(exc, APIConnectionError) or _is_transient(exc)
-            )
+            unknown = lost_after_send and (isinstance(exc, APIConnectionError) or is_transient(exc))
             if not unknown:
                 raise
             raise OutcomeUnknownError(
