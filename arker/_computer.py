@@ -14,8 +14,9 @@ __all__ = ["Computer", "Sync"]
 log = logging.getLogger("arker")
 
 
-class _Resources(Protocol):
-    """What a `Computer` needs of its client: the three resources (an `Arker` has them)."""
+class ClientResources(Protocol):
+    """What a `Computer` needs of its client: its three resources. An `Arker` has them;
+    typing the handle by this alone keeps this module from importing the client."""
 
     @property
     def vms(self) -> VmsResource: ...
@@ -43,7 +44,7 @@ class Computer:
         sync: File transfer for this VM.
     """
 
-    def __init__(self, client: _Resources, vm_id: str) -> None:
+    def __init__(self, client: ClientResources, vm_id: str) -> None:
         self._client = client
         self.id = vm_id
         self.sync = Sync(client.sync, vm_id)
