@@ -9,9 +9,9 @@ with client.vm("arkuntu").fork(name="hello") as vm:
 ```
 """
 
-from ._base_client import Timeout
 from ._client import Arker
 from ._computer import Computer, Sync
+from ._config import Timeout
 from ._constants import ARKUNTU_ID
 from ._exceptions import (
     APIConnectionError,

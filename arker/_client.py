@@ -7,28 +7,20 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 import requests
 
-from ._base_client import (
-    DEFAULT_TIMEOUT,
-    BaseClient,
-    ClientConfig,
-    TimeoutTypes,
-    new_session,
-    to_timeout,
-)
+from ._base_client import BaseClient
+from ._computer import Computer
+from ._config import DEFAULT_TIMEOUT, ClientConfig, TimeoutTypes, to_timeout
 from ._constants import DEFAULT_BASE_URL, DEFAULT_CONTROL_URL
 from ._exceptions import ConfigurationError
 from ._logging import setup_from_env
 from ._models import VmList
 from ._retry import RetryPolicy
+from ._transport import new_session
 from ._wire import SortOrder
 from .resources import RunsResource, SyncResource, VmsResource
-
-if TYPE_CHECKING:
-    from ._computer import Computer
 
 __all__ = ["Arker"]
 
@@ -172,8 +164,6 @@ class Arker(BaseClient):
 
     def vm(self, vm_id: str) -> Computer:
         """A handle on a VM by id or image name (``"arkuntu"``). Makes no request."""
-        from ._computer import Computer
-
         return Computer(self, vm_id)
 
     def list(

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import logging
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ._models import RunResult
-
-if TYPE_CHECKING:
-    from ._client import Arker
+from .resources import RunsResource, SyncResource, VmsResource
 
 __all__ = ["Computer", "Sync"]
 
 log = logging.getLogger("arker")
+
+
+class ClientResources(Protocol):
+    """What a `Computer` needs of its client: its three resources. An `Arker` has them;
+    typing the handle by this alone keeps this module from importing the client."""
+
+    @property
+    def vms(self) -> VmsResource: ...
+
+    @property
+    def runs(self) -> RunsResource: ...
+
+    @property
+    def sync(self) -> SyncResource: ...
 
 
 class Computer:
@@ -32,10 +44,10 @@ class Computer:
         sync: File transfer for this VM.
     """
 
-    def __init__(self, client: Arker, vm_id: str) -> None:
+    def __init__(self, client: ClientResources, vm_id: str) -> None:
         self._client = client
         self.id = vm_id
-        self.sync = Sync(self)
+        self.sync = Sync(client.sync, vm_id)
         self._deleted = False
 
     def fork(
@@ -105,13 +117,14 @@ class Computer:
 class Sync:
     """File I/O for one VM (the 0.1.0 names). Paths must be under ``/home/user/``."""
 
-    def __init__(self, vm: Computer) -> None:
-        self._vm = vm
+    def __init__(self, files: SyncResource, vm_id: str) -> None:
+        self._files = files
+        self._vm_id = vm_id
 
     def read_file(self, path: str) -> bytes:
         """The bytes of the file at ``path``."""
-        return self._vm._client.sync.read(self._vm.id, path)
+        return self._files.read(self._vm_id, path)
 
     def write_file(self, path: str, data: bytes | str) -> None:
         """Write ``data`` to ``path`` atomically; returns once it is durably stored."""
-        self._vm._client.sync.write(self._vm.id, path, data)
+        self._files.write(self._vm_id, path, data)

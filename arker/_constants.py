@@ -1,4 +1,4 @@
-"""Protocol constants shared by the SDK and `arker serve` (values from WIRE.md)."""
+"""Protocol constants shared by the SDK and `arker serve` (values the wire protocol fixes)."""
 
 from __future__ import annotations
 

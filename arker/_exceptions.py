@@ -9,7 +9,7 @@ The tree::
     │   └── OutcomeUnknownError      fork/run may have happened; retry with its key
     ├── ResponseValidationError      the server answered something off-protocol
     └── APIStatusError               the server answered with an error envelope
-        ├── BadRequestError              400 bad_request
+        ├── BadRequestError              400 bad_request (status 0: refused before sending)
         │   └── UnsupportedError         400 unsupported_*
         ├── AuthenticationError          401 unauthorized
         ├── PaymentRequiredError         402 payment_required
@@ -25,11 +25,18 @@ The tree::
         └── ServiceUnavailableError      502/503/504 unavailable
 
 An error code the SDK does not know still raises `APIStatusError` carrying that code.
+The status of each code comes from the shared table in `arker._error_codes`. Arguments
+the SDK can check itself (a bad sync path, a ``limit`` out of range, a file over the size
+limit…) are refused before anything is sent: the error is the class the server would
+have answered with, so one ``except BadRequestError`` covers both, but its ``status`` is
+``0``, as for every error without an HTTP response (see `refused_before_sending`).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
+
+from ._error_codes import UNSUPPORTED_PREFIX
 
 __all__ = [
     "APIConnectionError",
@@ -54,7 +61,7 @@ __all__ = [
     "UnsupportedError",
     "VmBusyError",
     "error_for",
-    "status_for_code",
+    "refused_before_sending",
 ]
 
 
@@ -64,7 +71,8 @@ class ArkerError(Exception):
     Attributes:
         code: Stable machine-readable code (``"not_found"``, ``"vm_busy"``…).
         message: Human-readable text from the server or the SDK.
-        status: HTTP status of the response, or ``0`` when there was none.
+        status: HTTP status of the response, or ``0`` when there was none (no
+            connection, or an argument refused before anything was sent).
     """
 
     def __init__(self, code: str, message: str, status: int = 0) -> None:
@@ -174,77 +182,62 @@ class APIStatusError(ArkerError):
 
 class BadRequestError(APIStatusError):
     wire_code = "bad_request"
-    status: Literal[400]
 
 
 class UnsupportedError(BadRequestError):
     """``unsupported_*`` codes, e.g. ``unsupported_region``."""
 
-    status: Literal[400]
-
 
 class AuthenticationError(APIStatusError):
     wire_code = "unauthorized"
-    status: Literal[401]
 
 
 class PaymentRequiredError(APIStatusError):
     wire_code = "payment_required"
-    status: Literal[402]
 
 
 class PermissionDeniedError(APIStatusError):
     wire_code = "forbidden"
-    status: Literal[403]
 
 
 class NotFoundError(APIStatusError):
     wire_code = "not_found"
-    status: Literal[404]
 
 
 class CommandNotFoundError(NotFoundError):
     wire_code = "command_not_found"
-    status: Literal[404]
 
 
 class ConflictError(APIStatusError):
     wire_code = "conflict"
-    status: Literal[409]
 
 
 class VmBusyError(ConflictError):
     """A run is already in progress on that session (or the VM is locked)."""
 
     wire_code = "vm_busy"
-    status: Literal[409]
 
 
 class PayloadTooLargeError(APIStatusError):
     wire_code = "payload_too_large"
-    status: Literal[413]
 
 
 class RateLimitError(APIStatusError):
     wire_code = "rate_limited"
-    status: Literal[429]
 
 
 class InternalServerError(APIStatusError):
     wire_code = "internal"
-    status: Literal[500]
 
 
 class NotImplementedByServerError(APIStatusError):
     wire_code = "not_implemented"
-    status: Literal[501]
 
 
 class ServiceUnavailableError(APIStatusError):
     """HTTP 502/503/504: a gateway or the service is temporarily unavailable."""
 
     wire_code = "unavailable"
-    status: Literal[502, 503, 504]
 
 
 _STATUS_CLASSES: tuple[type[APIStatusError], ...] = (
@@ -266,59 +259,27 @@ _CLASS_BY_CODE: dict[str, type[APIStatusError]] = {
     cls.wire_code: cls for cls in _STATUS_CLASSES if cls.wire_code
 }
 
-_STATUS_BY_CODE: dict[str, int] = {
-    "bad_request": 400,
-    "unauthorized": 401,
-    "payment_required": 402,
-    "forbidden": 403,
-    "not_found": 404,
-    "command_not_found": 404,
-    "conflict": 409,
-    "vm_busy": 409,
-    "payload_too_large": 413,
-    "rate_limited": 429,
-    "internal": 500,
-    "not_implemented": 501,
-    "unavailable": 503,
-}
-
-# When an error status arrives without a usable envelope, the status picks the class.
-_CODE_BY_STATUS: dict[int, str] = {
-    400: "bad_request",
-    401: "unauthorized",
-    402: "payment_required",
-    403: "forbidden",
-    404: "not_found",
-    409: "conflict",
-    413: "payload_too_large",
-    429: "rate_limited",
-    500: "internal",
-    501: "not_implemented",
-    502: "unavailable",
-    503: "unavailable",
-    504: "unavailable",
-}
-
-
-def status_for_code(code: str) -> int:
-    """The HTTP status WIRE.md assigns to ``code`` (``unsupported_*`` → 400)."""
-    if code.startswith("unsupported_"):
-        return 400
-    return _STATUS_BY_CODE.get(code, 500)
-
-
-def code_for_status(status: int) -> str:
-    """A fallback code for an error status that came without an envelope."""
-    return _CODE_BY_STATUS.get(status, "bad_request" if 400 <= status < 500 else "internal")
-
 
 def error_for(
     code: str, message: str, status: int, *, retry_after: float | None = None
 ) -> APIStatusError:
     """Build the most specific `APIStatusError` subclass for a server error."""
     cls: type[APIStatusError]
-    if code.startswith("unsupported_"):
+    if code.startswith(UNSUPPORTED_PREFIX):
         cls = UnsupportedError
     else:
         cls = _CLASS_BY_CODE.get(code, APIStatusError)
     return cls(code, message, status, retry_after=retry_after)
+
+
+def refused_before_sending(
+    message: str, cls: type[APIStatusError] = BadRequestError
+) -> APIStatusError:
+    """An argument the SDK refuses itself, before any request: ``status`` is ``0``.
+
+    The class (and so the code) is the one the server would answer with, so callers
+    catch both alike; the status tells that no server saw the request.
+    """
+    if cls.wire_code is None:
+        raise TypeError(f"{cls.__name__} names no wire code")
+    return cls(cls.wire_code, message, 0)

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import base64
-import binascii
+import warnings
 from collections.abc import Iterator
-from datetime import datetime
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_serializer
+from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, field_serializer
 
 from ._exceptions import ResponseValidationError
-from ._wire import ForkResponse, ListVmsResponse, RunResponse, VmSummaryWire
+from ._wire import ForkResponse, ListVmsResponse, RunResponse, VmSummaryWire, decode_content
 
 __all__ = ["DirSyncResult", "ForkResult", "RunResult", "VmList", "VmSummary"]
 
@@ -83,12 +82,10 @@ class RunResult(_PublicModel):
 
 def _decode_stream(text: str, encoding: str, field: str) -> bytes:
     """Turn a wire output stream into bytes. Unknown encodings are taken as text."""
-    if encoding == "base64":
-        try:
-            return base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ResponseValidationError(f"{field}: invalid base64 ({exc})") from exc
-    return text.encode("utf-8", "surrogatepass")
+    try:
+        return decode_content(text, encoding)
+    except ValueError as exc:
+        raise ResponseValidationError(f"{field}: {exc}") from None
 
 
 class VmSummary(_PublicModel):
@@ -153,7 +150,7 @@ class ForkResult(_PublicModel):
     name: str | None = None
     base_image: str | None = None
     region: str | None = None
-    created_at: datetime | None = None
+    created_at: AwareDatetime | None = None
 
     @classmethod
     def from_wire(cls, wire: ForkResponse) -> ForkResult:
@@ -163,26 +160,62 @@ class ForkResult(_PublicModel):
 class DirSyncResult(_PublicModel):
     """What `SyncResource.push_dir` or `SyncResource.pull_dir` did.
 
+    The fields name no direction: for ``push_dir`` the files went to the VM, for
+    ``pull_dir`` they came from it.
+
     Attributes:
-        sent: Relative paths of the files transferred, in order.
+        transferred: Relative paths of the files copied to the other side, in order.
         skipped: Relative paths already identical on the other side (same sha256 and mode).
         deleted: Relative paths removed from the other side (``delete=True``).
-        bytes_sent: Bytes of file content transferred.
+        bytes_transferred: Bytes of file content copied.
         symlinks_skipped: Symbolic links found and left alone (never followed).
     """
 
-    sent: list[str] = Field(default_factory=list)
+    # The 0.2 names (``sent``, ``bytes_sent``) still load from serialised results.
+    transferred: list[str] = Field(
+        default_factory=list, validation_alias=AliasChoices("transferred", "sent")
+    )
     skipped: list[str] = Field(default_factory=list)
     deleted: list[str] = Field(default_factory=list)
-    bytes_sent: int = 0
+    bytes_transferred: int = Field(
+        default=0, validation_alias=AliasChoices("bytes_transferred", "bytes_sent")
+    )
     symlinks_skipped: list[str] = Field(default_factory=list)
 
     @property
-    def files_sent(self) -> int:
-        """How many files were transferred."""
-        return len(self.sent)
+    def files_transferred(self) -> int:
+        """How many files were copied."""
+        return len(self.transferred)
 
     @property
     def files_skipped(self) -> int:
         """How many files were already up to date."""
         return len(self.skipped)
+
+    # -- deprecated names: they said "sent" even for the downloads of pull_dir ---------
+
+    @property
+    def sent(self) -> list[str]:
+        """Deprecated: `transferred`."""
+        _renamed("sent", "transferred")
+        return self.transferred
+
+    @property
+    def bytes_sent(self) -> int:
+        """Deprecated: `bytes_transferred`."""
+        _renamed("bytes_sent", "bytes_transferred")
+        return self.bytes_transferred
+
+    @property
+    def files_sent(self) -> int:
+        """Deprecated: `files_transferred`."""
+        _renamed("files_sent", "files_transferred")
+        return self.files_transferred
+
+
+def _renamed(old: str, new: str) -> None:
+    warnings.warn(
+        f"DirSyncResult.{old} is deprecated; use DirSyncResult.{new}",
+        DeprecationWarning,
+        stacklevel=3,
+    )

@@ -8,7 +8,7 @@ from ._constants import HOME_PREFIX, MAX_PATH_BYTES
 def path_problem(path: object) -> str | None:
     """Why ``path`` is not a valid VM file path, or `None` when it is.
 
-    Rules (WIRE.md): a string, absolute, under ``/home/user/``, no ``..`` segment,
+    The wire protocol's rules: a string, absolute, under ``/home/user/``, no ``..`` segment,
     no NUL byte, at most 4096 bytes in UTF-8.
     """
     if not isinstance(path, str):

@@ -8,7 +8,8 @@ from typing import Any, TypeVar
 import requests
 from pydantic import BaseModel, ValidationError
 
-from ._exceptions import APIStatusError, ResponseValidationError, code_for_status, error_for
+from ._error_codes import code_for_status
+from ._exceptions import APIStatusError, ResponseValidationError, error_for
 from ._retry import parse_retry_after
 from ._wire import ErrorEnvelope
 
@@ -58,7 +59,7 @@ def error_from_response(response: requests.Response, payload: Any = None) -> API
 def decode_response(response: requests.Response, model: type[M]) -> M:
     """Validate a JSON envelope into ``model``; raise the error it carries instead.
 
-    An ``ok: false`` envelope is an error whatever the HTTP status (WIRE.md lets
+    An ``ok: false`` envelope is an error whatever the HTTP status (the protocol lets
     transient errors arrive with HTTP 200).
     """
     payload = _json_or_none(response)

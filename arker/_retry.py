@@ -1,11 +1,12 @@
 """When to retry, and how long to wait. Tenacity is the only retry layer in the SDK.
 
-Each decision is a small named function with a table test in ``tests/test_retry.py``:
+Each decision is a small named function with a table test in ``tests/unit/test_retry.py``:
 
 * `is_transient_status` — HTTP statuses worth another attempt;
 * `is_transient_envelope_error` — an ``internal`` error whose message carries one of the
-  throttling hints listed in WIRE.md (sent with HTTP 200 or 500, or inside one write
-  result);
+  throttling hints the protocol lists (`TRANSIENT_HINTS`; sent with HTTP 200 or 500,
+  or inside one write result);
+* `is_transient` — either of the two, for one server error;
 * `parse_retry_after` — the server's ``Retry-After`` header, in seconds;
 * `should_retry` — the verdict for one exception under a `RetryPolicy`.
 
@@ -37,6 +38,7 @@ __all__ = [
     "TRANSIENT_STATUSES",
     "RetryPolicy",
     "build_retrying",
+    "is_transient",
     "is_transient_envelope_error",
     "is_transient_status",
     "parse_retry_after",
@@ -75,9 +77,14 @@ def is_transient_status(status: int) -> bool:
 def is_transient_envelope_error(code: str, message: str) -> bool:
     """An ``internal`` error is transient when its message names a throttling condition.
 
-    WIRE.md allows reading message text for this purpose only.
+    The protocol allows reading message text for this purpose only.
     """
     return code == "internal" and any(hint in message for hint in TRANSIENT_HINTS)
+
+
+def is_transient(exc: APIStatusError) -> bool:
+    """An error a gateway or throttle may have produced: worth another attempt."""
+    return is_transient_status(exc.status) or is_transient_envelope_error(exc.code, exc.message)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -108,12 +115,7 @@ def should_retry(exc: BaseException, policy: RetryPolicy) -> bool:
     """
     if isinstance(exc, APIConnectionError):
         return True
-    if not isinstance(exc, APIStatusError):
-        return False
-    transient = is_transient_status(exc.status) or is_transient_envelope_error(
-        exc.code, exc.message
-    )
-    if not transient:
+    if not isinstance(exc, APIStatusError) or not is_transient(exc):
         return False
     return exc.retry_after is None or exc.retry_after <= policy.max_retry_after
 

@@ -4,7 +4,8 @@ Every request the SDK sends is built from one of these models, and every respons
 receives is validated into one. `arker serve` uses the very same classes for its
 routes, so the protocol has exactly one definition in this code base.
 
-Rules that keep old clients working against newer servers (see WIRE.md):
+Rules that keep old clients working against newer servers (the extensions this code
+base adds are listed in ``docs/wire-extensions.md``):
 
 * responses ignore unknown fields (``extra="ignore"``);
 * enum-like strings (``encoding``, error ``code``) are plain ``str``: an unknown value
@@ -15,12 +16,15 @@ Rules that keep old clients working against newer servers (see WIRE.md):
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import datetime, timezone
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag
 
 __all__ = [
+    "SORT_KEYS",
     "ChunkEntry",
     "CommitEntry",
     "DeleteResponse",
@@ -47,14 +51,19 @@ __all__ = [
     "VmSummaryWire",
     "WriteEntry",
     "WriteResult",
+    "decode_content",
+    "encode_content",
 ]
 
 SortOrder = Literal["created_at", "-created_at", "region", "-region"]
-"""Sort keys accepted by the list route."""
+"""Sort keys accepted by the list route: a field, descending with a leading ``-``."""
+
+SORT_KEYS: tuple[SortOrder, ...] = get_args(SortOrder)
+"""The same keys as a tuple, for checks at run time."""
 
 
 def _assume_utc(value: datetime) -> datetime:
-    """WIRE.md timestamps are UTC; a server that omits the offset still means UTC."""
+    """Wire timestamps are UTC; a server that omits the offset still means UTC."""
     return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
@@ -66,6 +75,35 @@ class WireModel(BaseModel):
     """Base of every wire model: unknown fields are ignored, never an error."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+# --- file content codec ---------------------------------------------------------------
+
+
+def encode_content(data: bytes) -> tuple[str, str]:
+    """``(text, encoding)`` for bytes in a JSON field: the text itself when the bytes are
+    valid UTF-8 (``"utf-8"``), else standard base64 (``"base64"``)."""
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        return base64.b64encode(data).decode("ascii"), "base64"
+
+
+def decode_content(text: str, encoding: str | None) -> bytes:
+    """The bytes ``encode_content`` made ``(text, encoding)`` from.
+
+    ``"base64"`` is strict standard base64; any other encoding (``"utf-8"``, absent, or
+    one a newer peer invented) is taken as text, so an unknown value never loses data.
+
+    Raises:
+        ValueError: ``encoding`` is ``"base64"`` and ``text`` is not valid base64.
+    """
+    if encoding == "base64":
+        try:
+            return base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"invalid base64 ({exc})") from None
+    return text.encode("utf-8", "surrogatepass")
 
 
 # --- envelope ---------------------------------------------------------------------------

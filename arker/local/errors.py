@@ -20,21 +20,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .._exceptions import status_for_code
+from .._error_codes import code_for_status, status_for_code
 from .._wire import ErrorBody, ErrorEnvelope
 
 log = logging.getLogger("arker.local")
-
-_CODE_FOR_HTTP = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "bad_request",
-    409: "conflict",
-    413: "payload_too_large",
-    422: "bad_request",
-}
 
 
 class ApiError(Exception):
@@ -92,7 +81,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _CODE_FOR_HTTP.get(exc.status_code, "internal")
+        code = code_for_status(exc.status_code)
         status = 400 if exc.status_code == 422 else exc.status_code
         # Keep the exception's headers: a 405 must name the methods it does allow.
         return envelope(code, str(exc.detail), status, exc.headers)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .._wire import SORT_KEYS
+
 SYSTEM_ORG = "system"
 """Owner of the public base image."""
 
@@ -134,12 +136,18 @@ class UploadRow:
 
 
 _VM_COLUMNS = "id, org_id, name, is_public, base_image, region, created_at, parent"
-_SORTS = {
-    "created_at": "created_at ASC, id ASC",
-    "-created_at": "created_at DESC, id DESC",
-    "region": "region ASC, created_at DESC, id DESC",
-    "-region": "region DESC, created_at DESC, id DESC",
-}
+
+
+def _order_by(key: str) -> str:
+    """The ORDER BY clause of a wire sort key (``-`` = descending). Equal values are
+    ordered too (newest first, then by id), so pages by offset never overlap."""
+    column = key.lstrip("-")
+    direction = "DESC" if key.startswith("-") else "ASC"
+    ties = f"id {direction}" if column == "created_at" else "created_at DESC, id DESC"
+    return f"{column} {direction}, {ties}"
+
+
+_SORTS: dict[str, str] = {key: _order_by(key) for key in SORT_KEYS}
 
 
 class Store:

@@ -1,14 +1,17 @@
-"""Base of the resource classes, and request-model construction with SDK errors."""
+"""Base of the resource classes: request-model construction with SDK errors, route paths."""
 
 from __future__ import annotations
 
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 from pydantic import BaseModel, ValidationError
 
 from .._base_client import BaseClient
-from .._exceptions import BadRequestError
+from .._exceptions import refused_before_sending
 from .._response import validation_message
+
+__all__ = ["Resource", "build_request", "vm_path"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -19,7 +22,14 @@ def build_request(model: type[M], **fields: Any) -> M:
     try:
         return model(**fields)
     except ValidationError as exc:
-        raise BadRequestError("bad_request", validation_message(exc, model.__name__), 400) from None
+        raise refused_before_sending(validation_message(exc, model.__name__)) from None
+
+
+def vm_path(vm_id: str, suffix: str = "") -> str:
+    """``/api/v1/vms/<id><suffix>`` with the id percent-encoded (ids come from users)."""
+    if not vm_id or not isinstance(vm_id, str):
+        raise refused_before_sending(f"vm_id must be a non-empty string: {vm_id!r}")
+    return f"/api/v1/vms/{quote(vm_id, safe='')}{suffix}"
 
 
 class Resource:

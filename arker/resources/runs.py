@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from .._exceptions import BadRequestError
+from .._exceptions import refused_before_sending
 from .._ids import new_ulid
 from .._models import RunResult
 from .._wire import RunRequest, RunResponse
-from ._resource import Resource, build_request
-from .vms import vm_path
+from ._resource import Resource, build_request, vm_path
 
 __all__ = ["RunsResource"]
 
@@ -47,9 +46,9 @@ class RunsResource(Resource):
             VmBusyError: Another command is still running in that session.
         """
         if not isinstance(command, str):
-            raise BadRequestError("bad_request", "command must be a string", 400)
+            raise refused_before_sending("command must be a string")
         if timeout is not None and (isinstance(timeout, bool) or timeout < 1):
-            raise BadRequestError("bad_request", f"timeout must be >= 1 s, got {timeout}", 400)
+            raise refused_before_sending(f"timeout must be >= 1 s, got {timeout}")
         body = build_request(RunRequest, command=command, session_id=session_id, timeout=timeout)
         wait = (timeout or _SERVER_DEFAULT_TIMEOUT_S) + _READ_MARGIN_S
         wire = self._client.call(
@@ -58,6 +57,6 @@ class RunsResource(Resource):
             RunResponse,
             body=body,
             idempotency_key=idempotency_key or new_ulid(),
-            timeout=self._client._config.timeout.with_read_at_least(wait),
+            read_timeout_at_least=wait,
         )
         return RunResult.from_wire(wire)

@@ -1,119 +1,37 @@
 """``client.sync``: move files in and out of a VM, streaming, verified, resumable.
 
-Writes up to 4 MiB travel inline as one chunk; larger ones ask for a presigned URL,
-stream the raw bytes there with a PUT and commit. Every step retries under the client's
-policy and is idempotent: the chunk's ``upload_id`` is minted once per call, and the
-presigned upload is committed under the id the server gave it. An interrupted PUT
-resumes from the bytes the server already holds when the server can say (``HEAD`` on the
-upload URL answers ``Upload-Offset``), and starts over otherwise. Every transfer carries
-a sha256 that the receiving side checks.
+This class is the public face; the work is done by `FileTransfer` (one file, inline or
+presigned: ``_file_transfer.py``), `DirSync` (whole directories through the server's
+manifest: ``_dirsync.py``) and `SyncRoute` (the requests of the sync route:
+``_sync_route.py``).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import io
 import os
 from typing import IO
 
-import requests
-
-from .._base_client import Body
-from .._constants import INLINE_WRITE_MAX, MAX_FILE_BYTES
-from .._exceptions import (
-    BadRequestError,
-    PayloadTooLargeError,
-    PermissionDeniedError,
-    ResponseValidationError,
-    error_for,
-    status_for_code,
-)
-from .._ids import new_ulid
+from .._base_client import BaseClient
 from .._models import DirSyncResult
-from .._paths import path_problem
-from .._retry import is_transient_envelope_error
-from .._streams import (
-    CHUNK,
-    BackgroundHash,
-    DataSource,
-    PathSink,
-    ProgressCallback,
-    Sink,
-    Source,
-    Tracker,
-    open_source,
-)
-from .._wire import (
-    ChunkEntry,
-    CommitEntry,
-    PresignEntry,
-    SyncReadRequest,
-    SyncReadResponse,
-    SyncWriteRequest,
-    SyncWriteResponse,
-    WriteEntry,
-    WriteResult,
-)
-from ._dirsync import Ignore, pull_dir, push_dir
+from .._streams import DataSource, ProgressCallback
+from .._wire import WriteEntry, WriteResult
+from ._dirsync import DirSync
+from ._file_transfer import FileTransfer, check_path
+from ._local_tree import Ignore
 from ._resource import Resource
-from .vms import vm_path
+from ._sync_route import SyncRoute
 
 __all__ = ["SyncResource", "check_path"]
 
 
-def check_path(path: str) -> None:
-    """Raise `BadRequestError` for a path the server would refuse (before any request)."""
-    problem = path_problem(path)
-    if problem is not None:
-        raise BadRequestError("bad_request", problem, 400)
-
-
-def _require_written(result: WriteResult, what: str) -> None:
-    if not (result.complete and result.written):
-        raise ResponseValidationError(f"{what}: server did not confirm complete+written", 200)
-
-
-def _inline_content(wire: SyncReadResponse) -> bytes:
-    content = wire.content or ""
-    if wire.encoding == "base64":
-        try:
-            return base64.b64decode(content, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ResponseValidationError(f"content: invalid base64 ({exc})") from None
-    return content.encode("utf-8", "surrogatepass")
-
-
-def inline_entry(path: str, payload: bytes, sha256: str, mode: int | None) -> ChunkEntry:
-    """The whole file as one chunk; its ``upload_id`` is minted once per call, so a
-    retried chunk is the same chunk."""
-    return ChunkEntry(
-        path=path,
-        size=len(payload),
-        upload_id=new_ulid(),
-        start=0,
-        end=len(payload),
-        content=base64.b64encode(payload).decode("ascii"),
-        sha256=sha256,
-        mode=mode,
-    )
-
-
-def _held_offset(response: requests.Response | None, size: int) -> int:
-    """Where to resume an upload: the server's ``Upload-Offset``, kept below ``size`` so
-    the resuming PUT always carries at least one byte."""
-    if response is None:
-        return 0
-    try:
-        held = int(response.headers.get("Upload-Offset", "0"))
-    except ValueError:
-        return 0
-    return max(0, min(held, size - 1))
-
-
 class SyncResource(Resource):
     """File transfer for VMs. Paths must be absolute and under ``/home/user/``."""
+
+    def __init__(self, client: BaseClient) -> None:
+        super().__init__(client)
+        self._route = SyncRoute(client)
+        self._files = FileTransfer(self._route, client.presigned)
+        self._dirs = DirSync(self._route, self._files)
 
     # -- reads -----------------------------------------------------------------------
 
@@ -131,10 +49,7 @@ class SyncResource(Resource):
             ResponseValidationError: The bytes do not match the size or sha256 the
                 server announced.
         """
-        check_path(path)
-        buffer = io.BytesIO()
-        self._download(vm_id, path, Sink(buffer), progress)
-        return buffer.getvalue()
+        return self._files.read(vm_id, path, progress)
 
     def read_to(
         self,
@@ -167,44 +82,7 @@ class SyncResource(Resource):
             ResponseValidationError: The bytes do not match the size or sha256 the
                 server announced; nothing is left under ``dest``.
         """
-        check_path(path)
-        if isinstance(dest, (str, os.PathLike)):
-            return self._download(vm_id, path, PathSink(dest, durable=durable), progress)
-        return self._download(vm_id, path, Sink(dest), progress)
-
-    def _download(
-        self, vm_id: str, path: str, sink: Sink, progress: ProgressCallback | None
-    ) -> int:
-        try:
-            wire = self._client.call(
-                "POST", vm_path(vm_id, "/sync"), SyncReadResponse, body=SyncReadRequest(path=path)
-            )
-            tracker = Tracker(wire.size or 0, progress)
-            if wire.content is not None:
-                data = _inline_content(wire)
-                sink.write(data)
-                size, digest = len(data), hashlib.sha256(data).hexdigest()
-                tracker.total = tracker.total or size
-                tracker.set(size)
-            elif wire.presigned_url:
-                size, digest = self._client.transfer(
-                    "GET",
-                    wire.presigned_url,
-                    consume=lambda response: _drain(response, sink, tracker),
-                )
-            else:
-                raise ResponseValidationError("SyncReadResponse: neither content nor presigned_url")
-            if wire.size is not None and wire.size != size:
-                raise ResponseValidationError(
-                    f"read {path}: server announced {wire.size} bytes, received {size}"
-                )
-            if wire.sha256 is not None and wire.sha256 != digest:
-                raise ResponseValidationError(f"read {path}: sha256 mismatch, nothing was saved")
-        except BaseException:
-            sink.abort()
-            raise
-        sink.commit()
-        return size
+        return self._files.read_to(vm_id, path, dest, progress, durable)
 
     # -- directories -----------------------------------------------------------------
 
@@ -234,7 +112,7 @@ class SyncResource(Resource):
         Returns:
             What was sent, skipped and deleted, and how many bytes moved.
         """
-        return push_dir(self, vm_id, local_dir, remote_dir, delete=delete, ignore=ignore)
+        return self._dirs.push(vm_id, local_dir, remote_dir, delete=delete, ignore=ignore)
 
     def pull_dir(
         self,
@@ -262,8 +140,8 @@ class SyncResource(Resource):
         Returns:
             What was downloaded, skipped and deleted, and how many bytes moved.
         """
-        return pull_dir(
-            self, vm_id, remote_dir, local_dir, delete=delete, ignore=ignore, durable=durable
+        return self._dirs.pull(
+            vm_id, remote_dir, local_dir, delete=delete, ignore=ignore, durable=durable
         )
 
     # -- writes ----------------------------------------------------------------------
@@ -297,106 +175,9 @@ class SyncResource(Resource):
                 (no request is made).
             PayloadTooLargeError: ``data`` exceeds 100 MiB (no request is made).
         """
-        check_path(path)
-        source = open_source(data, MAX_FILE_BYTES)
-        if source.size > MAX_FILE_BYTES:
-            raise PayloadTooLargeError(
-                "payload_too_large",
-                f"data is over the {MAX_FILE_BYTES}-byte (100 MiB) file limit",
-                413,
-            )
-        if mode is not None and not 0 <= mode <= 0o7777:
-            raise BadRequestError("bad_request", f"mode must be 0..0o7777, got {mode!r}", 400)
-        tracker = Tracker(source.size, progress)
-        if source.size <= INLINE_WRITE_MAX:
-            payload = source.read_all()
-            entry = inline_entry(path, payload, hashlib.sha256(payload).hexdigest(), mode)
-            _require_written(self._write_entries(vm_id, [entry])[0], f"write {path}")
-            tracker.set(source.size)
-        else:
-            upload_id = self._upload(vm_id, path, source, tracker)
-            commit = CommitEntry(
-                path=path, size=source.size, upload_id=upload_id, sha256=source.sha256, mode=mode
-            )
-            _require_written(self._write_entries(vm_id, [commit])[0], f"commit {path}")
-
-    def _upload(self, vm_id: str, path: str, source: Source, tracker: Tracker) -> str:
-        """PUT the bytes to a presigned URL; return the upload id to commit.
-
-        A URL that expired mid-transfer (403) is re-requested once, transparently.
-        """
-        for fresh_grant in (True, False):
-            grant = self._write_entries(vm_id, [PresignEntry(path=path, size=source.size)])[0]
-            if not grant.presigned_url or not grant.upload_id:
-                raise ResponseValidationError("presigned write: missing presigned_url or upload_id")
-            try:
-                self._put(grant.presigned_url, source, tracker)
-            except PermissionDeniedError:
-                if not fresh_grant:
-                    raise
-                continue
-            return grant.upload_id
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _put(self, url: str, source: Source, tracker: Tracker) -> None:
-        size = source.size
-
-        def prepare(attempt: int) -> tuple[Body, dict[str, str]]:
-            headers = {"Content-Type": "application/octet-stream"}
-            offset = 0 if attempt == 1 else _held_offset(self._client.head(url), size)
-            if offset:
-                headers["Content-Range"] = f"bytes {offset}-{size - 1}/{size}"
-            return source.reader(offset, tracker), headers
-
-        self._client.transfer("PUT", url, prepare=prepare, consume=lambda response: None)
+        self._files.write(vm_id, path, data, mode, progress)
 
     def _write_entries(self, vm_id: str, entries: list[WriteEntry]) -> list[WriteResult]:
-        """Send write entries in one request. A per-entry error raises inside the
-        attempt, so a transient one is retried like any other transient failure (every
-        entry is idempotent: chunks by ``upload_id``, commits by upload)."""
-
-        def check(response: SyncWriteResponse) -> None:
-            if len(response.results) != len(entries):
-                raise ResponseValidationError(
-                    f"SyncWriteResponse: {len(entries)} entries, {len(response.results)} results",
-                    200,
-                )
-            errors = [
-                error_for(
-                    r.error.code, f"{e.path}: {r.error.message}", status_for_code(r.error.code)
-                )
-                for e, r in zip(entries, response.results, strict=True)
-                if r.error is not None
-            ]
-            # A transient error first, so the whole (idempotent) batch is retried.
-            errors.sort(key=lambda err: not is_transient_envelope_error(err.code, err.message))
-            if errors:
-                raise errors[0]
-
-        response = self._client.call(
-            "POST",
-            vm_path(vm_id, "/sync"),
-            SyncWriteResponse,
-            body=SyncWriteRequest(writes=entries),
-            check=check,
-        )
-        return response.results
-
-
-def _drain(response: requests.Response, sink: Sink, tracker: Tracker) -> tuple[int, str]:
-    """Stream a download body into ``sink``; return its size and sha256."""
-    sink.restart()
-    digest = BackgroundHash()
-    size = 0
-    if not tracker.total:
-        tracker.total = int(response.headers.get("Content-Length") or 0)
-    tracker.set(0)
-    try:
-        for block in response.iter_content(CHUNK):
-            sink.write(block)
-            digest.update(block)
-            size += len(block)
-            tracker.add(len(block))
-        return size, digest.hexdigest()
-    finally:
-        digest.close()
+        """Send raw write entries in one request (``benchmarks/transfer.py`` uses it to
+        time curl against the SDK's own presigned URLs)."""
+        return self._route.write(vm_id, entries)

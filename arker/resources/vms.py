@@ -3,33 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from urllib.parse import quote
 
-from .._exceptions import BadRequestError
+from .._exceptions import refused_before_sending
 from .._ids import looks_like_vm_id, new_ulid, resolve_source
 from .._models import ForkResult, VmList, VmSummary
-from .._wire import DeleteResponse, ForkRequest, ForkResponse, ListVmsResponse, SortOrder
-from ._resource import Resource, build_request
+from .._wire import SORT_KEYS, DeleteResponse, ForkRequest, ForkResponse, ListVmsResponse, SortOrder
+from ._resource import Resource, build_request, vm_path
 
-__all__ = ["VmsResource"]
-
-_SORTS = ("created_at", "-created_at", "region", "-region")
+__all__ = ["VmsResource", "vm_path"]
 
 
 def _check_list_args(limit: int, offset: int, sort: str | None) -> None:
     if not 1 <= limit <= 100:
-        raise BadRequestError("bad_request", f"limit must be 1-100, got {limit}", 400)
+        raise refused_before_sending(f"limit must be 1-100, got {limit}")
     if offset < 0:
-        raise BadRequestError("bad_request", f"offset must be >= 0, got {offset}", 400)
-    if sort is not None and sort not in _SORTS:
-        raise BadRequestError("bad_request", f"sort must be one of {_SORTS}, got {sort!r}", 400)
-
-
-def vm_path(vm_id: str, suffix: str = "") -> str:
-    """``/api/v1/vms/<id><suffix>`` with the id percent-encoded (ids come from users)."""
-    if not vm_id or not isinstance(vm_id, str):
-        raise BadRequestError("bad_request", f"vm_id must be a non-empty string: {vm_id!r}", 400)
-    return f"/api/v1/vms/{quote(vm_id, safe='')}{suffix}"
+        raise refused_before_sending(f"offset must be >= 0, got {offset}")
+    if sort is not None and sort not in SORT_KEYS:
+        raise refused_before_sending(f"sort must be one of {SORT_KEYS}, got {sort!r}")
 
 
 class VmsResource(Resource):

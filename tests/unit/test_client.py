@@ -144,6 +144,26 @@ def test_presigned_url_signature_not_logged(client: Arker, rsps, caplog) -> None
     assert all("TOPSECRETSIG" not in str(r.__dict__) for r in caplog.records)
 
 
+def test_presigned_signature_hidden_from_errors_too(client: Arker, rsps, caplog) -> None:
+    url = "http://uploads.arker.test/get/f?sig=TOPSECRETSIG"
+    rsps.post(f"{client.base_url}/api/v1/vms/{VM}/sync", json={"ok": True, "presigned_url": url})
+    rsps.get(url, body=requests.ConnectionError(f"reset while reading {url}"))
+    with pytest.raises(APIConnectionError) as info:
+        client.with_options(max_retries=0).sync.read(VM, "/home/user/f")
+    assert "TOPSECRETSIG" not in str(info.value) and "/get/f" in str(info.value)
+
+
+def test_api_query_parameters_are_shown_in_logs_and_errors_alike(make_client, rsps, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="arker")
+    client = make_client(max_retries=0)
+    url = f"{client.control_url}/api/v1/vms/list"
+    rsps.get(url, body=requests.ConnectionError("refused"))
+    with pytest.raises(APIConnectionError) as info:
+        client.vms.list(q="needle")
+    assert "q=needle" in str(info.value)
+    assert all("q=needle" in r.arker_url for r in _attempt_records(caplog))
+
+
 def _everything_said(caplog, errors) -> str:
     parts = [caplog.text]
     for r in caplog.records:
@@ -192,7 +212,7 @@ def test_api_key_never_logged_nor_in_errors(make_client, rsps, caplog, api_key) 
     said = _everything_said(caplog, errors)
     assert api_key not in said
     assert api_key not in repr(client) and api_key not in repr(client._config)
-    assert api_key not in repr(client._auth)
+    assert api_key not in repr(vars(client._transport))
     assert api_key not in repr(client.with_options(max_retries=0).__dict__)
 
 

@@ -1,8 +1,9 @@
-"""Every wire error code maps to its class and status (WIRE.md's table)."""
+"""Every wire error code maps to its class and status (the shared table in `arker._error_codes`)."""
 
 from __future__ import annotations
 
 import pickle
+import re
 
 import pytest
 
@@ -26,10 +27,12 @@ from arker import (
     UnsupportedError,
     VmBusyError,
 )
+from arker._error_codes import STATUS_BY_CODE, code_for_status, status_for_code
 
 VM = "01HZZZZZZZZZZZZZZZZZZZZZZZ_abc1"
 
-# (wire code, HTTP status, class) — codes and statuses are WIRE.md's envelope table.
+# (wire code, HTTP status, class): the protocol's envelope table, written out independently
+# of arker._error_codes so that a change to either shows here.
 ENVELOPE_CASES = [
     ("bad_request", 400, BadRequestError),
     ("unauthorized", 401, AuthenticationError),
@@ -44,8 +47,8 @@ ENVELOPE_CASES = [
     ("command_not_found", 404, CommandNotFoundError),
     ("internal", 500, InternalServerError),
     ("not_implemented", 501, NotImplementedByServerError),
-    # 429 and 5xx gateways are the transient statuses; without envelope codes in
-    # WIRE.md, the SDK names them itself.
+    # 429 and 5xx gateways are the transient statuses; the protocol gives them no
+    # envelope codes, so the SDK names them itself.
     ("rate_limited", 429, RateLimitError),
     ("unavailable", 503, ServiceUnavailableError),
 ]
@@ -152,3 +155,63 @@ def test_one_except_catches_everything(client0, rsps) -> None:
             assert err.code == code
         else:
             pytest.fail(f"{code} did not raise")
+
+
+# --- one table: codes, statuses and classes agree -------------------------------------------
+
+
+def test_every_code_of_the_shared_table_has_its_class_and_back() -> None:
+    classes = {cls.wire_code for cls in _all_status_subclasses() if "wire_code" in vars(cls)}
+    assert classes == set(STATUS_BY_CODE)
+
+
+@pytest.mark.parametrize(("code", "status", "cls"), ENVELOPE_CASES)
+def test_shared_table_gives_the_status_of_each_code(code, status, cls) -> None:
+    assert status_for_code(code) == status
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (502, "unavailable"),
+        (504, "unavailable"),
+        (404, "not_found"),
+        (409, "conflict"),
+        (405, "bad_request"),
+        (422, "bad_request"),
+        (418, "bad_request"),
+        (599, "internal"),
+    ],
+)
+def test_a_status_without_envelope_stands_for_its_general_code(status, code) -> None:
+    assert code_for_status(status) == code
+
+
+def test_the_class_tree_in_the_docstring_matches_the_table() -> None:
+    rows = re.findall(r"(\w+Error)\s+([\d/]+) (\w+\*?)", exc_mod.__doc__ or "")
+    assert len(rows) == len(ENVELOPE_CASES) - 1  # unsupported_* is one row
+    for name, statuses, code in rows:
+        sent = code.replace("*", "region")  # unsupported_* stands for unsupported_region…
+        assert str(status_for_code(sent)) in statuses.split("/")
+        assert type(exc_mod.error_for(sent, "", 0)) is getattr(exc_mod, name)
+
+
+# --- refused before sending: the server's class, but no HTTP status -------------------------
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda c: c.vms.list(limit=0), id="limit"),
+        pytest.param(lambda c: c.vms.list(sort="name"), id="sort"),
+        pytest.param(lambda c: c.runs.create(VM, "true", timeout=0), id="run-timeout"),
+        pytest.param(lambda c: c.runs.create("", "true"), id="vm-id"),
+        pytest.param(lambda c: c.sync.write(VM, "/home/user/x", b"", mode=0o17777), id="mode"),
+        pytest.param(lambda c: c.vms.fork("arkuntu", name="x" * 300), id="fork-name"),
+    ],
+)
+def test_arguments_refused_before_sending_have_status_0(client0, rsps, call) -> None:
+    with pytest.raises(BadRequestError) as info:
+        call(client0)
+    assert (info.value.code, info.value.status) == ("bad_request", 0)
+    assert len(rsps.calls) == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -17,6 +17,7 @@ from arker import (
     VmList,
     VmSummary,
 )
+from arker._wire import decode_content, encode_content
 
 VM = "01HZZZZZZZZZZZZZZZZZZZZZZZ_abc1"
 SUMMARY = {
@@ -175,3 +176,38 @@ def test_fork_result_extension_fields_optional(client: Arker, rsps) -> None:
     rsps.upsert("POST", url, json={"ok": True, **SUMMARY, "vm_id": "NEW2"})
     full = client.vms.fork(VM)
     assert (full.vm_id, full.region, full.name) == ("NEW2", "us-west-2", "web")
+
+
+def test_fork_and_list_timestamps_are_the_same_aware_type(client: Arker, rsps) -> None:
+    url = f"{client.base_url}/api/v1/vms/{VM}/fork"
+    rsps.post(url, json={"ok": True, **SUMMARY, "created_at": "2025-03-01T12:00:00"})
+    forked = client.vms.fork(VM)
+    assert forked.created_at is not None and forked.created_at.utcoffset() == timedelta(0)
+    assert ForkResult.model_fields["created_at"].annotation == (
+        VmSummary.model_fields["created_at"].annotation | None
+    )
+    with pytest.raises(ValueError):
+        ForkResult(vm_id="x", created_at=datetime(2025, 3, 1, 12))  # naive: refused
+
+
+# --- the content codec client and server share ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "encoding"),
+    [(b"", "utf-8"), ("héllo\n".encode(), "utf-8"), (b"\xff\x00\xfe", "base64")],
+)
+def test_content_codec_round_trips_and_prefers_text(data, encoding) -> None:
+    text, used = encode_content(data)
+    assert used == encoding
+    assert decode_content(text, used) == data
+
+
+def test_content_codec_takes_an_unknown_encoding_as_text() -> None:
+    assert decode_content("plain", "utf-16-someday") == b"plain"
+    assert decode_content("plain", None) == b"plain"
+
+
+def test_content_codec_refuses_bad_base64() -> None:
+    with pytest.raises(ValueError, match="invalid base64"):
+        decode_content("not base64!", "base64")

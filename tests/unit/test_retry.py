@@ -29,6 +29,7 @@ from arker import (
 from arker._exceptions import error_for
 from arker._retry import (
     TRANSIENT_HINTS,
+    is_transient,
     is_transient_envelope_error,
     is_transient_status,
     parse_retry_after,
@@ -154,6 +155,20 @@ POLICY = RetryPolicy(max_retries=3, max_retry_after=60.0)
 )
 def test_should_retry(exc, retry) -> None:
     assert should_retry(exc, POLICY) is retry
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (error_for("rate_limited", "", 429, retry_after=600.0), True),  # policy aside
+        (error_for("unavailable", "", 504), True),
+        (error_for("internal", "ThrottlingException", 200), True),
+        (error_for("vm_busy", "throttle", 409), False),  # hints count for internal only
+        (error_for("internal", "boom", 500), False),
+    ],
+)
+def test_is_transient(exc, transient) -> None:
+    assert is_transient(exc) is transient
 
 
 # --- behaviour on the wire ------------------------------------------------------------------

@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 
 from arker import Arker
-from arker._base_client import PooledSession
+from arker._transport import PooledSession
 
 THREADS = 16
 CALLS = 40

@@ -1,0 +1,220 @@
+"""One file into or out of a VM: inline or presigned, streamed, verified, resumable.
+
+Writes up to 4 MiB travel inline as one chunk; larger ones ask for a presigned URL,
+stream the raw bytes there with a PUT and commit. Every step retries under the client's
+policy and is idempotent: the chunk's ``upload_id`` is minted once per call, and the
+presigned upload is committed under the id the server gave it. An interrupted PUT
+resumes from the bytes the server already holds when the server can say (``HEAD`` on the
+upload URL answers ``Upload-Offset``), and starts over otherwise. Every transfer carries
+a sha256 that the receiving side checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from typing import IO
+
+import requests
+
+from .._constants import INLINE_WRITE_MAX, MAX_FILE_BYTES
+from .._exceptions import (
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    ResponseValidationError,
+    refused_before_sending,
+)
+from .._paths import path_problem
+from .._presigned import PresignedTransfer
+from .._streams import (
+    CHUNK,
+    BackgroundHash,
+    DataSource,
+    PathSink,
+    ProgressCallback,
+    Sink,
+    Source,
+    Tracker,
+    open_source,
+)
+from .._transport import Body
+from .._wire import CommitEntry, PresignEntry, SyncReadResponse, decode_content
+from ._sync_route import SyncRoute, inline_entry, require_written
+
+__all__ = ["FileTransfer", "check_path"]
+
+
+def check_path(path: str) -> None:
+    """Raise `BadRequestError` for a path the server would refuse (before any request)."""
+    problem = path_problem(path)
+    if problem is not None:
+        raise refused_before_sending(problem)
+
+
+class FileTransfer:
+    """Reads and writes of single files, over the sync route and presigned URLs.
+
+    Args:
+        route: The sync route's requests.
+        presigned: Transfers to and from presigned URLs.
+    """
+
+    def __init__(self, route: SyncRoute, presigned: PresignedTransfer) -> None:
+        self._route = route
+        self._presigned = presigned
+
+    # -- reads -----------------------------------------------------------------------
+
+    def read(self, vm_id: str, path: str, progress: ProgressCallback | None) -> bytes:
+        """The bytes of the file at ``path``."""
+        check_path(path)
+        buffer = io.BytesIO()
+        self._download(vm_id, path, Sink(buffer), progress)
+        return buffer.getvalue()
+
+    def read_to(
+        self,
+        vm_id: str,
+        path: str,
+        dest: str | os.PathLike[str] | IO[bytes],
+        progress: ProgressCallback | None,
+        durable: bool,
+    ) -> int:
+        """Stream the file at ``path`` into ``dest`` (atomically for a path); its size."""
+        check_path(path)
+        if isinstance(dest, (str, os.PathLike)):
+            return self._download(vm_id, path, PathSink(dest, durable=durable), progress)
+        return self._download(vm_id, path, Sink(dest), progress)
+
+    def _download(
+        self, vm_id: str, path: str, sink: Sink, progress: ProgressCallback | None
+    ) -> int:
+        try:
+            wire = self._route.read(vm_id, path)
+            tracker = Tracker(wire.size or 0, progress)
+            if wire.content is not None:
+                data = _inline_content(wire)
+                sink.write(data)
+                size, digest = len(data), hashlib.sha256(data).hexdigest()
+                tracker.total = tracker.total or size
+                tracker.set(size)
+            elif wire.presigned_url:
+                size, digest = self._presigned.transfer(
+                    "GET",
+                    wire.presigned_url,
+                    consume=lambda response: _drain(response, sink, tracker),
+                )
+            else:
+                raise ResponseValidationError("SyncReadResponse: neither content nor presigned_url")
+            if wire.size is not None and wire.size != size:
+                raise ResponseValidationError(
+                    f"read {path}: server announced {wire.size} bytes, received {size}"
+                )
+            if wire.sha256 is not None and wire.sha256 != digest:
+                raise ResponseValidationError(f"read {path}: sha256 mismatch, nothing was saved")
+        except BaseException:
+            sink.abort()
+            raise
+        sink.commit()
+        return size
+
+    # -- writes ----------------------------------------------------------------------
+
+    def write(
+        self,
+        vm_id: str,
+        path: str,
+        data: DataSource,
+        mode: int | None,
+        progress: ProgressCallback | None,
+    ) -> None:
+        """Write ``data`` to ``path``, replacing the file atomically."""
+        check_path(path)
+        source = open_source(data, MAX_FILE_BYTES)
+        if source.size > MAX_FILE_BYTES:
+            raise refused_before_sending(
+                f"data is over the {MAX_FILE_BYTES}-byte (100 MiB) file limit", PayloadTooLargeError
+            )
+        if mode is not None and not 0 <= mode <= 0o7777:
+            raise refused_before_sending(f"mode must be 0..0o7777, got {mode!r}")
+        tracker = Tracker(source.size, progress)
+        if source.size <= INLINE_WRITE_MAX:
+            payload = source.read_all()
+            entry = inline_entry(path, payload, hashlib.sha256(payload).hexdigest(), mode)
+            require_written(self._route.write(vm_id, [entry])[0], f"write {path}")
+            tracker.set(source.size)
+        else:
+            upload_id = self._upload(vm_id, path, source, tracker)
+            commit = CommitEntry(
+                path=path, size=source.size, upload_id=upload_id, sha256=source.sha256, mode=mode
+            )
+            require_written(self._route.write(vm_id, [commit])[0], f"commit {path}")
+
+    def _upload(self, vm_id: str, path: str, source: Source, tracker: Tracker) -> str:
+        """PUT the bytes to a presigned URL; return the upload id to commit.
+
+        A URL that expired mid-transfer (403) is re-requested once, transparently.
+        """
+        for fresh_grant in (True, False):
+            grant = self._route.write(vm_id, [PresignEntry(path=path, size=source.size)])[0]
+            if not grant.presigned_url or not grant.upload_id:
+                raise ResponseValidationError("presigned write: missing presigned_url or upload_id")
+            try:
+                self._put(grant.presigned_url, source, tracker)
+            except PermissionDeniedError:
+                if not fresh_grant:
+                    raise
+                continue
+            return grant.upload_id
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _put(self, url: str, source: Source, tracker: Tracker) -> None:
+        size = source.size
+
+        def prepare(attempt: int) -> tuple[Body, dict[str, str]]:
+            headers = {"Content-Type": "application/octet-stream"}
+            offset = 0 if attempt == 1 else _held_offset(self._presigned.head(url), size)
+            if offset:
+                headers["Content-Range"] = f"bytes {offset}-{size - 1}/{size}"
+            return source.reader(offset, tracker), headers
+
+        self._presigned.transfer("PUT", url, prepare=prepare, consume=lambda response: None)
+
+
+def _inline_content(wire: SyncReadResponse) -> bytes:
+    try:
+        return decode_content(wire.content or "", wire.encoding)
+    except ValueError as exc:
+        raise ResponseValidationError(f"content: {exc}") from None
+
+
+def _held_offset(response: requests.Response | None, size: int) -> int:
+    """Where to resume an upload: the server's ``Upload-Offset``, kept below ``size`` so
+    the resuming PUT always carries at least one byte."""
+    if response is None:
+        return 0
+    try:
+        held = int(response.headers.get("Upload-Offset", "0"))
+    except ValueError:
+        return 0
+    return max(0, min(held, size - 1))
+
+
+def _drain(response: requests.Response, sink: Sink, tracker: Tracker) -> tuple[int, str]:
+    """Stream a download body into ``sink``; return its size and sha256."""
+    sink.restart()
+    digest = BackgroundHash()
+    size = 0
+    if not tracker.total:
+        tracker.total = int(response.headers.get("Content-Length") or 0)
+    tracker.set(0)
+    try:
+        for block in response.iter_content(CHUNK):
+            sink.write(block)
+            digest.update(block)
+            size += len(block)
+            tracker.add(len(block))
+        return size, digest.hexdigest()
+    finally:
+        digest.close()
