@@ -148,12 +148,14 @@ def _curl(argv: list[str]) -> tuple[float, int]:
 
 def _curl_write(client: Any, vm: str, remote: str, local: Path) -> dict[str, Any]:
     from arker._wire import CommitEntry, PresignEntry
+    from arker.resources._sync_route import SyncRoute
 
+    route = SyncRoute(client)
     size = local.stat().st_size
-    grant = client.sync._write_entries(vm, [PresignEntry(path=remote, size=size)])[0]
+    grant = route.write(vm, [PresignEntry(path=remote, size=size)])[0]
     seconds, rss = _curl(["curl", "-sf", "-X", "PUT", "-T", str(local), grant.presigned_url])
     commit = CommitEntry(path=remote, size=size, upload_id=grant.upload_id)
-    client.sync._write_entries(vm, [commit])
+    route.write(vm, [commit])
     return {"seconds": seconds, "rss_peak": rss, "sha256": ""}
 
 

@@ -1,4 +1,4 @@
-"""Every failure leaves the server as the WIRE.md envelope with the right status.
+"""Every failure leaves the server as the wire's error envelope with the right status.
 
 Covers errors raised on purpose (`ApiError`), the engine's `SandboxError`, FastAPI
 validation errors (wrong types, malformed JSON), routing errors (404, 405) and anything

@@ -18,12 +18,12 @@ from .._wire import (
     SyncWriteRequest,
     SyncWriteResponse,
     WriteResult,
+    encode_content,
 )
 from .engine_api import EngineLike
 from .engine_errors import engine_errors
 from .errors import ApiError
 from .presign import Signer
-from .text_codec import decode_output
 from .uploads import Uploads
 
 _STREAM_BLOCK = 1024 * 1024
@@ -58,7 +58,7 @@ class Sync:
                     sha256=self._uploads.digest_of(vm_id, path, os.fstat(src.fileno())),
                 )
             data = src.read(INLINE_WRITE_MAX + 1)
-        content, encoding = decode_output(data)
+        content, encoding = encode_content(data)
         return SyncReadResponse(
             content=content,
             encoding=encoding,

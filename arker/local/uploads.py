@@ -12,8 +12,6 @@ atomically (`arker.local.upload_commit`).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import hashlib
 import os
@@ -23,7 +21,7 @@ from datetime import datetime, timedelta, timezone
 from .._constants import MAX_FILE_BYTES
 from .._ids import new_ulid
 from .._paths import path_problem
-from .._wire import ChunkEntry, CommitEntry, PresignEntry, WriteResult
+from .._wire import ChunkEntry, CommitEntry, PresignEntry, WriteResult, decode_content
 from .engine_api import EngineLike
 from .engine_errors import engine_errors
 from .errors import ApiError
@@ -72,8 +70,8 @@ class Uploads:
         """Store bytes ``[start, end)``; commit the file once it is whole."""
         check_target(entry.path, entry.size)
         try:
-            data = base64.b64decode(entry.content, validate=True)
-        except (binascii.Error, ValueError):
+            data = decode_content(entry.content, "base64")
+        except ValueError:
             raise ApiError("bad_request", "chunk content is not valid base64") from None
         if entry.end < entry.start or entry.end > entry.size:
             raise ApiError(

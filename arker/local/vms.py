@@ -18,6 +18,7 @@ from .._wire import (
     RunRequest,
     RunResponse,
     VmSummaryWire,
+    encode_content,
 )
 from .config import REGION, REGION_SUFFIX, ServerConfig
 from .engine_api import EngineLike
@@ -25,7 +26,6 @@ from .engine_errors import engine_errors
 from .errors import ApiError
 from .idempotency import FinalError
 from .store import SYSTEM_ORG, Store, VmRow, utc_now_iso
-from .text_codec import decode_output
 
 log = logging.getLogger("arker.local")
 
@@ -141,8 +141,8 @@ class Vms:
             # run's outcome, replayed to a retry with the same Idempotency-Key instead
             # of running the command again.
             raise FinalError(exc.code, exc.message, exc.status) from exc
-        stdout, stdout_encoding = decode_output(outcome.stdout)
-        stderr, stderr_encoding = decode_output(outcome.stderr)
+        stdout, stdout_encoding = encode_content(outcome.stdout)
+        stderr, stderr_encoding = encode_content(outcome.stderr)
         return RunResponse(
             stdout=stdout,
             stdout_encoding=stdout_encoding,

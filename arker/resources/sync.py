@@ -14,7 +14,6 @@ from typing import IO
 from .._base_client import BaseClient
 from .._models import DirSyncResult
 from .._streams import DataSource, ProgressCallback
-from .._wire import WriteEntry, WriteResult
 from ._dirsync import DirSync
 from ._file_transfer import FileTransfer, check_path
 from ._local_tree import Ignore
@@ -176,8 +175,3 @@ class SyncResource(Resource):
             PayloadTooLargeError: ``data`` exceeds 100 MiB (no request is made).
         """
         self._files.write(vm_id, path, data, mode, progress)
-
-    def _write_entries(self, vm_id: str, entries: list[WriteEntry]) -> list[WriteResult]:
-        """Send raw write entries in one request (``benchmarks/transfer.py`` uses it to
-        time curl against the SDK's own presigned URLs)."""
-        return self._route.write(vm_id, entries)

@@ -102,9 +102,9 @@ def test_push_and_pull_dir(arker_client: Arker, tmp_path: Path) -> None:
     (src / "a.txt").write_text("a")
     (src / "sub" / "b.txt").write_text("b")
     pushed = arker_client.sync.push_dir(vm.id, src, "/home/user/proj/")
-    assert len(pushed.sent) == 2
+    assert len(pushed.transferred) == 2
     again = arker_client.sync.push_dir(vm.id, src, "/home/user/proj/")
-    assert len(again.sent) == 0 and len(again.skipped) == 2
+    assert len(again.transferred) == 0 and len(again.skipped) == 2
     (src / "a.txt").unlink()
     pruned = arker_client.sync.push_dir(vm.id, src, "/home/user/proj/", delete=True)
     assert pruned.deleted == ["a.txt"]
@@ -112,7 +112,7 @@ def test_push_and_pull_dir(arker_client: Arker, tmp_path: Path) -> None:
 
     dest = tmp_path / "dest"
     pulled = arker_client.sync.pull_dir(vm.id, "/home/user/proj/", dest)
-    assert len(pulled.sent) == 1 and (dest / "sub" / "b.txt").read_text() == "b"
+    assert len(pulled.transferred) == 1 and (dest / "sub" / "b.txt").read_text() == "b"
     vm.delete()
 
 

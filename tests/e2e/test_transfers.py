@@ -121,7 +121,7 @@ def test_push_dir_sends_only_changes(arker_client: Arker, vm_id: str, tmp_path: 
     (root / "d0" / "run.sh").chmod(0o755)
     (root / "outside").symlink_to("/etc")
     first = arker_client.sync.push_dir(vm_id, root, "/home/user/tree")
-    assert first.files_sent == 2001 and first.files_skipped == 0
+    assert first.files_transferred == 2001 and first.files_skipped == 0
     assert first.symlinks_skipped == ["outside"]
     ran = arker_client.runs.create(vm_id, "/home/user/tree/d0/run.sh")
     assert ran.stdout == b"ran\n"
@@ -129,20 +129,20 @@ def test_push_dir_sends_only_changes(arker_client: Arker, vm_id: str, tmp_path: 
     for i in (5, 500, 1999):
         (root / f"d{i % 20}" / f"f{i}.txt").write_text(f"changed {i}\n")
     second = arker_client.sync.push_dir(vm_id, root, "/home/user/tree")
-    assert sorted(second.sent) == sorted(["d5/f5.txt", "d0/f500.txt", "d19/f1999.txt"])
+    assert sorted(second.transferred) == sorted(["d5/f5.txt", "d0/f500.txt", "d19/f1999.txt"])
     assert second.files_skipped == 1998
     assert arker_client.sync.read(vm_id, "/home/user/tree/d0/f500.txt") == b"changed 500\n"
 
     (root / "d1" / "f1.txt").unlink()
     third = arker_client.sync.push_dir(vm_id, root, "/home/user/tree", delete=True)
-    assert third.deleted == ["d1/f1.txt"] and third.files_sent == 0
+    assert third.deleted == ["d1/f1.txt"] and third.files_transferred == 0
 
     out = tmp_path / "pulled"
     pulled = arker_client.sync.pull_dir(vm_id, "/home/user/tree", out)
-    assert pulled.files_sent == 2000
+    assert pulled.files_transferred == 2000
     assert (out / "d0" / "run.sh").stat().st_mode & 0o777 == 0o755
     again = arker_client.sync.pull_dir(vm_id, "/home/user/tree", out)
-    assert again.files_sent == 0 and again.files_skipped == 2000
+    assert again.files_transferred == 0 and again.files_skipped == 2000
 
 
 def test_pull_dir_never_writes_through_a_local_symlink(
