@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import threading
@@ -10,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sandboxkit import put_file
 
 from arker.local.sandbox import Engine, SandboxError, SandboxUnavailable
 from arker.local.sandbox.mounts import mounts_under
@@ -153,7 +153,7 @@ def test_output_cap_truncates_and_drains(engine: Engine) -> None:
 
 def test_write_then_read_and_run_sees_it(engine: Engine) -> None:
     data = os.urandom(300_000)
-    engine.write_file(BASE_VM, "/home/user/new/dir/f.bin", io.BytesIO(data), len(data), 0o640)
+    put_file(engine, BASE_VM, "/home/user/new/dir/f.bin", data, 0o640)
     fh, size = engine.open_read(BASE_VM, "/home/user/new/dir/f.bin")
     with fh:
         assert size == len(data) and fh.read() == data
@@ -166,7 +166,7 @@ def test_write_then_read_and_run_sees_it(engine: Engine) -> None:
     assert lines[:3] == ["1000 640", "1000 755", "1000 755"]
     assert lines[-1] == "edited"
     # Overwrite is atomic and replaces content; writing the VM's own files works.
-    engine.write_file(BASE_VM, "/home/user/new/dir/f.bin", io.BytesIO(b"v2"), 2)
+    put_file(engine, BASE_VM, "/home/user/new/dir/f.bin", b"v2")
     fh, size = engine.open_read(BASE_VM, "/home/user/new/dir/f.bin")
     with fh:
         assert (fh.read(), size) == (b"v2", 2)
@@ -186,7 +186,7 @@ def test_read_errors(engine: Engine) -> None:
         engine.open_read(BASE_VM, "/home/user/fifo")
     assert ei.value.code == "bad_request"
     with pytest.raises(SandboxError) as ei:
-        engine.write_file(BASE_VM, "/home/user", io.BytesIO(b"x"), 1)
+        put_file(engine, BASE_VM, "/home/user", b"x")
     assert ei.value.code == "bad_request"
     with pytest.raises(SandboxError) as ei:
         engine.open_read("NOPE", "/home/user/x")
@@ -196,7 +196,7 @@ def test_read_errors(engine: Engine) -> None:
     assert ei.value.code == "not_found"
     big = engine.limits.max_file_bytes + 1
     with pytest.raises(SandboxError) as ei:
-        engine.write_file(BASE_VM, "/home/user/big", io.BytesIO(b""), big)
+        engine.check_room(BASE_VM, big)
     assert ei.value.code == "payload_too_large"
 
 
@@ -212,7 +212,7 @@ def test_restart_persistence_and_close_unmounts(sandbox_data_dir: Path) -> None:
     eng.fork(BASE_VM, "vm1")
     assert eng.run("vm1", "echo persisted > f; cd /tmp", session="s", timeout=30).exit_code == 0
     eng.fork("vm1", "vm2")
-    eng.write_file("vm2", "/home/user/g", io.BytesIO(b"gg"), 2)
+    put_file(eng, "vm2", "/home/user/g", b"gg")
     assert len(_overlay_mounts()) > len(before)
     eng.close()
     assert _overlay_mounts() == before
@@ -266,36 +266,6 @@ def test_debian_base_requires_a_built_rootfs(sandbox_data_dir: Path) -> None:
     assert "build_debian_rootfs" in str(ei.value) and "\n" not in str(ei.value)
     eng = Engine(sandbox_data_dir, network=False)  # the failed start left nothing locked
     eng.close()
-
-
-def test_write_source_is_read_with_server_rights(engine: Engine, tmp_path: Path) -> None:
-    private = tmp_path / "private"
-    private.mkdir(mode=0o700)
-    (private / "body").write_bytes(b"secret-body")
-
-    class LazySource(io.RawIOBase):
-        """Opens its backing file on first read, like a spooled upload might."""
-
-        def __init__(self) -> None:
-            self.fh: io.BufferedReader | None = None
-
-        def read(self, n: int = -1) -> bytes:
-            if self.fh is None:
-                self.fh = open(private / "body", "rb")  # noqa: SIM115 - closed below
-            return self.fh.read(n)
-
-        def close(self) -> None:
-            if self.fh is not None:
-                self.fh.close()
-
-    src = LazySource()
-    try:
-        engine.write_file(BASE_VM, "/home/user/lazy", src, 11)  # type: ignore[arg-type]
-    finally:
-        src.close()
-    fh, _ = engine.open_read(BASE_VM, "/home/user/lazy")
-    with fh:
-        assert fh.read() == b"secret-body"
 
 
 @pytest.mark.parametrize(

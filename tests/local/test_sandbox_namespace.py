@@ -16,15 +16,16 @@ REPO = Path(__file__).resolve().parents[2]
 
 CHILD = textwrap.dedent(
     """
-    import io, sys, time
+    import sys, time
     from pathlib import Path
     from arker.local.sandbox import Engine, enter_private_mount_namespace
     enter_private_mount_namespace()
     e = Engine(Path(sys.argv[1]), network=False)
     e.ensure_base("base")
     e.fork("base", "v")
-    e.write_file("v", "/home/user/f", io.BytesIO(b"hello\\n"), 6)
-    r = e.run("v", "echo more >> f && cd /tmp && export K=v", session="s", timeout=30)
+    r = e.run(
+        "v", "echo hello > f && echo more >> f && cd /tmp && export K=v", session="s", timeout=30
+    )
     assert r.exit_code == 0, r.stderr
     print("READY", flush=True)
     e.run("v", "sleep 1000.777", session="other", timeout=3000)

@@ -15,7 +15,7 @@ after every run, about 40 ms per 5,000 files in the upper on the reference machi
 the value is cached for the next run's start). The base image is not counted.
 Enforcement, all in the engine, nothing mounted:
 
-* ``write_file`` refuses a file that would not fit (``payload_too_large``).
+* ``check_room`` refuses a file that would not fit (``payload_too_large``).
 * A run starts with ``RLIMIT_FSIZE`` = what is left of the budget (plus 1 MiB of
   slack) and ``SIGXFSZ`` ignored, so one big file fails with ``EFBIG``; while it
   runs the upper is re-measured about twice a second (less often for huge trees)
@@ -44,7 +44,6 @@ import hashlib
 import os
 import queue
 import re
-import secrets
 import shutil
 import subprocess
 import threading
@@ -68,9 +67,7 @@ from .layers import FLATTEN_THRESHOLD, LayerStore, VmMeta, check_vm_id, tree_byt
 from .probe import find_bwrap
 from .probe import probe as _probe
 
-__all__ = ["Engine", "Limits", "RunOutcome", "enter_private_mount_namespace"]
-
-enter_private_mount_namespace = mounts.enter_private_mount_namespace
+__all__ = ["Engine", "Limits", "RunOutcome"]
 
 _SESSION_SAFE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
 # MAX_ARG_STRLEN is 128 KiB per argv string; the command travels as one.
@@ -97,7 +94,7 @@ class Limits:
         max_timeout_s: Upper bound for any timeout.
         pids_max: cgroup v1 ``pids.max`` per VM (RLIMIT_NPROC fallback).
         memory_max_bytes: cgroup v1 memory limit per VM (RLIMIT_AS fallback).
-        max_file_bytes: Largest file ``write_file`` accepts (extension).
+        max_file_bytes: Largest file `check_room` lets a VM take in (one upload).
         disk_quota_bytes: Disk budget per VM (its layer chain, base excluded);
             0 disables the quota. See the module docstring.
     """
@@ -270,11 +267,6 @@ class Engine:
         """
         _probe(data_dir)
 
-    @staticmethod
-    def enter_private_mount_namespace() -> None:
-        """See :func:`arker.local.sandbox.mounts.enter_private_mount_namespace`."""
-        mounts.enter_private_mount_namespace()
-
     def ensure_base(self, vm_id: str) -> None:
         """Make sure the public base image VM ``vm_id`` exists (idempotent)."""
         check_vm_id(vm_id)
@@ -433,31 +425,6 @@ class Engine:
             return files.open_read(root_fd, path)
         finally:
             self._leave(vm)
-
-    def write_file(
-        self, vm_id: str, path: str, src: BinaryIO, size: int, mode: int = 0o644
-    ) -> None:
-        """Atomically write ``size`` bytes from ``src`` to ``path`` inside the VM.
-
-        The bytes are staged, fsynced and committed like an upload (see staging.py).
-
-        Raises:
-            SandboxError: ``not_found``, ``payload_too_large``, ``bad_request``.
-        """
-        self._check_open()
-        vm = self._get(vm_id)
-        used = self._check_room(vm, size)
-        name = secrets.token_hex(20)
-        try:
-            with self.staged_file(vm_id, name) as staged:
-                staged.fill(src, size)
-            self.commit_staged(vm_id, name, path, size, mode)
-        except BaseException:
-            with contextlib.suppress(SandboxError):
-                self.discard_staged(vm_id, name)
-            raise
-        if used is not None:
-            vm.usage = used + size  # an upper bound; the next run measures again
 
     def check_room(self, vm_id: str, size: int) -> None:
         """Refuse (``payload_too_large``) a ``size``-byte file the VM has no room for."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import selectors
 import shlex
 import shutil
@@ -211,11 +210,6 @@ class VmCgroup:
             for parent in {hier / cls._own_path(ctrl).lstrip("/"), hier}:
                 with contextlib.suppress(OSError):
                     (parent / f"arker-{tag}").rmdir()
-
-    @property
-    def enabled(self) -> bool:
-        """True when at least the pids controller is in use."""
-        return any("/pids/" in f for f in self.procs_files)
 
     def has(self, ctrl: str) -> bool:
         """Whether the given controller's group exists."""
@@ -500,8 +494,3 @@ def _wait_pidfd(pidfd: int, timeout: float) -> None:
         sel.select(timeout=timeout)
     finally:
         sel.close()
-
-
-def new_tag() -> str:
-    """Random tag for an engine instance (used in cgroup names)."""
-    return secrets.token_hex(4)
