@@ -90,7 +90,6 @@ class Limits:
 
     Attributes:
         max_output_bytes: Cap per stream; the rest is drained and discarded.
-        default_timeout_s: Timeout when the caller gives none.
         max_timeout_s: Upper bound for any timeout.
         pids_max: cgroup v1 ``pids.max`` per VM (RLIMIT_NPROC fallback).
         memory_max_bytes: cgroup v1 memory limit per VM (RLIMIT_AS fallback).
@@ -100,7 +99,6 @@ class Limits:
     """
 
     max_output_bytes: int = 4 * 1024 * 1024
-    default_timeout_s: float = 600.0
     max_timeout_s: float = 3600.0
     pids_max: int = 256
     memory_max_bytes: int = 1 << 30
@@ -377,8 +375,11 @@ class Engine:
         # concurrent deletes do not queue up on the GC lock.
         self._schedule_collect()
 
-    def run(self, vm_id: str, command: str, *, session: str, timeout: float | None) -> RunOutcome:
+    def run(self, vm_id: str, command: str, *, session: str, timeout: float) -> RunOutcome:
         """Run ``/bin/sh -c command`` as the VM user in session ``session``.
+
+        ``timeout`` (seconds) is the caller's: the server's configuration holds the
+        default; the engine only caps it at ``Limits.max_timeout_s``.
 
         Raises:
             SandboxError: ``not_found``, ``vm_busy`` (session busy), ``bad_request``.
@@ -389,7 +390,7 @@ class Engine:
             raise SandboxError("bad_request", "command contains a NUL byte")
         if len(command.encode("utf-8", "surrogateescape")) > _MAX_COMMAND:
             raise SandboxError("payload_too_large", "command longer than 128 KiB")
-        limit = self.limits.default_timeout_s if timeout is None else float(timeout)
+        limit = float(timeout)
         if not limit > 0:
             raise SandboxError("bad_request", "timeout must be positive")
         limit = min(limit, self.limits.max_timeout_s)
