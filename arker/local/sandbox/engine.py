@@ -42,7 +42,6 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import queue
 import re
 import shutil
 import subprocess
@@ -54,6 +53,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import files, mounts, runner, staging
+from .background import BackgroundQueue
 from .baseimage import (
     DEBIAN_BASE,
     HOST_BASE,
@@ -64,6 +64,7 @@ from .baseimage import (
 )
 from .errors import SandboxError, SandboxUnavailable
 from .layers import FLATTEN_THRESHOLD, LayerStore, VmMeta, check_vm_id, tree_bytes
+from .limits import Limits
 from .probe import find_bwrap
 from .probe import probe as _probe
 
@@ -82,28 +83,6 @@ _QUOTA_NOISE = 64 << 10
 # safe; a user would otherwise see "bwrap: Can't fork for pid 1" as the run's output.
 _SPAWN_ATTEMPTS = 3
 _BWRAP_EAGAIN = re.compile(rb"bwrap: [^\n]*: Resource temporarily unavailable\n?")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Resource limits applied per VM and per command.
-
-    Attributes:
-        max_output_bytes: Cap per stream; the rest is drained and discarded.
-        max_timeout_s: Upper bound for any timeout.
-        pids_max: cgroup v1 ``pids.max`` per VM (RLIMIT_NPROC fallback).
-        memory_max_bytes: cgroup v1 memory limit per VM (RLIMIT_AS fallback).
-        max_file_bytes: Largest file `check_room` lets a VM take in (one upload).
-        disk_quota_bytes: Disk budget per VM (its layer chain, base excluded);
-            0 disables the quota. See the module docstring.
-    """
-
-    max_output_bytes: int = 4 * 1024 * 1024
-    max_timeout_s: float = 3600.0
-    pids_max: int = 256
-    memory_max_bytes: int = 1 << 30
-    max_file_bytes: int = 100 * 1024 * 1024
-    disk_quota_bytes: int = 10 << 30
 
 
 @dataclass(frozen=True)
@@ -163,7 +142,7 @@ class Engine:
         data_dir: Directory for all engine state (made 0700).
         network: Give commands the host network namespace (``--share-net``).
         sandbox_uid: Unprivileged host uid/gid the VM user (uid 1000 inside) maps to.
-        limits: Resource limits.
+        limits: Resource limits (`Limits()` when None).
         base: ``"host"`` (zero-download skeleton + host ``/usr``) or ``"debian"`` (the
             rootfs built by ``build_debian_rootfs(default_debian_rootfs(data_dir))``).
         busy_wait_s: How long fork/delete wait for running commands before ``vm_busy``.
@@ -179,7 +158,7 @@ class Engine:
         *,
         network: bool = True,
         sandbox_uid: int = 60999,
-        limits: Limits = Limits(),
+        limits: Limits | None = None,
         base: str = HOST_BASE,
         busy_wait_s: float = 2.0,
     ) -> None:
@@ -196,7 +175,7 @@ class Engine:
         self.data_dir = Path(data_dir)
         self.network = network
         self.sandbox_uid = sandbox_uid
-        self.limits = limits
+        self.limits = Limits() if limits is None else limits
         self.base = base
         self.busy_wait_s = busy_wait_s
         self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -214,13 +193,10 @@ class Engine:
         self._tag = hashlib.sha256(str(self._root.resolve()).encode()).hexdigest()[:8]
         self._lock = threading.RLock()
         self._gc_lock = threading.Lock()
-        self._collect_pending = False
         self._vms: dict[str, _Vm] = {}
         self._procs: set[subprocess.Popen[bytes]] = set()
         self._closed = False
-        self._closer: threading.Thread | None = None
-        self._closer_q: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._sync_pending = False
+        self._background = BackgroundQueue("arker-sandbox-bg")
         self._layer_bytes: dict[str, int] = {}  # frozen layers are immutable
         self._base_dirs = {
             HOST_BASE: self._root / "base" / HOST_BASE,
@@ -229,6 +205,11 @@ class Engine:
         try:
             self._mnt = self._mount_root()
             self._store = LayerStore(self._root)
+            # Fork metadata and frozen layers are made durable soon after (coalesced).
+            self._schedule_sync = self._background.coalescing(self._store.syncfs)
+            # Removing a deeply forked VM's layers is many rmtrees: done after the
+            # answer, coalesced so that concurrent deletes do not queue up on the GC lock.
+            self._schedule_collect = self._background.coalescing(self._collect_layers)
             # Mounts left by a previous engine that died in the host namespace.
             for stale in mounts.mounts_under(str(self._mnt)):
                 with contextlib.suppress(OSError):
@@ -360,7 +341,7 @@ class Engine:
             self._unmount(vm, background=True)
             target = self._mnt / vm_id
             # After the detached overlay is gone (FIFO): its mount point is unused.
-            self._background(lambda: target.rmdir())
+            self._background.put(lambda: target.rmdir())
             self._store.remove_meta(vm_id, durable=False)
             with self._lock:
                 self._vms.pop(vm_id, None)
@@ -370,10 +351,7 @@ class Engine:
         finally:
             self._release_exclusive(vm)
         self._schedule_sync()
-        # Removing a deeply forked VM's layers is many rmtrees: done after the answer,
-        # on the background queue (behind the detached unmount), coalesced, so that
-        # concurrent deletes do not queue up on the GC lock.
-        self._schedule_collect()
+        self._schedule_collect()  # behind the detached unmount on the background queue
 
     def run(self, vm_id: str, command: str, *, session: str, timeout: float) -> RunOutcome:
         """Run ``/bin/sh -c command`` as the VM user in session ``session``.
@@ -551,11 +529,7 @@ class Engine:
                 if vm.cgroup is not None:
                     vm.cgroup.remove()
                     vm.cgroup = None
-        closer = self._closer
-        if closer is not None:
-            self._closer_q.put(self._store.syncfs)
-            self._closer_q.put(None)
-            closer.join()
+        self._background.close(last=self._store.syncfs)
         for stale in mounts.mounts_under(str(self._mnt)):
             with contextlib.suppress(OSError):
                 mounts.umount(stale)
@@ -686,7 +660,7 @@ class Engine:
         """Unmount the VM's overlay (caller holds ``vm.cond`` or exclusivity).
 
         With ``background`` the mount is detached at once and the handle that keeps
-        its superblock alive is closed by the closer thread: overlay syncs the whole
+        its superblock alive is closed on the background queue: overlay syncs the whole
         upper filesystem when its superblock goes away, which with a lot of dirty
         data takes far longer than the fork itself. Nothing writes through the
         detached mount, so the frozen upper is already immutable when this returns.
@@ -705,7 +679,7 @@ class Engine:
                     os.close(fd)  # last reference: the detached overlay shuts down here
                     shutil.rmtree(wdir, ignore_errors=True)
 
-                self._background(finish)
+                self._background.put(finish)
                 root_fd = -1
             else:
                 os.close(root_fd)
@@ -722,52 +696,6 @@ class Engine:
             # avoids rmdir waiting on the detached superblock's teardown.
             with contextlib.suppress(OSError):
                 target.rmdir()
-
-    def _background(self, job: Callable[[], None]) -> None:
-        """Run ``job`` on the engine's single background thread (FIFO)."""
-        with self._lock:
-            if self._closer is None or not self._closer.is_alive():
-                self._closer = threading.Thread(
-                    target=self._closer_main, name="arker-sandbox-bg", daemon=True
-                )
-                self._closer.start()
-        self._closer_q.put(job)
-
-    def _schedule_sync(self) -> None:
-        """Make recent fork metadata and frozen layers durable soon (coalesced)."""
-        with self._lock:
-            if self._sync_pending:
-                return
-            self._sync_pending = True
-
-        def sync() -> None:
-            with self._lock:
-                self._sync_pending = False
-            self._store.syncfs()
-
-        self._background(sync)
-
-    def _schedule_collect(self) -> None:
-        """Run `_collect_layers` soon on the background queue (coalesced)."""
-        with self._lock:
-            if self._collect_pending:
-                return
-            self._collect_pending = True
-
-        def collect() -> None:
-            with self._lock:
-                self._collect_pending = False
-            self._collect_layers()
-
-        self._background(collect)
-
-    def _closer_main(self) -> None:
-        while True:
-            job = self._closer_q.get()
-            if job is None:
-                return
-            with contextlib.suppress(Exception):  # best effort: nobody to report to
-                job()
 
     def _collect_layers(self) -> None:
         """Remove layers and work dirs that no VM references."""
