@@ -8,32 +8,7 @@ upper), delete and close, so runs never pay for a mount. A separate ``_gc_lock``
 keeps layer garbage collection from racing forks that create not-yet-referenced
 layers.
 
-Disk quota (``Limits.disk_quota_bytes``, per VM). What a VM costs is the blocks of
-its own layer chain: every frozen layer it stacks (immutable, so measured once and
-cached by id) plus its live upper (walked again, O(files), at each check: once
-after every run, about 40 ms per 5,000 files in the upper on the reference machine;
-the value is cached for the next run's start). The base image is not counted.
-Enforcement, all in the engine, nothing mounted:
-
-* ``check_room`` refuses a file that would not fit (``payload_too_large``).
-* A run starts with ``RLIMIT_FSIZE`` = what is left of the budget (plus 1 MiB of
-  slack) and ``SIGXFSZ`` ignored, so one big file fails with ``EFBIG``; while it
-  runs the upper is re-measured about twice a second (less often for huge trees)
-  and the command is killed once the VM passes its budget (many files). A run that
-  grew the VM past its budget fails with ``payload_too_large`` ("disk quota
-  exceeded: VM uses X of Y bytes"). Runs are still allowed over the budget, with
-  the 1 MiB per-file cap, so the user can delete files (the only way back).
-
-Why not a hard filesystem limit: ext4 project quotas need the ``quota``/``project``
-features, which a mounted root filesystem cannot gain (this host's is mounted
-``noquota``); a loop-mounted or size-limited tmpfs upper per VM would make fork no
-longer constant time (a frozen upper would stay a mounted image, one loop device
-per layer) or put VM disks in RAM. Limits of this design: it is a soft limit
-checked by polling, so a VM can overshoot by what it writes between two checks
-(write rate times ~0.5 s, plus up to the remaining budget per file written in
-parallel); space freed by deleting a file from a frozen layer (after a fork) is not
-given back (overlay keeps the lower copy); files written through ``/dev/shm`` are
-memory (cgroup-limited), not disk; an upload counts once staged (see staging.py).
+Disk quota: see quota.py.
 """
 
 from __future__ import annotations
@@ -47,7 +22,6 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -63,21 +37,17 @@ from .baseimage import (
     host_binds,
 )
 from .errors import SandboxError, SandboxUnavailable
-from .layers import FLATTEN_THRESHOLD, LayerStore, VmMeta, check_vm_id, tree_bytes
+from .layers import FLATTEN_THRESHOLD, LayerStore, VmMeta, check_vm_id
 from .limits import Limits
 from .probe import find_bwrap
 from .probe import probe as _probe
+from .quota import DiskQuota
 
 __all__ = ["Engine", "Limits", "RunOutcome"]
 
 _SESSION_SAFE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
 # MAX_ARG_STRLEN is 128 KiB per argv string; the command travels as one.
 _MAX_COMMAND = 128 * 1024 - 1
-# Per-file headroom past the budget: a file that hits RLIMIT_FSIZE always ends the
-# run over budget (so the error is reported), and an over-budget VM can still run
-# commands that write small files (the session state) while it cleans up.
-_QUOTA_SLACK = 1 << 20
-_QUOTA_NOISE = 64 << 10
 # bwrap itself can fail to fork the sandbox's pid 1 (EAGAIN) while the kernel is still
 # reaping a killed sandbox's processes. The command never started, so trying again is
 # safe; a user would otherwise see "bwrap: Can't fork for pid 1" as the run's output.
@@ -197,7 +167,6 @@ class Engine:
         self._procs: set[subprocess.Popen[bytes]] = set()
         self._closed = False
         self._background = BackgroundQueue("arker-sandbox-bg")
-        self._layer_bytes: dict[str, int] = {}  # frozen layers are immutable
         self._base_dirs = {
             HOST_BASE: self._root / "base" / HOST_BASE,
             DEBIAN_BASE: default_debian_rootfs(self.data_dir),
@@ -205,6 +174,9 @@ class Engine:
         try:
             self._mnt = self._mount_root()
             self._store = LayerStore(self._root)
+            self._quota = DiskQuota(
+                self.limits.disk_quota_bytes, self.limits.max_file_bytes, self._store.layer_path
+            )
             # Fork metadata and frozen layers are made durable soon after (coalesced).
             self._schedule_sync = self._background.coalescing(self._store.syncfs)
             # Removing a deeply forked VM's layers is many rmtrees: done after the
@@ -408,27 +380,7 @@ class Engine:
     def check_room(self, vm_id: str, size: int) -> None:
         """Refuse (``payload_too_large``) a ``size``-byte file the VM has no room for."""
         self._check_open()
-        self._check_room(self._get(vm_id), size)
-
-    def _check_room(self, vm: _Vm, size: int) -> int | None:
-        """The VM's disk usage when a quota applies (after checking ``size`` fits)."""
-        if size < 0:
-            raise SandboxError("bad_request", "negative size")
-        if size > self.limits.max_file_bytes:
-            raise SandboxError(
-                "payload_too_large", f"file larger than {self.limits.max_file_bytes} bytes"
-            )
-        quota = self.limits.disk_quota_bytes
-        if quota <= 0:
-            return None
-        used = self.disk_usage(vm.meta.vm_id)
-        if used + size > quota:
-            raise SandboxError(
-                "payload_too_large",
-                f"disk quota exceeded: VM uses {used} of {quota} bytes; "
-                f"a {size}-byte file does not fit (delete files to free space)",
-            )
-        return used
+        self._quota.check_room(self._get(vm_id).meta, size)
 
     # -- uploads staged inside the VM (see staging.py) -------------------------------------
 
@@ -475,24 +427,7 @@ class Engine:
 
     def disk_usage(self, vm_id: str) -> int:
         """Bytes (allocated blocks) of the VM's layer chain, the quota's measure."""
-        meta = self._get(vm_id).meta
-        return self._frozen_bytes(meta) + self._upper_bytes(meta)
-
-    def _frozen_bytes(self, meta: VmMeta) -> int:
-        """Bytes of the VM's frozen layers (each measured once: they never change)."""
-        total = 0
-        for lid in meta.layers:
-            with self._lock:
-                cached = self._layer_bytes.get(lid)
-            if cached is None:
-                cached = tree_bytes(self._store.layer_path(lid))
-                with self._lock:
-                    self._layer_bytes[lid] = cached
-            total += cached
-        return total
-
-    def _upper_bytes(self, meta: VmMeta) -> int:
-        return tree_bytes(self._store.layer_path(meta.upper))
+        return self._quota.usage(self._get(vm_id).meta)
 
     def gc(self, live_vm_ids: set[str]) -> None:
         """Delete VMs not in ``live_vm_ids`` (base VMs excepted) and unused layers."""
@@ -709,8 +644,7 @@ class Engine:
                     uppers.add(vm.meta.upper)
             for lid in self._store.layer_ids_on_disk() - used:
                 self._store.remove_layer(lid)
-                with self._lock:
-                    self._layer_bytes.pop(lid, None)
+                self._quota.forget(lid)
             for name in os.listdir(self._store.work_dir):
                 if name not in uppers:
                     shutil.rmtree(self._store.work_dir / name, ignore_errors=True)
@@ -743,21 +677,11 @@ class Engine:
             # The skeleton's copy is as old as the skeleton; DNS must follow the host.
             ro_binds.append("/etc/resolv.conf")
         drop_in_argv = runner.SETPRIV is not None
-        quota = self.limits.disk_quota_bytes
-        watch: Callable[[], bool] | None = None
-        before = fsize = 0
-        if quota > 0:
-            meta = vm.meta  # fork/delete wait for this run: the chain cannot change
-            frozen = self._frozen_bytes(meta)
-            # The last measurement (after the previous run or write) stands in for a
-            # fresh walk: it is stale only while other sessions of the VM run.
-            cached = vm.usage
-            before = frozen + self._upper_bytes(meta) if cached is None else cached
-            fsize = max(quota - before, 0) + _QUOTA_SLACK
 
-            def watch() -> bool:
-                return frozen + self._upper_bytes(meta) > quota + _QUOTA_SLACK
+        def record(usage: int) -> None:
+            vm.usage = usage
 
+        budget = self._quota.start_run(vm.meta, vm.usage, record)
         start = time.monotonic()
         for attempt in range(_SPAWN_ATTEMPTS):
             if attempt:
@@ -768,7 +692,7 @@ class Engine:
                 self.limits.pids_max,
                 self.limits.memory_max_bytes,
                 drop_to=self.sandbox_uid if drop_in_argv else None,
-                fsize_max=fsize if quota > 0 else None,
+                fsize_max=None if budget is None else budget.fsize_max,
             ) + runner.bwrap_argv(
                 bwrap=self._bwrap,
                 root_fd=root_fd,
@@ -788,7 +712,7 @@ class Engine:
                     timeout=max(limit - (time.monotonic() - start), 0.1),
                     max_output=self.limits.max_output_bytes,
                     register=self._register,
-                    watch=watch,
+                    watch=None if budget is None else budget.exceeded,
                 )
             except OSError as exc:
                 raise SandboxError("internal", f"cannot start sandbox: {exc}") from None
@@ -802,20 +726,8 @@ class Engine:
         else:
             saved = files.commit_state(root_fd, state, runner.STATE_END, 1 << 20)
         cwd = (runner.parse_state_cwd(saved) if saved is not None else None) or VM_HOME
-        if quota > 0:
-            after = frozen + self._upper_bytes(meta)
-            vm.usage = after
-            # Crossing the budget is an error; once over it (cleaning up), only real
-            # growth is: a rewritten session state file may take a block more.
-            crossed = before <= quota < after
-            grew = before > quota and after > before + _QUOTA_NOISE
-            if raw.stopped or crossed or grew:
-                what = "the command was stopped" if raw.stopped else "the command grew it"
-                raise SandboxError(
-                    "payload_too_large",
-                    f"disk quota exceeded: VM uses {after} of {quota} bytes ({what}; "
-                    "delete files to free space)",
-                )
+        if budget is not None:
+            budget.finish(stopped=raw.stopped)
         code = raw.returncode
         if raw.timed_out:
             code = 124

@@ -34,7 +34,6 @@ __all__ = [
     "VmMeta",
     "check_vm_id",
     "merge_layers",
-    "tree_bytes",
 ]
 
 FLATTEN_THRESHOLD = 32
@@ -92,37 +91,6 @@ class VmMeta:
             upper=str(d["upper"]),
             is_base=bool(d.get("is_base", False)),
         )
-
-
-def tree_bytes(path: Path) -> int:
-    """Allocated bytes (``st_blocks``) of a directory tree, hard links counted once.
-
-    Never follows symlinks; entries that vanish while it walks (a command running
-    in the VM) are skipped.
-    """
-    total = 0
-    seen: set[int] = set()
-    stack = [str(path)]
-    while stack:
-        top = stack.pop()
-        try:
-            it = os.scandir(top)
-        except OSError:
-            continue
-        with it:
-            for entry in it:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-                    if st.st_ino in seen:
-                        continue
-                    seen.add(st.st_ino)
-                total += st.st_blocks * 512
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(entry.path)
-    return total
 
 
 def _fsync_dir(path: Path) -> None:

@@ -6,7 +6,7 @@ process of the command is accounted to the VM from its first instruction. bwrap
 runs with a pid namespace and ``--die-with-parent``: killing bwrap ends the whole
 tree, whatever the command did (``&``, ``setsid``, ``nohup``, double forks).
 
-Disk quota (see the engine's module docstring for the design): the wrapper sets
+Disk quota (see quota.py for the design): the wrapper sets
 ``RLIMIT_FSIZE`` to what is left of the VM's budget and ignores ``SIGXFSZ``, so a
 write past it fails with ``EFBIG`` ("File too large") instead of killing the
 writer; `run_bwrap`'s ``watch`` callback lets the engine stop a command whose VM
