@@ -1,12 +1,11 @@
 """The sandbox engine facade used by ``arker serve``.
 
-Concurrency model: one global lock guards the VM table; each VM has a condition
-variable guarding its mount, its set of busy sessions, a count of in-flight
-operations (runs and file I/O) and an ``exclusive`` flag held by fork/delete. A VM's
-overlay is mounted once, on first use, and unmounted only by fork (non-empty
-upper), delete and close, so runs never pay for a mount. A separate ``_gc_lock``
-keeps layer garbage collection from racing forks that create not-yet-referenced
-layers.
+Concurrency model: one global lock guards the VM table; each VM has a gate
+(gate.py) admitting many operations (runs, file I/O) or one exclusive one
+(fork/delete), and its overlay is mounted inside the gate. A VM's overlay is mounted
+once, on first use, and unmounted only by fork (non-empty upper), delete and close,
+so runs never pay for a mount. A separate ``_gc_lock`` keeps layer garbage
+collection from racing forks that create not-yet-referenced layers.
 
 Disk quota: see quota.py.
 """
@@ -22,7 +21,7 @@ import shutil
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -37,6 +36,7 @@ from .baseimage import (
     host_binds,
 )
 from .errors import SandboxError, SandboxUnavailable
+from .gate import VmGate
 from .layers import FLATTEN_THRESHOLD, LayerStore, VmMeta, check_vm_id
 from .limits import Limits
 from .probe import find_bwrap
@@ -72,12 +72,8 @@ class RunOutcome:
 @dataclass(eq=False)
 class _Vm:
     meta: VmMeta
-    cond: threading.Condition = field(default_factory=threading.Condition)
-    root_fd: int | None = None
-    active: int = 0
-    exclusive: bool = False
-    deleted: bool = False
-    sessions: set[str] = field(default_factory=set)
+    gate: VmGate
+    root_fd: int | None = None  # the mounted overlay (mounted on first use)
     cgroup: runner.VmCgroup | None = None
     usage: int | None = None  # last measured disk usage (quota), saves a walk per run
     generation: int = 0  # bumped at every mount: handles from an older mount are stale
@@ -196,7 +192,7 @@ class Engine:
             runner.VmCgroup.kill_stale(self._tag)
             self._store.clean_temp()
             for vm_id, meta in self._store.load_all().items():
-                self._vms[vm_id] = _Vm(meta)
+                self._vms[vm_id] = self._new_vm(meta)
             self._collect_layers()
         except BaseException:
             if hasattr(self, "_mnt"):
@@ -228,7 +224,7 @@ class Engine:
             self._base_dir(self.base)
             meta = VmMeta(vm_id, self.base, [], self._store.new_upper(), is_base=True)
             self._store.save_meta(meta)
-            self._vms[vm_id] = _Vm(meta)
+            self._vms[vm_id] = self._new_vm(meta)
 
     def exists(self, vm_id: str) -> bool:
         """Whether the engine has a VM with this id."""
@@ -257,13 +253,13 @@ class Engine:
         with self._lock:
             if child_id in self._vms:
                 raise SandboxError("bad_request", f"vm already exists: {child_id}")
-        self._acquire_exclusive(parent)
+        parent.gate.acquire_exclusive()
         try:
             self._fork_locked(parent, child_id)
         except OSError as exc:
             raise SandboxError("internal", f"fork failed: {exc}") from None
         finally:
-            self._release_exclusive(parent)
+            parent.gate.release_exclusive()
 
     def _fork_locked(self, parent: _Vm, child_id: str) -> None:
         """Body of :meth:`fork`; the caller holds the parent exclusively."""
@@ -295,7 +291,7 @@ class Engine:
                 parent.meta = new_parent
                 self._store.commit_meta(ctmp, child_id, durable=False)
             with self._lock:
-                self._vms[child_id] = _Vm(child)
+                self._vms[child_id] = self._new_vm(child)
             self._schedule_sync()
 
     def delete(self, vm_id: str) -> None:
@@ -306,7 +302,7 @@ class Engine:
         """
         self._check_open()
         vm = self._get(vm_id)
-        self._acquire_exclusive(vm)
+        vm.gate.acquire_exclusive()
         try:
             # Detached in the background: tearing an overlay down syncs the whole
             # upper filesystem, which must not stall the request.
@@ -317,11 +313,11 @@ class Engine:
             self._store.remove_meta(vm_id, durable=False)
             with self._lock:
                 self._vms.pop(vm_id, None)
-            vm.deleted = True
+            vm.gate.mark_deleted()
             if vm.cgroup is not None:
                 vm.cgroup.remove()
         finally:
-            self._release_exclusive(vm)
+            vm.gate.release_exclusive()
         self._schedule_sync()
         self._schedule_collect()  # behind the detached unmount on the background queue
 
@@ -345,10 +341,7 @@ class Engine:
             raise SandboxError("bad_request", "timeout must be positive")
         limit = min(limit, self.limits.max_timeout_s)
         vm = self._get(vm_id)
-        with vm.cond:
-            if name in vm.sessions:
-                raise SandboxError("vm_busy", f"session {session!r} is busy")
-            vm.sessions.add(name)
+        vm.gate.claim_session(name, session)
         try:
             root_fd = self._enter(vm)
             try:
@@ -356,9 +349,7 @@ class Engine:
             finally:
                 self._leave(vm)
         finally:
-            with vm.cond:
-                vm.sessions.discard(name)
-                vm.cond.notify_all()
+            vm.gate.release_session(name)
 
     def open_read(self, vm_id: str, path: str) -> tuple[BinaryIO, int]:
         """Open a regular file of the VM for reading, resolved inside the VM.
@@ -456,14 +447,11 @@ class Engine:
                 proc.kill()
         deadline = time.monotonic() + 15.0
         for vm in vms:
-            with vm.cond:
-                while vm.active and time.monotonic() < deadline:
-                    vm.cond.wait(timeout=0.1)
-                vm.exclusive = True
-                self._unmount(vm)
-                if vm.cgroup is not None:
-                    vm.cgroup.remove()
-                    vm.cgroup = None
+            vm.gate.shut(deadline)
+            self._unmount(vm)
+            if vm.cgroup is not None:
+                vm.cgroup.remove()
+                vm.cgroup = None
         self._background.close(last=self._store.syncfs)
         for stale in mounts.mounts_under(str(self._mnt)):
             with contextlib.suppress(OSError):
@@ -532,50 +520,26 @@ class Engine:
             )
         return path
 
+    def _new_vm(self, meta: VmMeta) -> _Vm:
+        return _Vm(meta, VmGate(meta.vm_id, self.busy_wait_s))
+
     def _enter(self, vm: _Vm) -> int:
         """Wait out fork/delete, mount if needed, count one in-flight operation."""
-        with vm.cond:
-            while vm.exclusive:
-                vm.cond.wait()
-            if vm.deleted:
-                raise SandboxError("not_found", f"vm not found: {vm.meta.vm_id}")
+
+        def prepare() -> int:
             self._check_open()
             if vm.root_fd is None:
                 self._mount(vm)
-            vm.active += 1
             assert vm.root_fd is not None
             return vm.root_fd
 
+        return vm.gate.enter(prepare)
+
     def _leave(self, vm: _Vm) -> None:
-        with vm.cond:
-            vm.active -= 1
-            vm.cond.notify_all()
-
-    def _acquire_exclusive(self, vm: _Vm) -> None:
-        deadline = time.monotonic() + self.busy_wait_s
-        with vm.cond:
-            while vm.exclusive:
-                vm.cond.wait()
-            if vm.deleted:
-                raise SandboxError("not_found", f"vm not found: {vm.meta.vm_id}")
-            vm.exclusive = True
-            while vm.active:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    vm.exclusive = False
-                    vm.cond.notify_all()
-                    raise SandboxError(
-                        "vm_busy", f"vm {vm.meta.vm_id} is running commands; try again"
-                    )
-                vm.cond.wait(timeout=left)
-
-    def _release_exclusive(self, vm: _Vm) -> None:
-        with vm.cond:
-            vm.exclusive = False
-            vm.cond.notify_all()
+        vm.gate.leave()
 
     def _mount(self, vm: _Vm) -> None:
-        """Mount the VM's overlay (caller holds ``vm.cond``)."""
+        """Mount the VM's overlay (inside its gate)."""
         meta = vm.meta
         target = self._mnt / meta.vm_id
         target.mkdir(mode=0o700, exist_ok=True)
@@ -592,7 +556,7 @@ class Engine:
         vm.generation += 1
 
     def _unmount(self, vm: _Vm, *, background: bool = False) -> None:
-        """Unmount the VM's overlay (caller holds ``vm.cond`` or exclusivity).
+        """Unmount the VM's overlay (the caller holds the VM exclusively).
 
         With ``background`` the mount is detached at once and the handle that keeps
         its superblock alive is closed on the background queue: overlay syncs the whole
@@ -661,7 +625,7 @@ class Engine:
                     proc.kill()
 
     def _run_in(self, vm: _Vm, root_fd: int, name: str, command: str, limit: float) -> RunOutcome:
-        with vm.cond:
+        with self._lock:
             if vm.cgroup is None:
                 vm.cgroup = runner.VmCgroup(
                     self._tag,
