@@ -35,6 +35,7 @@ from .baseimage import (
     default_debian_rootfs,
     host_binds,
 )
+from .cgroups import VmCgroup
 from .errors import SandboxError, SandboxUnavailable
 from .gate import VmGate
 from .layers import FLATTEN_THRESHOLD, LayerStore, VmMeta, check_vm_id
@@ -42,10 +43,10 @@ from .limits import Limits
 from .probe import find_bwrap
 from .probe import probe as _probe
 from .quota import DiskQuota
+from .session import STATE_END, parse_state_cwd, session_name, session_state_path
 
 __all__ = ["Engine", "Limits", "RunOutcome"]
 
-_SESSION_SAFE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
 # MAX_ARG_STRLEN is 128 KiB per argv string; the command travels as one.
 _MAX_COMMAND = 128 * 1024 - 1
 # bwrap itself can fail to fork the sandbox's pid 1 (EAGAIN) while the kernel is still
@@ -74,7 +75,7 @@ class _Vm:
     meta: VmMeta
     gate: VmGate
     root_fd: int | None = None  # the mounted overlay (mounted on first use)
-    cgroup: runner.VmCgroup | None = None
+    cgroup: VmCgroup | None = None
     usage: int | None = None  # last measured disk usage (quota), saves a walk per run
     generation: int = 0  # bumped at every mount: handles from an older mount are stale
 
@@ -91,14 +92,6 @@ def _bwrap_could_not_fork(raw: runner.RawResult) -> bool:
         and not raw.timed_out
         and _BWRAP_EAGAIN.fullmatch(raw.stderr) is not None
     )
-
-
-def _session_name(session: str) -> str:
-    if not isinstance(session, str) or len(session) > 256 or "\0" in session or not session:
-        raise SandboxError("bad_request", "invalid session id")
-    if _SESSION_SAFE.match(session):
-        return session
-    return "h-" + hashlib.sha256(session.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
 
 class Engine:
@@ -189,7 +182,7 @@ class Engine:
                 with contextlib.suppress(OSError):
                     leftover.rmdir()
             self._base_dir(base)  # build / check the default base now
-            runner.VmCgroup.kill_stale(self._tag)
+            VmCgroup.kill_stale(self._tag)
             self._store.clean_temp()
             for vm_id, meta in self._store.load_all().items():
                 self._vms[vm_id] = self._new_vm(meta)
@@ -331,7 +324,7 @@ class Engine:
             SandboxError: ``not_found``, ``vm_busy`` (session busy), ``bad_request``.
         """
         self._check_open()
-        name = _session_name(session)
+        name = session_name(session)
         if "\0" in command:
             raise SandboxError("bad_request", "command contains a NUL byte")
         if len(command.encode("utf-8", "surrogateescape")) > _MAX_COMMAND:
@@ -456,7 +449,7 @@ class Engine:
         for stale in mounts.mounts_under(str(self._mnt)):
             with contextlib.suppress(OSError):
                 mounts.umount(stale)
-        runner.VmCgroup.remove_groups(self._tag)
+        VmCgroup.remove_groups(self._tag)
         for leftover in self._mnt.iterdir():
             with contextlib.suppress(OSError):
                 leftover.rmdir()  # empty mount points of forked/deleted VMs
@@ -627,7 +620,7 @@ class Engine:
     def _run_in(self, vm: _Vm, root_fd: int, name: str, command: str, limit: float) -> RunOutcome:
         with self._lock:
             if vm.cgroup is None:
-                vm.cgroup = runner.VmCgroup(
+                vm.cgroup = VmCgroup(
                     self._tag,
                     vm.meta.vm_id,
                     self.sandbox_uid,
@@ -635,7 +628,7 @@ class Engine:
                     self.limits.memory_max_bytes,
                 )
             cgroup = vm.cgroup
-        state = runner.session_state_path(name)
+        state = session_state_path(name)
         ro_binds = host_binds() if vm.meta.base == HOST_BASE else []
         if self.network and vm.meta.base == HOST_BASE and os.path.exists("/etc/resolv.conf"):
             # The skeleton's copy is as old as the skeleton; DNS must follow the host.
@@ -688,8 +681,8 @@ class Engine:
         if raw.timed_out:  # a save cut short must not replace the last good state
             saved = files.read_small(root_fd, state, 1 << 20)
         else:
-            saved = files.commit_state(root_fd, state, runner.STATE_END, 1 << 20)
-        cwd = (runner.parse_state_cwd(saved) if saved is not None else None) or VM_HOME
+            saved = files.commit_state(root_fd, state, STATE_END, 1 << 20)
+        cwd = (parse_state_cwd(saved) if saved is not None else None) or VM_HOME
         if budget is not None:
             budget.finish(stopped=raw.stopped)
         code = raw.returncode
