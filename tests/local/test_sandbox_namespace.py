@@ -28,7 +28,7 @@ CHILD = textwrap.dedent(
     )
     assert r.exit_code == 0, r.stderr
     print("READY", flush=True)
-    e.run("v", "sleep 1000.777", session="other", timeout=3000)
+    e.run("v", "sleep " + sys.argv[2], session="other", timeout=3000)
     """
 )
 
@@ -38,15 +38,19 @@ def _overlays(tag_dir: str) -> list[str]:
         return [ln for ln in fh if tag_dir in ln]
 
 
+# Unique per run: other runs of this test on the same host must not count.
+_SLEEP = f"1000.{os.getpid()}{time.monotonic_ns() % 1000:03d}"
+
+
 def _sleepers() -> list[str]:
-    ps = subprocess.run(["pgrep", "-f", "sleep 1000.777"], capture_output=True, check=False)
+    ps = subprocess.run(["pgrep", "-f", f"sleep {_SLEEP}"], capture_output=True, check=False)
     return ps.stdout.decode().split()
 
 
 def test_private_namespace_and_sigkill_recovery(sandbox_data_dir: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(sandbox_data_dir)],
+        [sys.executable, "-c", CHILD, str(sandbox_data_dir), _SLEEP],
         stdout=subprocess.PIPE,
         env=env,
         cwd=str(REPO),
