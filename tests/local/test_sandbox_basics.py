@@ -255,7 +255,7 @@ def test_close_stops_running_commands(sandbox_data_dir: Path) -> None:
     t.join(timeout=30)
     assert not t.is_alive()
     assert _leftovers("100.6262") == []
-    assert mounts_under(str(eng._mnt)) == []
+    assert mounts_under(str(eng.mount_dir)) == []
     with pytest.raises(SandboxError):
         eng.run(BASE_VM, "true", session="0", timeout=5)
 

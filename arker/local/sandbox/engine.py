@@ -13,11 +13,8 @@ Disk quota: see quota.py.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import os
 import re
-import shutil
 import subprocess
 import threading
 import time
@@ -25,20 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from . import files, mounts, runner, staging
+from . import files, recovery, runner, staging
 from .background import BackgroundQueue
-from .baseimage import (
-    DEBIAN_BASE,
-    HOST_BASE,
-    VM_HOME,
-    build_host_skeleton,
-    default_debian_rootfs,
-    host_binds,
-)
+from .baseimage import DEBIAN_BASE, HOST_BASE, VM_HOME, BaseImages, host_binds
 from .cgroups import VmCgroup
 from .errors import SandboxError, SandboxUnavailable
 from .gate import VmGate
-from .layers import FLATTEN_THRESHOLD, LayerStore, VmMeta, check_vm_id
+from .layers import FLATTEN_THRESHOLD, VmMeta, check_vm_id
 from .limits import Limits
 from .probe import find_bwrap
 from .probe import probe as _probe
@@ -137,66 +127,44 @@ class Engine:
         self.limits = Limits() if limits is None else limits
         self.base = base
         self.busy_wait_s = busy_wait_s
-        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.data_dir, 0o700)  # setuid files in layers must be unreachable
-        self._root = self.data_dir / "engine"
-        self._root.mkdir(mode=0o700, exist_ok=True)
-        self._lock_fd = os.open(self._root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self._lock_fd)
-            raise SandboxUnavailable(
-                f"data dir {self.data_dir} is used by another running engine: stop it first"
-            ) from None
-        self._tag = hashlib.sha256(str(self._root.resolve()).encode()).hexdigest()[:8]
         self._lock = threading.RLock()
         self._gc_lock = threading.Lock()
         self._vms: dict[str, _Vm] = {}
         self._procs: set[subprocess.Popen[bytes]] = set()
         self._closed = False
         self._background = BackgroundQueue("arker-sandbox-bg")
-        self._base_dirs = {
-            HOST_BASE: self._root / "base" / HOST_BASE,
-            DEBIAN_BASE: default_debian_rootfs(self.data_dir),
-        }
+        self._bases = BaseImages(self.data_dir, sandbox_uid)
+        state = recovery.start(
+            self.data_dir, sandbox_uid, base, self._bases.path, self._background.put
+        )
+        self._lock_fd = state.lock_fd
+        self._tag = state.tag
+        self._store = state.store
+        self._overlays = state.overlays
+        self._quota = DiskQuota(
+            self.limits.disk_quota_bytes, self.limits.max_file_bytes, self._store.layer_path
+        )
+        # Fork metadata and frozen layers are made durable soon after (coalesced).
+        self._schedule_sync = self._background.coalescing(self._store.syncfs)
+        # Removing a deeply forked VM's layers is many rmtrees: done after the answer,
+        # coalesced so that concurrent deletes do not queue up on the GC lock.
+        self._schedule_collect = self._background.coalescing(self._collect_layers)
+        for vm_id, meta in state.vms.items():
+            self._vms[vm_id] = self._new_vm(meta)
         try:
-            self._mnt = self._mount_root()
-            self._store = LayerStore(self._root)
-            self._quota = DiskQuota(
-                self.limits.disk_quota_bytes, self.limits.max_file_bytes, self._store.layer_path
-            )
-            # Fork metadata and frozen layers are made durable soon after (coalesced).
-            self._schedule_sync = self._background.coalescing(self._store.syncfs)
-            # Removing a deeply forked VM's layers is many rmtrees: done after the
-            # answer, coalesced so that concurrent deletes do not queue up on the GC lock.
-            self._schedule_collect = self._background.coalescing(self._collect_layers)
-            # Mounts left by a previous engine that died in the host namespace.
-            for stale in mounts.mounts_under(str(self._mnt)):
-                with contextlib.suppress(OSError):
-                    mounts.umount(stale)
-            mounts.make_private_bind(str(self._mnt))
-            # Mount points of VMs deleted (or forgotten) before a crash: nothing is
-            # mounted here yet, so every entry is an empty leftover.
-            for leftover in self._mnt.iterdir():
-                with contextlib.suppress(OSError):
-                    leftover.rmdir()
-            self._base_dir(base)  # build / check the default base now
-            VmCgroup.kill_stale(self._tag)
-            self._store.clean_temp()
-            for vm_id, meta in self._store.load_all().items():
-                self._vms[vm_id] = self._new_vm(meta)
             self._collect_layers()
         except BaseException:
-            if hasattr(self, "_mnt"):
-                with contextlib.suppress(OSError):
-                    mounts.umount(str(self._mnt))
-            if hasattr(self, "_store"):
-                self._store.close()
-            os.close(self._lock_fd)
+            self._overlays.release()
+            self._store.close()
+            recovery.release_data_dir(self._lock_fd)
             raise
 
     # -- public API ----------------------------------------------------------------------
+
+    @property
+    def mount_dir(self) -> Path:
+        """Where the VMs' overlays are mounted (one directory per data dir)."""
+        return self._overlays.root
 
     @staticmethod
     def probe(data_dir: Path) -> None:
@@ -214,7 +182,7 @@ class Engine:
         with self._gc_lock, self._lock:
             if vm_id in self._vms:
                 return
-            self._base_dir(self.base)
+            self._bases.path(self.base)
             meta = VmMeta(vm_id, self.base, [], self._store.new_upper(), is_base=True)
             self._store.save_meta(meta)
             self._vms[vm_id] = self._new_vm(meta)
@@ -270,7 +238,7 @@ class Engine:
                 self._unmount(parent, background=True)
                 frozen = [*meta.layers, meta.upper]
                 if len(frozen) > FLATTEN_THRESHOLD:
-                    frozen = [self._store.flatten(frozen, self._base_dir(meta.base))]
+                    frozen = [self._store.flatten(frozen, self._bases.path(meta.base))]
                 child = VmMeta(child_id, meta.base, list(frozen), self._store.new_upper())
                 new_parent = VmMeta(
                     meta.vm_id, meta.base, list(frozen), self._store.new_upper(), meta.is_base
@@ -300,9 +268,7 @@ class Engine:
             # Detached in the background: tearing an overlay down syncs the whole
             # upper filesystem, which must not stall the request.
             self._unmount(vm, background=True)
-            target = self._mnt / vm_id
-            # After the detached overlay is gone (FIFO): its mount point is unused.
-            self._background.put(lambda: target.rmdir())
+            self._overlays.remove_mount_point(vm_id)
             self._store.remove_meta(vm_id, durable=False)
             with self._lock:
                 self._vms.pop(vm_id, None)
@@ -446,20 +412,10 @@ class Engine:
                 vm.cgroup.remove()
                 vm.cgroup = None
         self._background.close(last=self._store.syncfs)
-        for stale in mounts.mounts_under(str(self._mnt)):
-            with contextlib.suppress(OSError):
-                mounts.umount(stale)
+        self._overlays.close()
         VmCgroup.remove_groups(self._tag)
-        for leftover in self._mnt.iterdir():
-            with contextlib.suppress(OSError):
-                leftover.rmdir()  # empty mount points of forked/deleted VMs
-        with contextlib.suppress(OSError):
-            mounts.umount(str(self._mnt))
-        with contextlib.suppress(OSError):
-            self._mnt.rmdir()  # one per data dir ever served: do not pile up in /run
         self._store.close()
-        with contextlib.suppress(OSError):
-            os.close(self._lock_fd)
+        recovery.release_data_dir(self._lock_fd)
 
     def __enter__(self) -> Engine:
         return self
@@ -468,25 +424,6 @@ class Engine:
         self.close()
 
     # -- internals -----------------------------------------------------------------------
-
-    def _mount_root(self) -> Path:
-        """Directory holding the VMs' mount points.
-
-        bwrap resolves its ``--bind-fd`` source by path as the sandbox uid, so the
-        mount points cannot live inside the 0700 data dir. They live under ``/run``
-        in a directory owned by the sandbox uid with mode 0700: reachable by root and
-        the sandbox uid only (and the mounts are nosuid,nodev).
-        """
-        top = Path("/run/arker-sandbox")
-        if not Path("/run").is_dir():
-            top = self._root.parent.parent / ".arker-sandbox-mnt"
-        top.mkdir(mode=0o711, parents=True, exist_ok=True)
-        os.chmod(top, 0o711)
-        mnt = top / self._tag
-        mnt.mkdir(mode=0o700, exist_ok=True)
-        os.chown(mnt, self.sandbox_uid, self.sandbox_uid)
-        os.chmod(mnt, 0o700)
-        return mnt
 
     def _check_open(self) -> None:
         if self._closed:
@@ -498,20 +435,6 @@ class Engine:
         if vm is None:
             raise SandboxError("not_found", f"vm not found: {vm_id}")
         return vm
-
-    def _base_dir(self, name: str) -> Path:
-        path = self._base_dirs.get(name)
-        if path is None:
-            raise SandboxError("internal", f"unknown base image {name!r}")
-        if name == HOST_BASE and not path.is_dir():
-            path.parent.mkdir(mode=0o700, exist_ok=True)
-            build_host_skeleton(path, self.sandbox_uid)
-        if not path.is_dir():
-            raise SandboxUnavailable(
-                f"base image {name!r} not found at {path}: build it with "
-                "arker.local.sandbox.build_debian_rootfs(default_debian_rootfs(data_dir))"
-            )
-        return path
 
     def _new_vm(self, meta: VmMeta) -> _Vm:
         return _Vm(meta, VmGate(meta.vm_id, self.busy_wait_s))
@@ -533,78 +456,23 @@ class Engine:
 
     def _mount(self, vm: _Vm) -> None:
         """Mount the VM's overlay (inside its gate)."""
-        meta = vm.meta
-        target = self._mnt / meta.vm_id
-        target.mkdir(mode=0o700, exist_ok=True)
-        work = self._store.work_path(meta.upper)
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(mode=0o700)
-        lowers = [self._store.layer_ref(x) for x in reversed(meta.layers)]
-        lowers.append(str(self._base_dir(meta.base)))
-        try:
-            mounts.mount_overlay(str(target), lowers, self._store.layer_ref(meta.upper), str(work))
-        except OSError as exc:
-            raise SandboxError("internal", f"cannot mount vm {meta.vm_id}: {exc}") from None
-        vm.root_fd = os.open(target, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        vm.root_fd = self._overlays.mount(vm.meta)
         vm.generation += 1
 
     def _unmount(self, vm: _Vm, *, background: bool = False) -> None:
-        """Unmount the VM's overlay (the caller holds the VM exclusively).
-
-        With ``background`` the mount is detached at once and the handle that keeps
-        its superblock alive is closed on the background queue: overlay syncs the whole
-        upper filesystem when its superblock goes away, which with a lot of dirty
-        data takes far longer than the fork itself. Nothing writes through the
-        detached mount, so the frozen upper is already immutable when this returns.
-        """
+        """Unmount the VM's overlay, if mounted (the caller holds the VM exclusively)."""
         if vm.root_fd is None:
             return
         root_fd, vm.root_fd = vm.root_fd, None
-        target = self._mnt / vm.meta.vm_id
-        work = self._store.work_path(vm.meta.upper)
-        try:
-            if background:
-                mounts.detach(str(target))
-                fd, wdir = root_fd, work
-
-                def finish() -> None:
-                    os.close(fd)  # last reference: the detached overlay shuts down here
-                    shutil.rmtree(wdir, ignore_errors=True)
-
-                self._background.put(finish)
-                root_fd = -1
-            else:
-                os.close(root_fd)
-                root_fd = -1
-                mounts.umount(str(target))
-                shutil.rmtree(work, ignore_errors=True)
-        except OSError as exc:
-            raise SandboxError("internal", f"cannot unmount vm {vm.meta.vm_id}: {exc}") from None
-        finally:
-            if root_fd >= 0:
-                os.close(root_fd)
-        if not background:
-            # A fork remounts the parent right away; keeping its mount point also
-            # avoids rmdir waiting on the detached superblock's teardown.
-            with contextlib.suppress(OSError):
-                target.rmdir()
+        self._overlays.unmount(vm.meta, root_fd, background=background)
 
     def _collect_layers(self) -> None:
         """Remove layers and work dirs that no VM references."""
         with self._gc_lock:
             with self._lock:
-                used: set[str] = set()
-                uppers: set[str] = set()
-                for vm in self._vms.values():
-                    used.update(vm.meta.layers)
-                    used.add(vm.meta.upper)
-                    uppers.add(vm.meta.upper)
-            for lid in self._store.layer_ids_on_disk() - used:
-                self._store.remove_layer(lid)
+                metas = [vm.meta for vm in self._vms.values()]
+            for lid in self._store.remove_unused(metas):
                 self._quota.forget(lid)
-            for name in os.listdir(self._store.work_dir):
-                if name not in uppers:
-                    shutil.rmtree(self._store.work_dir / name, ignore_errors=True)
 
     def _register(
         self, done: subprocess.Popen[bytes] | None, proc: subprocess.Popen[bytes]

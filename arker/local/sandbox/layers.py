@@ -163,6 +163,26 @@ class LayerStore:
         """Every complete layer directory present."""
         return {n for n in os.listdir(self.layers_dir) if _LAYER_ID.match(n)}
 
+    def remove_unused(self, metas: list[VmMeta]) -> list[str]:
+        """Remove the layers and work dirs none of ``metas`` references.
+
+        Returns:
+            The ids of the layers removed.
+        """
+        used: set[str] = set()
+        uppers: set[str] = set()
+        for meta in metas:
+            used.update(meta.layers)
+            used.add(meta.upper)
+            uppers.add(meta.upper)
+        removed = sorted(self.layer_ids_on_disk() - used)
+        for lid in removed:
+            self.remove_layer(lid)
+        for name in os.listdir(self.work_dir):
+            if name not in uppers:
+                shutil.rmtree(self.work_dir / name, ignore_errors=True)
+        return removed
+
     def flatten(self, layer_ids_bottom_first: list[str], base_dir: Path | None) -> str:
         """Merge frozen layers into one new frozen layer, hard-linking file data.
 
