@@ -285,8 +285,8 @@ def test_debian_base_requires_a_built_rootfs(sandbox_data_dir: Path) -> None:
 def test_only_a_sandbox_that_could_not_fork_is_started_again(
     stdout: bytes, stderr: bytes, code: int, retry: bool
 ) -> None:
-    from arker.local.sandbox.engine import _bwrap_could_not_fork
+    from arker.local.sandbox.pipeline import bwrap_could_not_fork
     from arker.local.sandbox.runner import RawResult
 
     raw = RawResult(stdout, stderr, code, False, False, False)
-    assert _bwrap_could_not_fork(raw) is retry
+    assert bwrap_could_not_fork(raw) is retry

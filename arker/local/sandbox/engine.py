@@ -13,51 +13,27 @@ Disk quota: see quota.py.
 from __future__ import annotations
 
 import contextlib
-import os
-import re
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from . import files, recovery, runner, staging
+from . import files, recovery, staging
 from .background import BackgroundQueue
-from .baseimage import DEBIAN_BASE, HOST_BASE, VM_HOME, BaseImages, host_binds
+from .baseimage import DEBIAN_BASE, HOST_BASE, BaseImages
 from .cgroups import VmCgroup
 from .errors import SandboxError, SandboxUnavailable
 from .gate import VmGate
 from .layers import FLATTEN_THRESHOLD, VmMeta, check_vm_id
 from .limits import Limits
+from .pipeline import RunOutcome, RunPipeline
 from .probe import find_bwrap
 from .probe import probe as _probe
 from .quota import DiskQuota
-from .session import STATE_END, parse_state_cwd, session_name, session_state_path
+from .session import session_name
 
 __all__ = ["Engine", "Limits", "RunOutcome"]
-
-# MAX_ARG_STRLEN is 128 KiB per argv string; the command travels as one.
-_MAX_COMMAND = 128 * 1024 - 1
-# bwrap itself can fail to fork the sandbox's pid 1 (EAGAIN) while the kernel is still
-# reaping a killed sandbox's processes. The command never started, so trying again is
-# safe; a user would otherwise see "bwrap: Can't fork for pid 1" as the run's output.
-_SPAWN_ATTEMPTS = 3
-_BWRAP_EAGAIN = re.compile(rb"bwrap: [^\n]*: Resource temporarily unavailable\n?")
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """Result of one command."""
-
-    stdout: bytes
-    stderr: bytes
-    exit_code: int
-    duration_ms: float
-    cwd: str
-    timed_out: bool
-    stdout_truncated: bool
-    stderr_truncated: bool
 
 
 @dataclass(eq=False)
@@ -68,20 +44,6 @@ class _Vm:
     cgroup: VmCgroup | None = None
     usage: int | None = None  # last measured disk usage (quota), saves a walk per run
     generation: int = 0  # bumped at every mount: handles from an older mount are stale
-
-
-def _bwrap_could_not_fork(raw: runner.RawResult) -> bool:
-    """bwrap gave up before the command started, for want of a process slot.
-
-    Its last words are then one line of its own (``bwrap: Can't fork for pid 1:
-    Resource temporarily unavailable``), nothing on stdout, exit status 1.
-    """
-    return (
-        raw.returncode == 1
-        and not raw.stdout
-        and not raw.timed_out
-        and _BWRAP_EAGAIN.fullmatch(raw.stderr) is not None
-    )
 
 
 class Engine:
@@ -120,7 +82,6 @@ class Engine:
             raise SandboxUnavailable(
                 "bubblewrap (bwrap) not found: install it: apt-get install -y bubblewrap"
             )
-        self._bwrap = bwrap
         self.data_dir = Path(data_dir)
         self.network = network
         self.sandbox_uid = sandbox_uid
@@ -130,7 +91,9 @@ class Engine:
         self._lock = threading.RLock()
         self._gc_lock = threading.Lock()
         self._vms: dict[str, _Vm] = {}
-        self._procs: set[subprocess.Popen[bytes]] = set()
+        self._pipeline = RunPipeline(
+            bwrap=bwrap, sandbox_uid=sandbox_uid, network=network, limits=self.limits
+        )
         self._closed = False
         self._background = BackgroundQueue("arker-sandbox-bg")
         self._bases = BaseImages(self.data_dir, sandbox_uid)
@@ -291,20 +254,28 @@ class Engine:
         """
         self._check_open()
         name = session_name(session)
-        if "\0" in command:
-            raise SandboxError("bad_request", "command contains a NUL byte")
-        if len(command.encode("utf-8", "surrogateescape")) > _MAX_COMMAND:
-            raise SandboxError("payload_too_large", "command longer than 128 KiB")
-        limit = float(timeout)
-        if not limit > 0:
-            raise SandboxError("bad_request", "timeout must be positive")
-        limit = min(limit, self.limits.max_timeout_s)
+        limit = self._pipeline.check(command, timeout)
         vm = self._get(vm_id)
         vm.gate.claim_session(name, session)
         try:
             root_fd = self._enter(vm)
             try:
-                return self._run_in(vm, root_fd, name, command, limit)
+                cgroup = self._cgroup(vm)
+
+                def record(usage: int) -> None:
+                    vm.usage = usage
+
+                # Fork and delete wait for this run: the chain cannot change under it.
+                budget = self._quota.start_run(vm.meta, vm.usage, record)
+                return self._pipeline.run(
+                    root_fd=root_fd,
+                    base=vm.meta.base,
+                    cgroup=cgroup,
+                    session=name,
+                    command=command,
+                    limit=limit,
+                    budget=budget,
+                )
             finally:
                 self._leave(vm)
         finally:
@@ -399,11 +370,8 @@ class Engine:
             if self._closed:
                 return
             self._closed = True
-            procs = list(self._procs)
             vms = list(self._vms.values())
-        for proc in procs:
-            with contextlib.suppress(OSError):
-                proc.kill()
+        self._pipeline.kill_all()
         deadline = time.monotonic() + 15.0
         for vm in vms:
             vm.gate.shut(deadline)
@@ -474,18 +442,8 @@ class Engine:
             for lid in self._store.remove_unused(metas):
                 self._quota.forget(lid)
 
-    def _register(
-        self, done: subprocess.Popen[bytes] | None, proc: subprocess.Popen[bytes]
-    ) -> None:
-        with self._lock:
-            if done is not None:
-                self._procs.discard(done)
-            else:
-                self._procs.add(proc)
-                if self._closed:
-                    proc.kill()
-
-    def _run_in(self, vm: _Vm, root_fd: int, name: str, command: str, limit: float) -> RunOutcome:
+    def _cgroup(self, vm: _Vm) -> VmCgroup:
+        """The VM's cgroups, created on its first run."""
         with self._lock:
             if vm.cgroup is None:
                 vm.cgroup = VmCgroup(
@@ -495,76 +453,4 @@ class Engine:
                     self.limits.pids_max,
                     self.limits.memory_max_bytes,
                 )
-            cgroup = vm.cgroup
-        state = session_state_path(name)
-        ro_binds = host_binds() if vm.meta.base == HOST_BASE else []
-        if self.network and vm.meta.base == HOST_BASE and os.path.exists("/etc/resolv.conf"):
-            # The skeleton's copy is as old as the skeleton; DNS must follow the host.
-            ro_binds.append("/etc/resolv.conf")
-        drop_in_argv = runner.SETPRIV is not None
-
-        def record(usage: int) -> None:
-            vm.usage = usage
-
-        budget = self._quota.start_run(vm.meta, vm.usage, record)
-        start = time.monotonic()
-        for attempt in range(_SPAWN_ATTEMPTS):
-            if attempt:
-                time.sleep(0.05 * attempt)
-            info_r, info_w = os.pipe()
-            argv = runner.spawn_prefix(
-                cgroup,
-                self.limits.pids_max,
-                self.limits.memory_max_bytes,
-                drop_to=self.sandbox_uid if drop_in_argv else None,
-                fsize_max=None if budget is None else budget.fsize_max,
-            ) + runner.bwrap_argv(
-                bwrap=self._bwrap,
-                root_fd=root_fd,
-                ro_binds=ro_binds,
-                network=self.network,
-                info_fd=info_w,
-                command=command,
-                state_path=state,
-            )
-            try:
-                raw = runner.run_bwrap(
-                    argv,
-                    uid=None if drop_in_argv else self.sandbox_uid,
-                    pass_fds=(root_fd, info_w),
-                    info_w=info_w,
-                    info_r=info_r,
-                    timeout=max(limit - (time.monotonic() - start), 0.1),
-                    max_output=self.limits.max_output_bytes,
-                    register=self._register,
-                    watch=None if budget is None else budget.exceeded,
-                )
-            except OSError as exc:
-                raise SandboxError("internal", f"cannot start sandbox: {exc}") from None
-            if not _bwrap_could_not_fork(raw):
-                break
-        duration_ms = (time.monotonic() - start) * 1000.0
-        if raw.returncode == 125 and b"arker-spawn" in raw.stderr[:500]:
-            raise SandboxError("internal", "cannot place the command in the VM's cgroups")
-        if raw.timed_out:  # a save cut short must not replace the last good state
-            saved = files.read_small(root_fd, state, 1 << 20)
-        else:
-            saved = files.commit_state(root_fd, state, STATE_END, 1 << 20)
-        cwd = (parse_state_cwd(saved) if saved is not None else None) or VM_HOME
-        if budget is not None:
-            budget.finish(stopped=raw.stopped)
-        code = raw.returncode
-        if raw.timed_out:
-            code = 124
-        elif code < 0:
-            code = 128 - code  # killed by a signal (engine closing)
-        return RunOutcome(
-            stdout=raw.stdout,
-            stderr=raw.stderr,
-            exit_code=code,
-            duration_ms=duration_ms,
-            cwd=cwd,
-            timed_out=raw.timed_out,
-            stdout_truncated=raw.stdout_truncated,
-            stderr_truncated=raw.stderr_truncated,
-        )
+            return vm.cgroup
