@@ -200,22 +200,23 @@ def test_read_errors(engine: Engine) -> None:
     assert ei.value.code == "payload_too_large"
 
 
-def _overlay_mounts() -> list[str]:
+def _overlay_mounts(data_dir: Path) -> list[str]:
+    """This data dir's overlays (other engines may run on the same host)."""
     with open("/proc/self/mountinfo") as fh:
-        return [ln for ln in fh if " - overlay " in ln and "arker-sandbox" in ln]
+        return [ln for ln in fh if " - overlay " in ln and f"{data_dir}/" in ln]
 
 
 def test_restart_persistence_and_close_unmounts(sandbox_data_dir: Path) -> None:
-    before = _overlay_mounts()
+    before = _overlay_mounts(sandbox_data_dir)
     eng = Engine(sandbox_data_dir, network=False)
     eng.ensure_base(BASE_VM)
     eng.fork(BASE_VM, "vm1")
     assert eng.run("vm1", "echo persisted > f; cd /tmp", session="s", timeout=30).exit_code == 0
     eng.fork("vm1", "vm2")
     put_file(eng, "vm2", "/home/user/g", b"gg")
-    assert len(_overlay_mounts()) > len(before)
+    assert len(_overlay_mounts(sandbox_data_dir)) > len(before)
     eng.close()
-    assert _overlay_mounts() == before
+    assert _overlay_mounts(sandbox_data_dir) == before
     eng2 = Engine(sandbox_data_dir, network=False)
     try:
         assert eng2.vm_ids() == {BASE_VM, "vm1", "vm2"}
@@ -225,7 +226,7 @@ def test_restart_persistence_and_close_unmounts(sandbox_data_dir: Path) -> None:
         assert eng2.exists("vm1") and not eng2.exists("vm3")
     finally:
         eng2.close()
-    assert _overlay_mounts() == before
+    assert _overlay_mounts(sandbox_data_dir) == before
 
 
 def test_probe_passes_here(sandbox_data_dir: Path) -> None:

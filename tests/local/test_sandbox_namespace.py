@@ -60,7 +60,8 @@ def test_private_namespace_and_sigkill_recovery(sandbox_data_dir: Path) -> None:
         line = proc.stdout.readline()
         assert line == b"READY\n"
         # The child's overlays live in its own namespace: invisible here.
-        assert [ln for ln in _overlays("arker-sandbox") if " - overlay " in ln] == []
+        mine = _overlays(f"{sandbox_data_dir}/")
+        assert [ln for ln in mine if " - overlay " in ln] == []
         for _ in range(200):  # kill while the command is really running
             if _sleepers():
                 break
