@@ -25,7 +25,7 @@ from .baseimage import DEBIAN_BASE, HOST_BASE, BaseImages
 from .cgroups import VmCgroup
 from .errors import SandboxError, SandboxUnavailable
 from .gate import VmGate
-from .layers import FLATTEN_THRESHOLD, VmMeta, check_vm_id
+from .layers import VmMeta, check_vm_id
 from .limits import Limits
 from .pipeline import RunOutcome, RunPipeline
 from .probe import find_bwrap
@@ -193,27 +193,18 @@ class Engine:
                     raise SandboxError("bad_request", f"vm already exists: {child_id}")
             meta = parent.meta
             if self._store.is_empty(meta.upper):
-                # Nothing to freeze: the child shares exactly the parent's lowers
-                # and the parent keeps its (still empty) upper and its mount.
-                child = VmMeta(child_id, meta.base, list(meta.layers), self._store.new_upper())
-                self._store.save_meta(child, durable=False)
+                # Nothing to freeze: the parent keeps its (still empty) upper and mount.
+                child = self._store.branch(meta, child_id)
             else:
+                # The upper must be unmounted before it is frozen; the detached
+                # overlay shuts down on the background queue.
                 self._unmount(parent, background=True)
-                frozen = [*meta.layers, meta.upper]
-                if len(frozen) > FLATTEN_THRESHOLD:
-                    frozen = [self._store.flatten(frozen, self._bases.path(meta.base))]
-                child = VmMeta(child_id, meta.base, list(frozen), self._store.new_upper())
-                new_parent = VmMeta(
-                    meta.vm_id, meta.base, list(frozen), self._store.new_upper(), meta.is_base
-                )
-                # Order from LOCAL-SANDBOX.md: child's metadata in a temp file,
-                # parent's replaced (the commit point), then the child's renamed in.
-                # No fsyncs here (see LayerStore.write_meta_tmp): ext4's journal
-                # keeps the renames in order and a background syncfs follows.
-                ctmp = self._store.write_meta_tmp(child, durable=False)
-                self._store.save_meta(new_parent, durable=False)
-                parent.meta = new_parent
-                self._store.commit_meta(ctmp, child_id, durable=False)
+
+                def committed(new_parent: VmMeta) -> None:
+                    parent.meta = new_parent
+
+                base_dir = self._bases.path(meta.base)
+                child = self._store.freeze(meta, child_id, base_dir, committed)
             with self._lock:
                 self._vms[child_id] = self._new_vm(child)
             self._schedule_sync()

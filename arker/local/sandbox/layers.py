@@ -23,6 +23,7 @@ import re
 import secrets
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,6 +163,58 @@ class LayerStore:
     def layer_ids_on_disk(self) -> set[str]:
         """Every complete layer directory present."""
         return {n for n in os.listdir(self.layers_dir) if _LAYER_ID.match(n)}
+
+    # -- fork ----------------------------------------------------------------------------
+
+    def branch(self, meta: VmMeta, child_id: str) -> VmMeta:
+        """Fork a VM whose upper is empty: the child shares exactly its frozen layers.
+
+        Returns:
+            The child's metadata (saved; durable after the next `syncfs`).
+        """
+        child = VmMeta(child_id, meta.base, list(meta.layers), self.new_upper())
+        self.save_meta(child, durable=False)
+        return child
+
+    def freeze(
+        self,
+        meta: VmMeta,
+        child_id: str,
+        base_dir: Path,
+        committed: Callable[[VmMeta], None],
+    ) -> VmMeta:
+        """Fork a VM by freezing its (unmounted) upper into a layer both then stack.
+
+        Both get a new empty upper; no data moves. A chain longer than
+        `FLATTEN_THRESHOLD` is first merged into one layer (hard links).
+
+        Args:
+            meta: The parent's metadata; its upper must not be mounted.
+            child_id: The child.
+            base_dir: The base image under the chain (for flattening).
+            committed: Called with the parent's new metadata once it is on disk (the
+                commit point), before the child's metadata is put in place.
+
+        Returns:
+            The child's metadata (saved; durable after the next `syncfs`).
+        """
+        frozen = [*meta.layers, meta.upper]
+        if len(frozen) > FLATTEN_THRESHOLD:
+            frozen = [self.flatten(frozen, base_dir)]
+        child = VmMeta(child_id, meta.base, list(frozen), self.new_upper())
+        new_parent = VmMeta(meta.vm_id, meta.base, list(frozen), self.new_upper(), meta.is_base)
+        # Child's metadata in a temp file, parent's replaced (the commit point), then
+        # the child's renamed in: after a crash the parent is whole and the child
+        # either whole or absent (start-up removes temp files). No fsyncs here (see
+        # write_meta_tmp): ext4's journal keeps the renames in order and the engine
+        # runs a syncfs in the background right after.
+        ctmp = self.write_meta_tmp(child, durable=False)
+        self.save_meta(new_parent, durable=False)
+        committed(new_parent)
+        self.commit_meta(ctmp, child_id, durable=False)
+        return child
+
+    # -- garbage collection ------------------------------------------------------------
 
     def remove_unused(self, metas: list[VmMeta]) -> list[str]:
         """Remove the layers and work dirs none of ``metas`` references.
