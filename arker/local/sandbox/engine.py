@@ -1,13 +1,22 @@
-"""The sandbox engine facade used by ``arker serve``.
+"""The sandbox engine facade used by ``arker serve``: forkable VMs over overlayfs.
 
-Concurrency model: one global lock guards the VM table; each VM has a gate
-(gate.py) admitting many operations (runs, file I/O) or one exclusive one
-(fork/delete), and its overlay is mounted inside the gate. A VM's overlay is mounted
-once, on first use, and unmounted only by fork (non-empty upper), delete and close,
-so runs never pay for a mount. A separate ``_gc_lock`` keeps layer garbage
-collection from racing forks that create not-yet-referenced layers.
+Each job lives in its own module; the engine holds the VM table and wires them:
 
-Disk quota: see quota.py.
+* gate.py: per-VM admission (many runs and file operations, or one fork/delete);
+* mounting.py: each VM's overlay, mounted on first use inside the gate;
+* pipeline.py: one command's run (runner.py spawns bwrap, session.py keeps the
+  session state, cgroups.py the per-VM limits);
+* quota.py: the per-VM disk budget;
+* layers.py (with flatten.py): the on-disk layers and VM metadata, fork's chain work;
+* background.py: the queue for work that must not hold up an answer;
+* recovery.py: start-up (the data dir lock, cleanup after a crashed engine);
+* files.py and staging.py: file reads and staged uploads inside a VM.
+
+Concurrency: one lock guards the VM table; each VM's gate orders its operations. A
+VM's overlay is mounted once, on first use, and unmounted only by fork (non-empty
+upper), delete and close, so runs never pay for a mount. A separate ``_gc_lock``
+keeps layer garbage collection from racing forks that create not-yet-referenced
+layers.
 """
 
 from __future__ import annotations

@@ -52,8 +52,8 @@ def spawn_prefix(
 
     With ``drop_to``, the wrapper starts as root and execs bwrap through ``setpriv``
     as that uid. Popen's own ``user=``/``group=`` would do the same, but they make
-    Python fork() the whole server instead of vfork()ing it: ~12 ms per command for
-    a server-sized process, against ~4 ms for the two extra execs.
+    Python fork() the whole server instead of vfork()ing it, and copying a
+    server-sized process costs more per command than the two extra execs.
 
     With ``fsize_max`` (bytes), no file may grow past it (``RLIMIT_FSIZE``, set in
     512-byte units, rounded up) and ``SIGXFSZ`` is ignored so writers get ``EFBIG``.
