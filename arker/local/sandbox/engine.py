@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -290,13 +291,8 @@ class Engine:
         Raises:
             SandboxError: ``not_found`` (``file not found: <path>``), ``bad_request``.
         """
-        self._check_open()
-        vm = self._get(vm_id)
-        root_fd = self._enter(vm)
-        try:
+        with self._inside(vm_id) as (_, root_fd):
             return files.open_read(root_fd, path)
-        finally:
-            self._leave(vm)
 
     def check_room(self, vm_id: str, size: int) -> None:
         """Refuse (``payload_too_large``) a ``size``-byte file the VM has no room for."""
@@ -326,25 +322,15 @@ class Engine:
         Raises:
             SandboxError: ``not_found`` (VM or staged file), ``bad_request``.
         """
-        self._check_open()
-        vm = self._get(vm_id)
-        root_fd = self._enter(vm)
-        try:
+        with self._inside(vm_id) as (vm, root_fd):
             staging.commit(root_fd, name, path, size, mode, self.sandbox_uid, self.sandbox_uid)
             if vm.usage is not None:
                 vm.usage += size  # staged after the last measurement: an upper bound
-        finally:
-            self._leave(vm)
 
     def discard_staged(self, vm_id: str, name: str) -> None:
         """Remove the staged upload ``name`` if it (and the VM) still exist."""
-        self._check_open()
-        vm = self._get(vm_id)
-        root_fd = self._enter(vm)
-        try:
+        with self._inside(vm_id) as (_, root_fd):
             staging.discard(root_fd, name)
-        finally:
-            self._leave(vm)
 
     def disk_usage(self, vm_id: str) -> int:
         """Bytes (allocated blocks) of the VM's layer chain, the quota's measure."""
@@ -421,6 +407,17 @@ class Engine:
 
     def _leave(self, vm: _Vm) -> None:
         vm.gate.leave()
+
+    @contextlib.contextmanager
+    def _inside(self, vm_id: str) -> Iterator[tuple[_Vm, int]]:
+        """One operation on the VM's mounted root (the VM and its root handle)."""
+        self._check_open()
+        vm = self._get(vm_id)
+        root_fd = self._enter(vm)
+        try:
+            yield vm, root_fd
+        finally:
+            self._leave(vm)
 
     def _mount(self, vm: _Vm) -> None:
         """Mount the VM's overlay (inside its gate)."""
