@@ -1,4 +1,4 @@
-"""Layer store: frozen layers, per-VM chain metadata, fork, flatten and GC.
+"""Layer store: frozen layers, per-VM chain metadata, fork, flatten (flatten.py) and GC.
 
 On-disk layout under ``<data_dir>/engine``::
 
