@@ -278,7 +278,7 @@ class Engine:
                     budget=budget,
                 )
             finally:
-                self._leave(vm)
+                vm.gate.leave()
         finally:
             vm.gate.release_session(name)
 
@@ -314,7 +314,7 @@ class Engine:
             root_fd = self._enter(vm)
             return root_fd, vm.generation  # stable while entered: no remount can happen
 
-        return staging.StagedFile(enter, lambda: self._leave(vm), name)
+        return staging.StagedFile(enter, vm.gate.leave, name)
 
     def commit_staged(self, vm_id: str, name: str, path: str, size: int, mode: int = 0o644) -> None:
         """Atomically move the staged upload ``name`` (``size`` bytes) to ``path``.
@@ -405,9 +405,6 @@ class Engine:
 
         return vm.gate.enter(prepare)
 
-    def _leave(self, vm: _Vm) -> None:
-        vm.gate.leave()
-
     @contextlib.contextmanager
     def _inside(self, vm_id: str) -> Iterator[tuple[_Vm, int]]:
         """One operation on the VM's mounted root (the VM and its root handle)."""
@@ -417,7 +414,7 @@ class Engine:
         try:
             yield vm, root_fd
         finally:
-            self._leave(vm)
+            vm.gate.leave()
 
     def _mount(self, vm: _Vm) -> None:
         """Mount the VM's overlay (inside its gate)."""
