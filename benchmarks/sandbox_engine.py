@@ -15,8 +15,8 @@ Prints medians (ms) and ratios:
 from __future__ import annotations
 
 import argparse
-import io
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
@@ -42,13 +42,23 @@ def timed(fn: object, *args: object) -> float:
     return time.perf_counter() - t
 
 
+def put(eng: Engine, vm_id: str, path: str, data: bytes) -> None:
+    """Write a file the way the server does an upload: staged in the VM, then committed."""
+    eng.check_room(vm_id, len(data))
+    name = secrets.token_hex(20)
+    with eng.staged_file(vm_id, name) as staged:
+        staged.pwrite([data], 0)
+        staged.fsync()
+    eng.commit_staged(vm_id, name, path, len(data))
+
+
 def bench_fork(eng: Engine, runs: int, big_samples: int) -> dict[str, float]:
     res: dict[str, float] = {}
     eng.fork(BASE, "src")
     res["fork_empty_upper"] = ms([timed(eng.fork, "src", f"e{i}") for i in range(runs)])
     small = []
     for i in range(runs):
-        eng.write_file("src", "/home/user/small", io.BytesIO(b"x" * 1024), 1024)
+        put(eng, "src", "/home/user/small", b"x" * 1024)
         small.append(timed(eng.fork, "src", f"s{i}"))
     res["fork_small_upper"] = ms(small)
     fill = (
@@ -80,7 +90,7 @@ def bench_chain(eng: Engine, depth: int) -> dict[str, float]:
     for g in range(depth):
         vm = f"chain{g}"
         times.append(timed(eng.fork, prev, vm))
-        eng.write_file(vm, f"/home/user/g{g}", io.BytesIO(b"%d" % g), len(b"%d" % g))
+        put(eng, vm, f"/home/user/g{g}", b"%d" % g)
         prev = vm
     r = eng.run(prev, "ls ~ | wc -l", session="0", timeout=60)
     assert r.stdout.strip() == str(depth).encode(), r

@@ -1,13 +1,32 @@
 """The slice of the sandbox engine's facade that the HTTP layer relies on.
 
 Typed as a `Protocol` so the routes can be checked (and exercised with a stand-in)
-independently of `arker.local.sandbox`, which is built separately.
+independently of `arker.local.sandbox`, which is built separately. The error the
+engine raises lives here too, so the HTTP layer can recognise it with `isinstance`
+without importing the engine package.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO, Protocol
+
+
+class SandboxError(Exception):
+    """A request-level failure with a wire error code.
+
+    The server maps the codes one-to-one onto wire error codes.
+
+    Attributes:
+        code: One of ``not_found``, ``vm_busy``, ``bad_request``, ``payload_too_large``,
+            ``internal``.
+        message: Human-readable text, safe to show to the API caller.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
 
 
 class RunOutcomeLike(Protocol):
@@ -56,9 +75,7 @@ class EngineLike(Protocol):
 
     def delete(self, vm_id: str) -> None: ...
 
-    def run(
-        self, vm_id: str, command: str, *, session: str, timeout: float | None
-    ) -> RunOutcomeLike: ...
+    def run(self, vm_id: str, command: str, *, session: str, timeout: float) -> RunOutcomeLike: ...
 
     def open_read(self, vm_id: str, path: str) -> tuple[BinaryIO, int]: ...
 
@@ -78,15 +95,16 @@ class EngineLike(Protocol):
 
 
 def sandbox_error_parts(exc: BaseException) -> tuple[str, str] | None:
-    """``(code, message)`` of a ``SandboxError``, or None for any other exception.
-
-    Duck-typed so this module does not import the engine package.
-    """
-    if not any(cls.__name__ == "SandboxError" for cls in type(exc).__mro__):
+    """``(code, message)`` of a `SandboxError`, or None for any other exception."""
+    if not isinstance(exc, SandboxError):
         return None
-    code = getattr(exc, "code", None)
-    message = getattr(exc, "message", None) or str(exc)
-    return (str(code) if code else "internal", str(message))
+    return (exc.code or "internal", exc.message or str(exc))
 
 
-__all__ = ["EngineLike", "RunOutcomeLike", "StagedFileLike", "sandbox_error_parts"]
+__all__ = [
+    "EngineLike",
+    "RunOutcomeLike",
+    "SandboxError",
+    "StagedFileLike",
+    "sandbox_error_parts",
+]

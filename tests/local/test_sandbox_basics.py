@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import threading
@@ -10,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sandboxkit import put_file
 
 from arker.local.sandbox import Engine, SandboxError, SandboxUnavailable
 from arker.local.sandbox.mounts import mounts_under
@@ -153,7 +153,7 @@ def test_output_cap_truncates_and_drains(engine: Engine) -> None:
 
 def test_write_then_read_and_run_sees_it(engine: Engine) -> None:
     data = os.urandom(300_000)
-    engine.write_file(BASE_VM, "/home/user/new/dir/f.bin", io.BytesIO(data), len(data), 0o640)
+    put_file(engine, BASE_VM, "/home/user/new/dir/f.bin", data, 0o640)
     fh, size = engine.open_read(BASE_VM, "/home/user/new/dir/f.bin")
     with fh:
         assert size == len(data) and fh.read() == data
@@ -166,7 +166,7 @@ def test_write_then_read_and_run_sees_it(engine: Engine) -> None:
     assert lines[:3] == ["1000 640", "1000 755", "1000 755"]
     assert lines[-1] == "edited"
     # Overwrite is atomic and replaces content; writing the VM's own files works.
-    engine.write_file(BASE_VM, "/home/user/new/dir/f.bin", io.BytesIO(b"v2"), 2)
+    put_file(engine, BASE_VM, "/home/user/new/dir/f.bin", b"v2")
     fh, size = engine.open_read(BASE_VM, "/home/user/new/dir/f.bin")
     with fh:
         assert (fh.read(), size) == (b"v2", 2)
@@ -186,7 +186,7 @@ def test_read_errors(engine: Engine) -> None:
         engine.open_read(BASE_VM, "/home/user/fifo")
     assert ei.value.code == "bad_request"
     with pytest.raises(SandboxError) as ei:
-        engine.write_file(BASE_VM, "/home/user", io.BytesIO(b"x"), 1)
+        put_file(engine, BASE_VM, "/home/user", b"x")
     assert ei.value.code == "bad_request"
     with pytest.raises(SandboxError) as ei:
         engine.open_read("NOPE", "/home/user/x")
@@ -196,26 +196,27 @@ def test_read_errors(engine: Engine) -> None:
     assert ei.value.code == "not_found"
     big = engine.limits.max_file_bytes + 1
     with pytest.raises(SandboxError) as ei:
-        engine.write_file(BASE_VM, "/home/user/big", io.BytesIO(b""), big)
+        engine.check_room(BASE_VM, big)
     assert ei.value.code == "payload_too_large"
 
 
-def _overlay_mounts() -> list[str]:
+def _overlay_mounts(data_dir: Path) -> list[str]:
+    """This data dir's overlays (other engines may run on the same host)."""
     with open("/proc/self/mountinfo") as fh:
-        return [ln for ln in fh if " - overlay " in ln and "arker-sandbox" in ln]
+        return [ln for ln in fh if " - overlay " in ln and f"{data_dir}/" in ln]
 
 
 def test_restart_persistence_and_close_unmounts(sandbox_data_dir: Path) -> None:
-    before = _overlay_mounts()
+    before = _overlay_mounts(sandbox_data_dir)
     eng = Engine(sandbox_data_dir, network=False)
     eng.ensure_base(BASE_VM)
     eng.fork(BASE_VM, "vm1")
     assert eng.run("vm1", "echo persisted > f; cd /tmp", session="s", timeout=30).exit_code == 0
     eng.fork("vm1", "vm2")
-    eng.write_file("vm2", "/home/user/g", io.BytesIO(b"gg"), 2)
-    assert len(_overlay_mounts()) > len(before)
+    put_file(eng, "vm2", "/home/user/g", b"gg")
+    assert len(_overlay_mounts(sandbox_data_dir)) > len(before)
     eng.close()
-    assert _overlay_mounts() == before
+    assert _overlay_mounts(sandbox_data_dir) == before
     eng2 = Engine(sandbox_data_dir, network=False)
     try:
         assert eng2.vm_ids() == {BASE_VM, "vm1", "vm2"}
@@ -225,7 +226,7 @@ def test_restart_persistence_and_close_unmounts(sandbox_data_dir: Path) -> None:
         assert eng2.exists("vm1") and not eng2.exists("vm3")
     finally:
         eng2.close()
-    assert _overlay_mounts() == before
+    assert _overlay_mounts(sandbox_data_dir) == before
 
 
 def test_probe_passes_here(sandbox_data_dir: Path) -> None:
@@ -255,7 +256,7 @@ def test_close_stops_running_commands(sandbox_data_dir: Path) -> None:
     t.join(timeout=30)
     assert not t.is_alive()
     assert _leftovers("100.6262") == []
-    assert mounts_under(str(eng._mnt)) == []
+    assert mounts_under(str(eng.mount_dir)) == []
     with pytest.raises(SandboxError):
         eng.run(BASE_VM, "true", session="0", timeout=5)
 
@@ -266,36 +267,6 @@ def test_debian_base_requires_a_built_rootfs(sandbox_data_dir: Path) -> None:
     assert "build_debian_rootfs" in str(ei.value) and "\n" not in str(ei.value)
     eng = Engine(sandbox_data_dir, network=False)  # the failed start left nothing locked
     eng.close()
-
-
-def test_write_source_is_read_with_server_rights(engine: Engine, tmp_path: Path) -> None:
-    private = tmp_path / "private"
-    private.mkdir(mode=0o700)
-    (private / "body").write_bytes(b"secret-body")
-
-    class LazySource(io.RawIOBase):
-        """Opens its backing file on first read, like a spooled upload might."""
-
-        def __init__(self) -> None:
-            self.fh: io.BufferedReader | None = None
-
-        def read(self, n: int = -1) -> bytes:
-            if self.fh is None:
-                self.fh = open(private / "body", "rb")  # noqa: SIM115 - closed below
-            return self.fh.read(n)
-
-        def close(self) -> None:
-            if self.fh is not None:
-                self.fh.close()
-
-    src = LazySource()
-    try:
-        engine.write_file(BASE_VM, "/home/user/lazy", src, 11)  # type: ignore[arg-type]
-    finally:
-        src.close()
-    fh, _ = engine.open_read(BASE_VM, "/home/user/lazy")
-    with fh:
-        assert fh.read() == b"secret-body"
 
 
 @pytest.mark.parametrize(
@@ -315,8 +286,8 @@ def test_write_source_is_read_with_server_rights(engine: Engine, tmp_path: Path)
 def test_only_a_sandbox_that_could_not_fork_is_started_again(
     stdout: bytes, stderr: bytes, code: int, retry: bool
 ) -> None:
-    from arker.local.sandbox.engine import _bwrap_could_not_fork
+    from arker.local.sandbox.pipeline import bwrap_could_not_fork
     from arker.local.sandbox.runner import RawResult
 
     raw = RawResult(stdout, stderr, code, False, False, False)
-    assert _bwrap_could_not_fork(raw) is retry
+    assert bwrap_could_not_fork(raw) is retry

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from arker.local.sandbox.layers import merge_layers
+from arker.local.sandbox.flatten import merge_layers
 
 OPAQUE = "user.overlay.opaque"
 

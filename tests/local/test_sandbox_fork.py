@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from sandboxkit import put_file
 
 from arker.local.sandbox import Engine, SandboxError
 from arker.local.sandbox.layers import FLATTEN_THRESHOLD
@@ -156,7 +156,7 @@ def test_concurrent_forks_runs_and_writes(engine: Engine) -> None:
         try:
             vm = f"w{i}"
             engine.fork("root", vm)
-            engine.write_file(vm, f"/home/user/f{i}", io.BytesIO(b"%d" % i), len(b"%d" % i))
+            put_file(engine, vm, f"/home/user/f{i}", b"%d" % i)
             assert out(engine, vm, f"cat f{i}") == str(i)
             engine.fork(vm, f"w{i}c")
             assert out(engine, f"w{i}c", "ls") == f"f{i}\n"
@@ -176,7 +176,7 @@ def test_hundreds_of_successive_forks(engine: Engine) -> None:
     for g in range(300):
         vm = f"s{g}"
         engine.fork(prev, vm)
-        engine.write_file(vm, f"/home/user/g{g}", io.BytesIO(b"x"), 1)
+        put_file(engine, vm, f"/home/user/g{g}", b"x")
         if g % 50 == 49:
             engine.delete(prev)  # parents vanish along the way; the chain keeps working
         prev = vm

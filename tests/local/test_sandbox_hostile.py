@@ -6,7 +6,6 @@ tests/e2e/test_isolation.py; these tests drive the engine directly with small li
 
 from __future__ import annotations
 
-import io
 import threading
 import time
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sandboxkit import put_file
 
 from arker.local.sandbox import Engine, Limits, SandboxError
 
@@ -64,7 +64,7 @@ def test_filling_the_disk_hits_the_vm_quota_not_the_host(qengine: Engine) -> Non
     assert _sh(qengine, hog, "echo still-here") == "still-here\n"
     # ... but writes through the API are refused with the same clear error.
     with pytest.raises(SandboxError) as err:
-        qengine.write_file(hog, "/home/user/more", io.BytesIO(b"x" * MIB), MIB)
+        put_file(qengine, hog, "/home/user/more", b"x" * MIB)
     assert err.value.code == "payload_too_large" and "disk quota exceeded" in err.value.message
     # The other VM has its own budget.
     _sh(qengine, other, "dd if=/dev/zero of=/home/user/half bs=1M count=32 status=none")
@@ -73,7 +73,7 @@ def test_filling_the_disk_hits_the_vm_quota_not_the_host(qengine: Engine) -> Non
     _sh(qengine, hog, "rm /home/user/big")
     assert qengine.disk_usage(hog) < MIB
     _sh(qengine, hog, "dd if=/dev/zero of=/home/user/ok bs=1M count=32 status=none")
-    qengine.write_file(hog, "/home/user/small", io.BytesIO(b"hello"), 5)
+    put_file(qengine, hog, "/home/user/small", b"hello")
     assert _sh(qengine, hog, "cat /home/user/small") == "hello"
 
 

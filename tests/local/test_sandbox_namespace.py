@@ -16,18 +16,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 CHILD = textwrap.dedent(
     """
-    import io, sys, time
+    import sys, time
     from pathlib import Path
     from arker.local.sandbox import Engine, enter_private_mount_namespace
     enter_private_mount_namespace()
     e = Engine(Path(sys.argv[1]), network=False)
     e.ensure_base("base")
     e.fork("base", "v")
-    e.write_file("v", "/home/user/f", io.BytesIO(b"hello\\n"), 6)
-    r = e.run("v", "echo more >> f && cd /tmp && export K=v", session="s", timeout=30)
+    r = e.run(
+        "v", "echo hello > f && echo more >> f && cd /tmp && export K=v", session="s", timeout=30
+    )
     assert r.exit_code == 0, r.stderr
     print("READY", flush=True)
-    e.run("v", "sleep 1000.777", session="other", timeout=3000)
+    e.run("v", "sleep " + sys.argv[2], session="other", timeout=3000)
     """
 )
 
@@ -37,15 +38,19 @@ def _overlays(tag_dir: str) -> list[str]:
         return [ln for ln in fh if tag_dir in ln]
 
 
+# Unique per run: other runs of this test on the same host must not count.
+_SLEEP = f"1000.{os.getpid()}{time.monotonic_ns() % 1000:03d}"
+
+
 def _sleepers() -> list[str]:
-    ps = subprocess.run(["pgrep", "-f", "sleep 1000.777"], capture_output=True, check=False)
+    ps = subprocess.run(["pgrep", "-f", f"sleep {_SLEEP}"], capture_output=True, check=False)
     return ps.stdout.decode().split()
 
 
 def test_private_namespace_and_sigkill_recovery(sandbox_data_dir: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(sandbox_data_dir)],
+        [sys.executable, "-c", CHILD, str(sandbox_data_dir), _SLEEP],
         stdout=subprocess.PIPE,
         env=env,
         cwd=str(REPO),
@@ -55,7 +60,8 @@ def test_private_namespace_and_sigkill_recovery(sandbox_data_dir: Path) -> None:
         line = proc.stdout.readline()
         assert line == b"READY\n"
         # The child's overlays live in its own namespace: invisible here.
-        assert [ln for ln in _overlays("arker-sandbox") if " - overlay " in ln] == []
+        mine = _overlays(f"{sandbox_data_dir}/")
+        assert [ln for ln in mine if " - overlay " in ln] == []
         for _ in range(200):  # kill while the command is really running
             if _sleepers():
                 break

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import io
 import os
 import stat
 import time
 from pathlib import Path
 
 import pytest
+from sandboxkit import put_file
 
 from arker.local.sandbox import Engine, SandboxError
 
@@ -49,12 +49,12 @@ def test_write_through_symlinked_dir_stays_inside(engine: Engine, tmp_path: Path
     assert code == 0, err
     # The link dangles inside the VM: refused, and the host file is untouched.
     with pytest.raises(SandboxError) as ei:
-        engine.write_file(BASE_VM, "/home/user/link/victim", io.BytesIO(b"pwned"), 5)
+        put_file(engine, BASE_VM, "/home/user/link/victim", b"pwned")
     assert ei.value.code == "bad_request"
     assert run(engine, f"mkdir -p {host_dir}")[0] == 0
-    engine.write_file(BASE_VM, "/home/user/link/victim", io.BytesIO(b"pwned"), 5)
-    engine.write_file(BASE_VM, "/home/user/link/new", io.BytesIO(b"pwned"), 5)
-    engine.write_file(BASE_VM, "/home/user/victimlink", io.BytesIO(b"pwned"), 5)
+    put_file(engine, BASE_VM, "/home/user/link/victim", b"pwned")
+    put_file(engine, BASE_VM, "/home/user/link/new", b"pwned")
+    put_file(engine, BASE_VM, "/home/user/victimlink", b"pwned")
     assert (host_dir / "victim").read_text() == "host"
     assert sorted(os.listdir(host_dir)) == ["victim"]
     # The writes landed inside the VM, at the path the link names there.
@@ -63,7 +63,7 @@ def test_write_through_symlinked_dir_stays_inside(engine: Engine, tmp_path: Path
     )
     assert out == "pwnedpwnedpwned"
     with pytest.raises(SandboxError) as ei:  # the VM's /etc is root's: a link does not help
-        engine.write_file(BASE_VM, "/home/user/etclink/passwd", io.BytesIO(b"x"), 1)
+        put_file(engine, BASE_VM, "/home/user/etclink/passwd", b"x")
     assert ei.value.code == "bad_request"
     assert b"user:x:1000" in engine.open_read(BASE_VM, "/etc/passwd")[0].read()
     assert b"root:" in Path("/etc/passwd").read_bytes()

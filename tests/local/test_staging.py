@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import io
 from pathlib import Path
 
 import pytest
@@ -75,13 +74,18 @@ def test_a_fork_never_sees_writes_made_after_it(engine: Engine) -> None:
     assert child.stdout == b"1\n"
 
 
-def test_write_file_with_a_short_body_writes_and_leaves_nothing(
+def test_committing_a_staged_file_short_of_its_size_is_refused_and_writes_nothing(
     engine: Engine, sandbox_data_dir: Path
 ) -> None:
     engine.fork(BASE_VM, "short")
+    name = staging_name("short", new_ulid())
+    with engine.staged_file("short", name) as staged:
+        staged.pwrite([b"12345"], 0)
+        staged.fsync()
     with pytest.raises(SandboxError) as err:
-        engine.write_file("short", "/home/user/f", io.BytesIO(b"12345"), 10)
-    assert err.value.code == "bad_request" and "shorter" in err.value.message
+        engine.commit_staged("short", name, "/home/user/f", 10)
+    assert err.value.code == "bad_request" and "10 were announced" in err.value.message
     out = engine.run("short", "test -e /home/user/f; echo $?", session="s", timeout=30)
     assert out.stdout == b"1\n"
+    engine.discard_staged("short", name)
     assert _staged_on_host(sandbox_data_dir) == set()

@@ -6,9 +6,11 @@ Import :class:`Engine` and friends from here; the submodules are implementation.
 from __future__ import annotations
 
 from .baseimage import build_debian_rootfs, default_debian_rootfs
-from .engine import Engine, Limits, RunOutcome
+from .engine import Engine
 from .errors import SandboxError, SandboxUnavailable
+from .limits import Limits
 from .mounts import enter_private_mount_namespace
+from .pipeline import RunOutcome
 
 __all__ = [
     "Engine",

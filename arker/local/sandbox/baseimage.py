@@ -13,12 +13,15 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from .errors import SandboxError, SandboxUnavailable
+
 __all__ = [
     "DEBIAN_BASE",
     "HOST_BASE",
     "SESSIONS_DIR",
     "VM_HOME",
     "VM_UID",
+    "BaseImages",
     "build_debian_rootfs",
     "build_host_skeleton",
     "default_debian_rootfs",
@@ -189,3 +192,39 @@ def build_debian_rootfs(
         os.chown(p, sandbox_uid, sandbox_uid)
     os.chmod(tmp / SESSIONS_DIR.lstrip("/"), 0o700)
     os.rename(tmp, dest)
+
+
+class BaseImages:
+    """Where each base image of an engine lives; the host skeleton is built on first use.
+
+    Args:
+        data_dir: The engine's data dir.
+        sandbox_uid: Host uid the VM user maps to (owns the skeleton's home).
+    """
+
+    def __init__(self, data_dir: Path, sandbox_uid: int) -> None:
+        self._dirs = {
+            HOST_BASE: Path(data_dir) / "engine" / "base" / HOST_BASE,
+            DEBIAN_BASE: default_debian_rootfs(data_dir),
+        }
+        self._sandbox_uid = sandbox_uid
+
+    def path(self, name: str) -> Path:
+        """The base image's directory (the lowest layer of every VM on it).
+
+        Raises:
+            SandboxError: ``internal`` for an unknown name.
+            SandboxUnavailable: The debian rootfs was never built.
+        """
+        path = self._dirs.get(name)
+        if path is None:
+            raise SandboxError("internal", f"unknown base image {name!r}")
+        if name == HOST_BASE and not path.is_dir():
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            build_host_skeleton(path, self._sandbox_uid)
+        if not path.is_dir():
+            raise SandboxUnavailable(
+                f"base image {name!r} not found at {path}: build it with "
+                "arker.local.sandbox.build_debian_rootfs(default_debian_rootfs(data_dir))"
+            )
+        return path

@@ -1,164 +1,59 @@
-"""The sandbox engine facade used by ``arker serve``.
+"""The sandbox engine facade used by ``arker serve``: forkable VMs over overlayfs.
 
-Concurrency model: one global lock guards the VM table; each VM has a condition
-variable guarding its mount, its set of busy sessions, a count of in-flight
-operations (runs and file I/O) and an ``exclusive`` flag held by fork/delete. A VM's
-overlay is mounted once, on first use, and unmounted only by fork (non-empty
+Each job lives in its own module; the engine holds the VM table and wires them:
+
+* gate.py: per-VM admission (many runs and file operations, or one fork/delete);
+* mounting.py: each VM's overlay, mounted on first use inside the gate;
+* pipeline.py: one command's run (runner.py spawns bwrap, session.py keeps the
+  session state, cgroups.py the per-VM limits);
+* quota.py: the per-VM disk budget;
+* layers.py (with flatten.py): the on-disk layers and VM metadata, fork's chain work;
+* background.py: the queue for work that must not hold up an answer;
+* recovery.py: start-up (the data dir lock, cleanup after a crashed engine);
+* files.py and staging.py: file reads and staged uploads inside a VM.
+
+Concurrency: one lock guards the VM table; each VM's gate orders its operations. A
+VM's overlay is mounted once, on first use, and unmounted only by fork (non-empty
 upper), delete and close, so runs never pay for a mount. A separate ``_gc_lock``
 keeps layer garbage collection from racing forks that create not-yet-referenced
 layers.
-
-Disk quota (``Limits.disk_quota_bytes``, per VM). What a VM costs is the blocks of
-its own layer chain: every frozen layer it stacks (immutable, so measured once and
-cached by id) plus its live upper (walked again, O(files), at each check: once
-after every run, about 40 ms per 5,000 files in the upper on the reference machine;
-the value is cached for the next run's start). The base image is not counted.
-Enforcement, all in the engine, nothing mounted:
-
-* ``write_file`` refuses a file that would not fit (``payload_too_large``).
-* A run starts with ``RLIMIT_FSIZE`` = what is left of the budget (plus 1 MiB of
-  slack) and ``SIGXFSZ`` ignored, so one big file fails with ``EFBIG``; while it
-  runs the upper is re-measured about twice a second (less often for huge trees)
-  and the command is killed once the VM passes its budget (many files). A run that
-  grew the VM past its budget fails with ``payload_too_large`` ("disk quota
-  exceeded: VM uses X of Y bytes"). Runs are still allowed over the budget, with
-  the 1 MiB per-file cap, so the user can delete files (the only way back).
-
-Why not a hard filesystem limit: ext4 project quotas need the ``quota``/``project``
-features, which a mounted root filesystem cannot gain (this host's is mounted
-``noquota``); a loop-mounted or size-limited tmpfs upper per VM would make fork no
-longer constant time (a frozen upper would stay a mounted image, one loop device
-per layer) or put VM disks in RAM. Limits of this design: it is a soft limit
-checked by polling, so a VM can overshoot by what it writes between two checks
-(write rate times ~0.5 s, plus up to the remaining budget per file written in
-parallel); space freed by deleting a file from a frozen layer (after a fork) is not
-given back (overlay keeps the lower copy); files written through ``/dev/shm`` are
-memory (cgroup-limited), not disk; an upload counts once staged (see staging.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
-import os
-import queue
-import re
-import secrets
-import shutil
-import subprocess
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from . import files, mounts, runner, staging
-from .baseimage import (
-    DEBIAN_BASE,
-    HOST_BASE,
-    VM_HOME,
-    build_host_skeleton,
-    default_debian_rootfs,
-    host_binds,
-)
+from . import files, recovery, staging
+from .background import BackgroundQueue
+from .baseimage import DEBIAN_BASE, HOST_BASE, BaseImages
+from .cgroups import VmCgroup
 from .errors import SandboxError, SandboxUnavailable
-from .layers import FLATTEN_THRESHOLD, LayerStore, VmMeta, check_vm_id, tree_bytes
+from .gate import VmGate
+from .layers import VmMeta, check_vm_id
+from .limits import Limits
+from .pipeline import RunOutcome, RunPipeline
 from .probe import find_bwrap
 from .probe import probe as _probe
+from .quota import DiskQuota
+from .session import session_name
 
-__all__ = ["Engine", "Limits", "RunOutcome", "enter_private_mount_namespace"]
-
-enter_private_mount_namespace = mounts.enter_private_mount_namespace
-
-_SESSION_SAFE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")
-# MAX_ARG_STRLEN is 128 KiB per argv string; the command travels as one.
-_MAX_COMMAND = 128 * 1024 - 1
-# Per-file headroom past the budget: a file that hits RLIMIT_FSIZE always ends the
-# run over budget (so the error is reported), and an over-budget VM can still run
-# commands that write small files (the session state) while it cleans up.
-_QUOTA_SLACK = 1 << 20
-_QUOTA_NOISE = 64 << 10
-# bwrap itself can fail to fork the sandbox's pid 1 (EAGAIN) while the kernel is still
-# reaping a killed sandbox's processes. The command never started, so trying again is
-# safe; a user would otherwise see "bwrap: Can't fork for pid 1" as the run's output.
-_SPAWN_ATTEMPTS = 3
-_BWRAP_EAGAIN = re.compile(rb"bwrap: [^\n]*: Resource temporarily unavailable\n?")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Resource limits applied per VM and per command.
-
-    Attributes:
-        max_output_bytes: Cap per stream; the rest is drained and discarded.
-        default_timeout_s: Timeout when the caller gives none.
-        max_timeout_s: Upper bound for any timeout.
-        pids_max: cgroup v1 ``pids.max`` per VM (RLIMIT_NPROC fallback).
-        memory_max_bytes: cgroup v1 memory limit per VM (RLIMIT_AS fallback).
-        max_file_bytes: Largest file ``write_file`` accepts (extension).
-        disk_quota_bytes: Disk budget per VM (its layer chain, base excluded);
-            0 disables the quota. See the module docstring.
-    """
-
-    max_output_bytes: int = 4 * 1024 * 1024
-    default_timeout_s: float = 600.0
-    max_timeout_s: float = 3600.0
-    pids_max: int = 256
-    memory_max_bytes: int = 1 << 30
-    max_file_bytes: int = 100 * 1024 * 1024
-    disk_quota_bytes: int = 10 << 30
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """Result of one command."""
-
-    stdout: bytes
-    stderr: bytes
-    exit_code: int
-    duration_ms: float
-    cwd: str
-    timed_out: bool
-    stdout_truncated: bool
-    stderr_truncated: bool
+__all__ = ["Engine", "Limits", "RunOutcome"]
 
 
 @dataclass(eq=False)
 class _Vm:
     meta: VmMeta
-    cond: threading.Condition = field(default_factory=threading.Condition)
-    root_fd: int | None = None
-    active: int = 0
-    exclusive: bool = False
-    deleted: bool = False
-    sessions: set[str] = field(default_factory=set)
-    cgroup: runner.VmCgroup | None = None
+    gate: VmGate
+    root_fd: int | None = None  # the mounted overlay (mounted on first use)
+    cgroup: VmCgroup | None = None
     usage: int | None = None  # last measured disk usage (quota), saves a walk per run
     generation: int = 0  # bumped at every mount: handles from an older mount are stale
-
-
-def _bwrap_could_not_fork(raw: runner.RawResult) -> bool:
-    """bwrap gave up before the command started, for want of a process slot.
-
-    Its last words are then one line of its own (``bwrap: Can't fork for pid 1:
-    Resource temporarily unavailable``), nothing on stdout, exit status 1.
-    """
-    return (
-        raw.returncode == 1
-        and not raw.stdout
-        and not raw.timed_out
-        and _BWRAP_EAGAIN.fullmatch(raw.stderr) is not None
-    )
-
-
-def _session_name(session: str) -> str:
-    if not isinstance(session, str) or len(session) > 256 or "\0" in session or not session:
-        raise SandboxError("bad_request", "invalid session id")
-    if _SESSION_SAFE.match(session):
-        return session
-    return "h-" + hashlib.sha256(session.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
 
 class Engine:
@@ -168,7 +63,7 @@ class Engine:
         data_dir: Directory for all engine state (made 0700).
         network: Give commands the host network namespace (``--share-net``).
         sandbox_uid: Unprivileged host uid/gid the VM user (uid 1000 inside) maps to.
-        limits: Resource limits.
+        limits: Resource limits (`Limits()` when None).
         base: ``"host"`` (zero-download skeleton + host ``/usr``) or ``"debian"`` (the
             rootfs built by ``build_debian_rootfs(default_debian_rootfs(data_dir))``).
         busy_wait_s: How long fork/delete wait for running commands before ``vm_busy``.
@@ -184,7 +79,7 @@ class Engine:
         *,
         network: bool = True,
         sandbox_uid: int = 60999,
-        limits: Limits = Limits(),
+        limits: Limits | None = None,
         base: str = HOST_BASE,
         busy_wait_s: float = 2.0,
     ) -> None:
@@ -197,69 +92,52 @@ class Engine:
             raise SandboxUnavailable(
                 "bubblewrap (bwrap) not found: install it: apt-get install -y bubblewrap"
             )
-        self._bwrap = bwrap
         self.data_dir = Path(data_dir)
         self.network = network
         self.sandbox_uid = sandbox_uid
-        self.limits = limits
+        self.limits = Limits() if limits is None else limits
         self.base = base
         self.busy_wait_s = busy_wait_s
-        self.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(self.data_dir, 0o700)  # setuid files in layers must be unreachable
-        self._root = self.data_dir / "engine"
-        self._root.mkdir(mode=0o700, exist_ok=True)
-        self._lock_fd = os.open(self._root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self._lock_fd)
-            raise SandboxUnavailable(
-                f"data dir {self.data_dir} is used by another running engine: stop it first"
-            ) from None
-        self._tag = hashlib.sha256(str(self._root.resolve()).encode()).hexdigest()[:8]
         self._lock = threading.RLock()
         self._gc_lock = threading.Lock()
-        self._collect_pending = False
         self._vms: dict[str, _Vm] = {}
-        self._procs: set[subprocess.Popen[bytes]] = set()
+        self._pipeline = RunPipeline(
+            bwrap=bwrap, sandbox_uid=sandbox_uid, network=network, limits=self.limits
+        )
         self._closed = False
-        self._closer: threading.Thread | None = None
-        self._closer_q: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._sync_pending = False
-        self._layer_bytes: dict[str, int] = {}  # frozen layers are immutable
-        self._base_dirs = {
-            HOST_BASE: self._root / "base" / HOST_BASE,
-            DEBIAN_BASE: default_debian_rootfs(self.data_dir),
-        }
+        self._background = BackgroundQueue("arker-sandbox-bg")
+        self._bases = BaseImages(self.data_dir, sandbox_uid)
+        state = recovery.start(
+            self.data_dir, sandbox_uid, base, self._bases.path, self._background.put
+        )
+        self._lock_fd = state.lock_fd
+        self._tag = state.tag
+        self._store = state.store
+        self._overlays = state.overlays
+        self._quota = DiskQuota(
+            self.limits.disk_quota_bytes, self.limits.max_file_bytes, self._store.layer_path
+        )
+        # Fork metadata and frozen layers are made durable soon after (coalesced).
+        self._schedule_sync = self._background.coalescing(self._store.syncfs)
+        # Removing a deeply forked VM's layers is many rmtrees: done after the answer,
+        # coalesced so that concurrent deletes do not queue up on the GC lock.
+        self._schedule_collect = self._background.coalescing(self._collect_layers)
+        for vm_id, meta in state.vms.items():
+            self._vms[vm_id] = self._new_vm(meta)
         try:
-            self._mnt = self._mount_root()
-            self._store = LayerStore(self._root)
-            # Mounts left by a previous engine that died in the host namespace.
-            for stale in mounts.mounts_under(str(self._mnt)):
-                with contextlib.suppress(OSError):
-                    mounts.umount(stale)
-            mounts.make_private_bind(str(self._mnt))
-            # Mount points of VMs deleted (or forgotten) before a crash: nothing is
-            # mounted here yet, so every entry is an empty leftover.
-            for leftover in self._mnt.iterdir():
-                with contextlib.suppress(OSError):
-                    leftover.rmdir()
-            self._base_dir(base)  # build / check the default base now
-            runner.VmCgroup.kill_stale(self._tag)
-            self._store.clean_temp()
-            for vm_id, meta in self._store.load_all().items():
-                self._vms[vm_id] = _Vm(meta)
             self._collect_layers()
         except BaseException:
-            if hasattr(self, "_mnt"):
-                with contextlib.suppress(OSError):
-                    mounts.umount(str(self._mnt))
-            if hasattr(self, "_store"):
-                self._store.close()
-            os.close(self._lock_fd)
+            self._overlays.release()
+            self._store.close()
+            recovery.release_data_dir(self._lock_fd)
             raise
 
     # -- public API ----------------------------------------------------------------------
+
+    @property
+    def mount_dir(self) -> Path:
+        """Where the VMs' overlays are mounted (one directory per data dir)."""
+        return self._overlays.root
 
     @staticmethod
     def probe(data_dir: Path) -> None:
@@ -270,11 +148,6 @@ class Engine:
         """
         _probe(data_dir)
 
-    @staticmethod
-    def enter_private_mount_namespace() -> None:
-        """See :func:`arker.local.sandbox.mounts.enter_private_mount_namespace`."""
-        mounts.enter_private_mount_namespace()
-
     def ensure_base(self, vm_id: str) -> None:
         """Make sure the public base image VM ``vm_id`` exists (idempotent)."""
         check_vm_id(vm_id)
@@ -282,10 +155,10 @@ class Engine:
         with self._gc_lock, self._lock:
             if vm_id in self._vms:
                 return
-            self._base_dir(self.base)
+            self._bases.path(self.base)
             meta = VmMeta(vm_id, self.base, [], self._store.new_upper(), is_base=True)
             self._store.save_meta(meta)
-            self._vms[vm_id] = _Vm(meta)
+            self._vms[vm_id] = self._new_vm(meta)
 
     def exists(self, vm_id: str) -> bool:
         """Whether the engine has a VM with this id."""
@@ -314,13 +187,13 @@ class Engine:
         with self._lock:
             if child_id in self._vms:
                 raise SandboxError("bad_request", f"vm already exists: {child_id}")
-        self._acquire_exclusive(parent)
+        parent.gate.acquire_exclusive()
         try:
             self._fork_locked(parent, child_id)
         except OSError as exc:
             raise SandboxError("internal", f"fork failed: {exc}") from None
         finally:
-            self._release_exclusive(parent)
+            parent.gate.release_exclusive()
 
     def _fork_locked(self, parent: _Vm, child_id: str) -> None:
         """Body of :meth:`fork`; the caller holds the parent exclusively."""
@@ -330,29 +203,20 @@ class Engine:
                     raise SandboxError("bad_request", f"vm already exists: {child_id}")
             meta = parent.meta
             if self._store.is_empty(meta.upper):
-                # Nothing to freeze: the child shares exactly the parent's lowers
-                # and the parent keeps its (still empty) upper and its mount.
-                child = VmMeta(child_id, meta.base, list(meta.layers), self._store.new_upper())
-                self._store.save_meta(child, durable=False)
+                # Nothing to freeze: the parent keeps its (still empty) upper and mount.
+                child = self._store.branch(meta, child_id)
             else:
+                # The upper must be unmounted before it is frozen; the detached
+                # overlay shuts down on the background queue.
                 self._unmount(parent, background=True)
-                frozen = [*meta.layers, meta.upper]
-                if len(frozen) > FLATTEN_THRESHOLD:
-                    frozen = [self._store.flatten(frozen, self._base_dir(meta.base))]
-                child = VmMeta(child_id, meta.base, list(frozen), self._store.new_upper())
-                new_parent = VmMeta(
-                    meta.vm_id, meta.base, list(frozen), self._store.new_upper(), meta.is_base
-                )
-                # Order from LOCAL-SANDBOX.md: child's metadata in a temp file,
-                # parent's replaced (the commit point), then the child's renamed in.
-                # No fsyncs here (see LayerStore.write_meta_tmp): ext4's journal
-                # keeps the renames in order and a background syncfs follows.
-                ctmp = self._store.write_meta_tmp(child, durable=False)
-                self._store.save_meta(new_parent, durable=False)
-                parent.meta = new_parent
-                self._store.commit_meta(ctmp, child_id, durable=False)
+
+                def committed(new_parent: VmMeta) -> None:
+                    parent.meta = new_parent
+
+                base_dir = self._bases.path(meta.base)
+                child = self._store.freeze(meta, child_id, base_dir, committed)
             with self._lock:
-                self._vms[child_id] = _Vm(child)
+                self._vms[child_id] = self._new_vm(child)
             self._schedule_sync()
 
     def delete(self, vm_id: str) -> None:
@@ -363,59 +227,60 @@ class Engine:
         """
         self._check_open()
         vm = self._get(vm_id)
-        self._acquire_exclusive(vm)
+        vm.gate.acquire_exclusive()
         try:
             # Detached in the background: tearing an overlay down syncs the whole
             # upper filesystem, which must not stall the request.
             self._unmount(vm, background=True)
-            target = self._mnt / vm_id
-            # After the detached overlay is gone (FIFO): its mount point is unused.
-            self._background(lambda: target.rmdir())
+            self._overlays.remove_mount_point(vm_id)
             self._store.remove_meta(vm_id, durable=False)
             with self._lock:
                 self._vms.pop(vm_id, None)
-            vm.deleted = True
+            vm.gate.mark_deleted()
             if vm.cgroup is not None:
                 vm.cgroup.remove()
         finally:
-            self._release_exclusive(vm)
+            vm.gate.release_exclusive()
         self._schedule_sync()
-        # Removing a deeply forked VM's layers is many rmtrees: done after the answer,
-        # on the background queue (behind the detached unmount), coalesced, so that
-        # concurrent deletes do not queue up on the GC lock.
-        self._schedule_collect()
+        self._schedule_collect()  # behind the detached unmount on the background queue
 
-    def run(self, vm_id: str, command: str, *, session: str, timeout: float | None) -> RunOutcome:
+    def run(self, vm_id: str, command: str, *, session: str, timeout: float) -> RunOutcome:
         """Run ``/bin/sh -c command`` as the VM user in session ``session``.
+
+        ``timeout`` (seconds) is the caller's: the server's configuration holds the
+        default; the engine only caps it at ``Limits.max_timeout_s``.
 
         Raises:
             SandboxError: ``not_found``, ``vm_busy`` (session busy), ``bad_request``.
         """
         self._check_open()
-        name = _session_name(session)
-        if "\0" in command:
-            raise SandboxError("bad_request", "command contains a NUL byte")
-        if len(command.encode("utf-8", "surrogateescape")) > _MAX_COMMAND:
-            raise SandboxError("payload_too_large", "command longer than 128 KiB")
-        limit = self.limits.default_timeout_s if timeout is None else float(timeout)
-        if not limit > 0:
-            raise SandboxError("bad_request", "timeout must be positive")
-        limit = min(limit, self.limits.max_timeout_s)
+        name = session_name(session)
+        limit = self._pipeline.check(command, timeout)
         vm = self._get(vm_id)
-        with vm.cond:
-            if name in vm.sessions:
-                raise SandboxError("vm_busy", f"session {session!r} is busy")
-            vm.sessions.add(name)
+        vm.gate.claim_session(name, session)
         try:
             root_fd = self._enter(vm)
             try:
-                return self._run_in(vm, root_fd, name, command, limit)
+                cgroup = self._cgroup(vm)
+
+                def record(usage: int) -> None:
+                    vm.usage = usage
+
+                # Fork and delete wait for this run: the chain cannot change under it.
+                budget = self._quota.start_run(vm.meta, vm.usage, record)
+                return self._pipeline.run(
+                    root_fd=root_fd,
+                    base=vm.meta.base,
+                    cgroup=cgroup,
+                    session=name,
+                    command=command,
+                    limit=limit,
+                    budget=budget,
+                )
             finally:
-                self._leave(vm)
+                vm.gate.leave()
         finally:
-            with vm.cond:
-                vm.sessions.discard(name)
-                vm.cond.notify_all()
+            vm.gate.release_session(name)
 
     def open_read(self, vm_id: str, path: str) -> tuple[BinaryIO, int]:
         """Open a regular file of the VM for reading, resolved inside the VM.
@@ -426,63 +291,13 @@ class Engine:
         Raises:
             SandboxError: ``not_found`` (``file not found: <path>``), ``bad_request``.
         """
-        self._check_open()
-        vm = self._get(vm_id)
-        root_fd = self._enter(vm)
-        try:
+        with self._inside(vm_id) as (_, root_fd):
             return files.open_read(root_fd, path)
-        finally:
-            self._leave(vm)
-
-    def write_file(
-        self, vm_id: str, path: str, src: BinaryIO, size: int, mode: int = 0o644
-    ) -> None:
-        """Atomically write ``size`` bytes from ``src`` to ``path`` inside the VM.
-
-        The bytes are staged, fsynced and committed like an upload (see staging.py).
-
-        Raises:
-            SandboxError: ``not_found``, ``payload_too_large``, ``bad_request``.
-        """
-        self._check_open()
-        vm = self._get(vm_id)
-        used = self._check_room(vm, size)
-        name = secrets.token_hex(20)
-        try:
-            with self.staged_file(vm_id, name) as staged:
-                staged.fill(src, size)
-            self.commit_staged(vm_id, name, path, size, mode)
-        except BaseException:
-            with contextlib.suppress(SandboxError):
-                self.discard_staged(vm_id, name)
-            raise
-        if used is not None:
-            vm.usage = used + size  # an upper bound; the next run measures again
 
     def check_room(self, vm_id: str, size: int) -> None:
         """Refuse (``payload_too_large``) a ``size``-byte file the VM has no room for."""
         self._check_open()
-        self._check_room(self._get(vm_id), size)
-
-    def _check_room(self, vm: _Vm, size: int) -> int | None:
-        """The VM's disk usage when a quota applies (after checking ``size`` fits)."""
-        if size < 0:
-            raise SandboxError("bad_request", "negative size")
-        if size > self.limits.max_file_bytes:
-            raise SandboxError(
-                "payload_too_large", f"file larger than {self.limits.max_file_bytes} bytes"
-            )
-        quota = self.limits.disk_quota_bytes
-        if quota <= 0:
-            return None
-        used = self.disk_usage(vm.meta.vm_id)
-        if used + size > quota:
-            raise SandboxError(
-                "payload_too_large",
-                f"disk quota exceeded: VM uses {used} of {quota} bytes; "
-                f"a {size}-byte file does not fit (delete files to free space)",
-            )
-        return used
+        self._quota.check_room(self._get(vm_id).meta, size)
 
     # -- uploads staged inside the VM (see staging.py) -------------------------------------
 
@@ -499,7 +314,7 @@ class Engine:
             root_fd = self._enter(vm)
             return root_fd, vm.generation  # stable while entered: no remount can happen
 
-        return staging.StagedFile(enter, lambda: self._leave(vm), name)
+        return staging.StagedFile(enter, vm.gate.leave, name)
 
     def commit_staged(self, vm_id: str, name: str, path: str, size: int, mode: int = 0o644) -> None:
         """Atomically move the staged upload ``name`` (``size`` bytes) to ``path``.
@@ -507,46 +322,19 @@ class Engine:
         Raises:
             SandboxError: ``not_found`` (VM or staged file), ``bad_request``.
         """
-        self._check_open()
-        vm = self._get(vm_id)
-        root_fd = self._enter(vm)
-        try:
+        with self._inside(vm_id) as (vm, root_fd):
             staging.commit(root_fd, name, path, size, mode, self.sandbox_uid, self.sandbox_uid)
             if vm.usage is not None:
                 vm.usage += size  # staged after the last measurement: an upper bound
-        finally:
-            self._leave(vm)
 
     def discard_staged(self, vm_id: str, name: str) -> None:
         """Remove the staged upload ``name`` if it (and the VM) still exist."""
-        self._check_open()
-        vm = self._get(vm_id)
-        root_fd = self._enter(vm)
-        try:
+        with self._inside(vm_id) as (_, root_fd):
             staging.discard(root_fd, name)
-        finally:
-            self._leave(vm)
 
     def disk_usage(self, vm_id: str) -> int:
         """Bytes (allocated blocks) of the VM's layer chain, the quota's measure."""
-        meta = self._get(vm_id).meta
-        return self._frozen_bytes(meta) + self._upper_bytes(meta)
-
-    def _frozen_bytes(self, meta: VmMeta) -> int:
-        """Bytes of the VM's frozen layers (each measured once: they never change)."""
-        total = 0
-        for lid in meta.layers:
-            with self._lock:
-                cached = self._layer_bytes.get(lid)
-            if cached is None:
-                cached = tree_bytes(self._store.layer_path(lid))
-                with self._lock:
-                    self._layer_bytes[lid] = cached
-            total += cached
-        return total
-
-    def _upper_bytes(self, meta: VmMeta) -> int:
-        return tree_bytes(self._store.layer_path(meta.upper))
+        return self._quota.usage(self._get(vm_id).meta)
 
     def gc(self, live_vm_ids: set[str]) -> None:
         """Delete VMs not in ``live_vm_ids`` (base VMs excepted) and unused layers."""
@@ -568,40 +356,20 @@ class Engine:
             if self._closed:
                 return
             self._closed = True
-            procs = list(self._procs)
             vms = list(self._vms.values())
-        for proc in procs:
-            with contextlib.suppress(OSError):
-                proc.kill()
+        self._pipeline.kill_all()
         deadline = time.monotonic() + 15.0
         for vm in vms:
-            with vm.cond:
-                while vm.active and time.monotonic() < deadline:
-                    vm.cond.wait(timeout=0.1)
-                vm.exclusive = True
-                self._unmount(vm)
-                if vm.cgroup is not None:
-                    vm.cgroup.remove()
-                    vm.cgroup = None
-        closer = self._closer
-        if closer is not None:
-            self._closer_q.put(self._store.syncfs)
-            self._closer_q.put(None)
-            closer.join()
-        for stale in mounts.mounts_under(str(self._mnt)):
-            with contextlib.suppress(OSError):
-                mounts.umount(stale)
-        runner.VmCgroup.remove_groups(self._tag)
-        for leftover in self._mnt.iterdir():
-            with contextlib.suppress(OSError):
-                leftover.rmdir()  # empty mount points of forked/deleted VMs
-        with contextlib.suppress(OSError):
-            mounts.umount(str(self._mnt))
-        with contextlib.suppress(OSError):
-            self._mnt.rmdir()  # one per data dir ever served: do not pile up in /run
+            vm.gate.shut(deadline)
+            self._unmount(vm)
+            if vm.cgroup is not None:
+                vm.cgroup.remove()
+                vm.cgroup = None
+        self._background.close(last=self._store.syncfs)
+        self._overlays.close()
+        VmCgroup.remove_groups(self._tag)
         self._store.close()
-        with contextlib.suppress(OSError):
-            os.close(self._lock_fd)
+        recovery.release_data_dir(self._lock_fd)
 
     def __enter__(self) -> Engine:
         return self
@@ -610,25 +378,6 @@ class Engine:
         self.close()
 
     # -- internals -----------------------------------------------------------------------
-
-    def _mount_root(self) -> Path:
-        """Directory holding the VMs' mount points.
-
-        bwrap resolves its ``--bind-fd`` source by path as the sandbox uid, so the
-        mount points cannot live inside the 0700 data dir. They live under ``/run``
-        in a directory owned by the sandbox uid with mode 0700: reachable by root and
-        the sandbox uid only (and the mounts are nosuid,nodev).
-        """
-        top = Path("/run/arker-sandbox")
-        if not Path("/run").is_dir():
-            top = self._root.parent.parent / ".arker-sandbox-mnt"
-        top.mkdir(mode=0o711, parents=True, exist_ok=True)
-        os.chmod(top, 0o711)
-        mnt = top / self._tag
-        mnt.mkdir(mode=0o700, exist_ok=True)
-        os.chown(mnt, self.sandbox_uid, self.sandbox_uid)
-        os.chmod(mnt, 0o700)
-        return mnt
 
     def _check_open(self) -> None:
         if self._closed:
@@ -641,297 +390,61 @@ class Engine:
             raise SandboxError("not_found", f"vm not found: {vm_id}")
         return vm
 
-    def _base_dir(self, name: str) -> Path:
-        path = self._base_dirs.get(name)
-        if path is None:
-            raise SandboxError("internal", f"unknown base image {name!r}")
-        if name == HOST_BASE and not path.is_dir():
-            path.parent.mkdir(mode=0o700, exist_ok=True)
-            build_host_skeleton(path, self.sandbox_uid)
-        if not path.is_dir():
-            raise SandboxUnavailable(
-                f"base image {name!r} not found at {path}: build it with "
-                "arker.local.sandbox.build_debian_rootfs(default_debian_rootfs(data_dir))"
-            )
-        return path
+    def _new_vm(self, meta: VmMeta) -> _Vm:
+        return _Vm(meta, VmGate(meta.vm_id, self.busy_wait_s))
 
     def _enter(self, vm: _Vm) -> int:
         """Wait out fork/delete, mount if needed, count one in-flight operation."""
-        with vm.cond:
-            while vm.exclusive:
-                vm.cond.wait()
-            if vm.deleted:
-                raise SandboxError("not_found", f"vm not found: {vm.meta.vm_id}")
+
+        def prepare() -> int:
             self._check_open()
             if vm.root_fd is None:
                 self._mount(vm)
-            vm.active += 1
             assert vm.root_fd is not None
             return vm.root_fd
 
-    def _leave(self, vm: _Vm) -> None:
-        with vm.cond:
-            vm.active -= 1
-            vm.cond.notify_all()
+        return vm.gate.enter(prepare)
 
-    def _acquire_exclusive(self, vm: _Vm) -> None:
-        deadline = time.monotonic() + self.busy_wait_s
-        with vm.cond:
-            while vm.exclusive:
-                vm.cond.wait()
-            if vm.deleted:
-                raise SandboxError("not_found", f"vm not found: {vm.meta.vm_id}")
-            vm.exclusive = True
-            while vm.active:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    vm.exclusive = False
-                    vm.cond.notify_all()
-                    raise SandboxError(
-                        "vm_busy", f"vm {vm.meta.vm_id} is running commands; try again"
-                    )
-                vm.cond.wait(timeout=left)
-
-    def _release_exclusive(self, vm: _Vm) -> None:
-        with vm.cond:
-            vm.exclusive = False
-            vm.cond.notify_all()
+    @contextlib.contextmanager
+    def _inside(self, vm_id: str) -> Iterator[tuple[_Vm, int]]:
+        """One operation on the VM's mounted root (the VM and its root handle)."""
+        self._check_open()
+        vm = self._get(vm_id)
+        root_fd = self._enter(vm)
+        try:
+            yield vm, root_fd
+        finally:
+            vm.gate.leave()
 
     def _mount(self, vm: _Vm) -> None:
-        """Mount the VM's overlay (caller holds ``vm.cond``)."""
-        meta = vm.meta
-        target = self._mnt / meta.vm_id
-        target.mkdir(mode=0o700, exist_ok=True)
-        work = self._store.work_path(meta.upper)
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(mode=0o700)
-        lowers = [self._store.layer_ref(x) for x in reversed(meta.layers)]
-        lowers.append(str(self._base_dir(meta.base)))
-        try:
-            mounts.mount_overlay(str(target), lowers, self._store.layer_ref(meta.upper), str(work))
-        except OSError as exc:
-            raise SandboxError("internal", f"cannot mount vm {meta.vm_id}: {exc}") from None
-        vm.root_fd = os.open(target, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        """Mount the VM's overlay (inside its gate)."""
+        vm.root_fd = self._overlays.mount(vm.meta)
         vm.generation += 1
 
     def _unmount(self, vm: _Vm, *, background: bool = False) -> None:
-        """Unmount the VM's overlay (caller holds ``vm.cond`` or exclusivity).
-
-        With ``background`` the mount is detached at once and the handle that keeps
-        its superblock alive is closed by the closer thread: overlay syncs the whole
-        upper filesystem when its superblock goes away, which with a lot of dirty
-        data takes far longer than the fork itself. Nothing writes through the
-        detached mount, so the frozen upper is already immutable when this returns.
-        """
+        """Unmount the VM's overlay, if mounted (the caller holds the VM exclusively)."""
         if vm.root_fd is None:
             return
         root_fd, vm.root_fd = vm.root_fd, None
-        target = self._mnt / vm.meta.vm_id
-        work = self._store.work_path(vm.meta.upper)
-        try:
-            if background:
-                mounts.detach(str(target))
-                fd, wdir = root_fd, work
-
-                def finish() -> None:
-                    os.close(fd)  # last reference: the detached overlay shuts down here
-                    shutil.rmtree(wdir, ignore_errors=True)
-
-                self._background(finish)
-                root_fd = -1
-            else:
-                os.close(root_fd)
-                root_fd = -1
-                mounts.umount(str(target))
-                shutil.rmtree(work, ignore_errors=True)
-        except OSError as exc:
-            raise SandboxError("internal", f"cannot unmount vm {vm.meta.vm_id}: {exc}") from None
-        finally:
-            if root_fd >= 0:
-                os.close(root_fd)
-        if not background:
-            # A fork remounts the parent right away; keeping its mount point also
-            # avoids rmdir waiting on the detached superblock's teardown.
-            with contextlib.suppress(OSError):
-                target.rmdir()
-
-    def _background(self, job: Callable[[], None]) -> None:
-        """Run ``job`` on the engine's single background thread (FIFO)."""
-        with self._lock:
-            if self._closer is None or not self._closer.is_alive():
-                self._closer = threading.Thread(
-                    target=self._closer_main, name="arker-sandbox-bg", daemon=True
-                )
-                self._closer.start()
-        self._closer_q.put(job)
-
-    def _schedule_sync(self) -> None:
-        """Make recent fork metadata and frozen layers durable soon (coalesced)."""
-        with self._lock:
-            if self._sync_pending:
-                return
-            self._sync_pending = True
-
-        def sync() -> None:
-            with self._lock:
-                self._sync_pending = False
-            self._store.syncfs()
-
-        self._background(sync)
-
-    def _schedule_collect(self) -> None:
-        """Run `_collect_layers` soon on the background queue (coalesced)."""
-        with self._lock:
-            if self._collect_pending:
-                return
-            self._collect_pending = True
-
-        def collect() -> None:
-            with self._lock:
-                self._collect_pending = False
-            self._collect_layers()
-
-        self._background(collect)
-
-    def _closer_main(self) -> None:
-        while True:
-            job = self._closer_q.get()
-            if job is None:
-                return
-            with contextlib.suppress(Exception):  # best effort: nobody to report to
-                job()
+        self._overlays.unmount(vm.meta, root_fd, background=background)
 
     def _collect_layers(self) -> None:
         """Remove layers and work dirs that no VM references."""
         with self._gc_lock:
             with self._lock:
-                used: set[str] = set()
-                uppers: set[str] = set()
-                for vm in self._vms.values():
-                    used.update(vm.meta.layers)
-                    used.add(vm.meta.upper)
-                    uppers.add(vm.meta.upper)
-            for lid in self._store.layer_ids_on_disk() - used:
-                self._store.remove_layer(lid)
-                with self._lock:
-                    self._layer_bytes.pop(lid, None)
-            for name in os.listdir(self._store.work_dir):
-                if name not in uppers:
-                    shutil.rmtree(self._store.work_dir / name, ignore_errors=True)
+                metas = [vm.meta for vm in self._vms.values()]
+            for lid in self._store.remove_unused(metas):
+                self._quota.forget(lid)
 
-    def _register(
-        self, done: subprocess.Popen[bytes] | None, proc: subprocess.Popen[bytes]
-    ) -> None:
+    def _cgroup(self, vm: _Vm) -> VmCgroup:
+        """The VM's cgroups, created on its first run."""
         with self._lock:
-            if done is not None:
-                self._procs.discard(done)
-            else:
-                self._procs.add(proc)
-                if self._closed:
-                    proc.kill()
-
-    def _run_in(self, vm: _Vm, root_fd: int, name: str, command: str, limit: float) -> RunOutcome:
-        with vm.cond:
             if vm.cgroup is None:
-                vm.cgroup = runner.VmCgroup(
+                vm.cgroup = VmCgroup(
                     self._tag,
                     vm.meta.vm_id,
                     self.sandbox_uid,
                     self.limits.pids_max,
                     self.limits.memory_max_bytes,
                 )
-            cgroup = vm.cgroup
-        state = runner.session_state_path(name)
-        ro_binds = host_binds() if vm.meta.base == HOST_BASE else []
-        if self.network and vm.meta.base == HOST_BASE and os.path.exists("/etc/resolv.conf"):
-            # The skeleton's copy is as old as the skeleton; DNS must follow the host.
-            ro_binds.append("/etc/resolv.conf")
-        drop_in_argv = runner.SETPRIV is not None
-        quota = self.limits.disk_quota_bytes
-        watch: Callable[[], bool] | None = None
-        before = fsize = 0
-        if quota > 0:
-            meta = vm.meta  # fork/delete wait for this run: the chain cannot change
-            frozen = self._frozen_bytes(meta)
-            # The last measurement (after the previous run or write) stands in for a
-            # fresh walk: it is stale only while other sessions of the VM run.
-            cached = vm.usage
-            before = frozen + self._upper_bytes(meta) if cached is None else cached
-            fsize = max(quota - before, 0) + _QUOTA_SLACK
-
-            def watch() -> bool:
-                return frozen + self._upper_bytes(meta) > quota + _QUOTA_SLACK
-
-        start = time.monotonic()
-        for attempt in range(_SPAWN_ATTEMPTS):
-            if attempt:
-                time.sleep(0.05 * attempt)
-            info_r, info_w = os.pipe()
-            argv = runner.spawn_prefix(
-                cgroup,
-                self.limits.pids_max,
-                self.limits.memory_max_bytes,
-                drop_to=self.sandbox_uid if drop_in_argv else None,
-                fsize_max=fsize if quota > 0 else None,
-            ) + runner.bwrap_argv(
-                bwrap=self._bwrap,
-                root_fd=root_fd,
-                ro_binds=ro_binds,
-                network=self.network,
-                info_fd=info_w,
-                command=command,
-                state_path=state,
-            )
-            try:
-                raw = runner.run_bwrap(
-                    argv,
-                    uid=None if drop_in_argv else self.sandbox_uid,
-                    pass_fds=(root_fd, info_w),
-                    info_w=info_w,
-                    info_r=info_r,
-                    timeout=max(limit - (time.monotonic() - start), 0.1),
-                    max_output=self.limits.max_output_bytes,
-                    register=self._register,
-                    watch=watch,
-                )
-            except OSError as exc:
-                raise SandboxError("internal", f"cannot start sandbox: {exc}") from None
-            if not _bwrap_could_not_fork(raw):
-                break
-        duration_ms = (time.monotonic() - start) * 1000.0
-        if raw.returncode == 125 and b"arker-spawn" in raw.stderr[:500]:
-            raise SandboxError("internal", "cannot place the command in the VM's cgroups")
-        if raw.timed_out:  # a save cut short must not replace the last good state
-            saved = files.read_small(root_fd, state, 1 << 20)
-        else:
-            saved = files.commit_state(root_fd, state, runner.STATE_END, 1 << 20)
-        cwd = (runner.parse_state_cwd(saved) if saved is not None else None) or VM_HOME
-        if quota > 0:
-            after = frozen + self._upper_bytes(meta)
-            vm.usage = after
-            # Crossing the budget is an error; once over it (cleaning up), only real
-            # growth is: a rewritten session state file may take a block more.
-            crossed = before <= quota < after
-            grew = before > quota and after > before + _QUOTA_NOISE
-            if raw.stopped or crossed or grew:
-                what = "the command was stopped" if raw.stopped else "the command grew it"
-                raise SandboxError(
-                    "payload_too_large",
-                    f"disk quota exceeded: VM uses {after} of {quota} bytes ({what}; "
-                    "delete files to free space)",
-                )
-        code = raw.returncode
-        if raw.timed_out:
-            code = 124
-        elif code < 0:
-            code = 128 - code  # killed by a signal (engine closing)
-        return RunOutcome(
-            stdout=raw.stdout,
-            stderr=raw.stderr,
-            exit_code=code,
-            duration_ms=duration_ms,
-            cwd=cwd,
-            timed_out=raw.timed_out,
-            stdout_truncated=raw.stdout_truncated,
-            stderr_truncated=raw.stderr_truncated,
-        )
+            return vm.cgroup

@@ -1,28 +1,15 @@
 """Errors raised by the sandbox engine.
 
-The server maps :class:`SandboxError` codes one-to-one onto wire error codes, so the
-codes here are the wire's (``not_found``, ``vm_busy``, ``bad_request``,
-``payload_too_large``, ``internal``).
+`SandboxError` is defined beside the engine's interface (`arker.local.engine_api`) so
+that the HTTP layer recognises it without importing this package; it is re-exported
+here for the engine's modules.
 """
 
 from __future__ import annotations
 
+from ..engine_api import SandboxError
+
 __all__ = ["SandboxError", "SandboxUnavailable"]
-
-
-class SandboxError(Exception):
-    """A request-level failure with a wire error code.
-
-    Attributes:
-        code: One of ``not_found``, ``vm_busy``, ``bad_request``, ``payload_too_large``,
-            ``internal``.
-        message: Human-readable text, safe to show to the API caller.
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 class SandboxUnavailable(Exception):

@@ -1,4 +1,4 @@
-"""Layer store: frozen layers, per-VM chain metadata, fork, flatten and GC.
+"""Layer store: frozen layers, per-VM chain metadata, fork, flatten (flatten.py) and GC.
 
 On-disk layout under ``<data_dir>/engine``::
 
@@ -16,31 +16,28 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import json
 import os
 import re
 import secrets
 import shutil
-import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SandboxError
+from .flatten import merge_layers
 
 __all__ = [
     "FLATTEN_THRESHOLD",
     "LayerStore",
     "VmMeta",
     "check_vm_id",
-    "merge_layers",
-    "tree_bytes",
 ]
 
 FLATTEN_THRESHOLD = 32
 _VM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _LAYER_ID = re.compile(r"^[0-9a-f]{8}$")
-_OPAQUE = "user.overlay.opaque"
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -92,37 +89,6 @@ class VmMeta:
             upper=str(d["upper"]),
             is_base=bool(d.get("is_base", False)),
         )
-
-
-def tree_bytes(path: Path) -> int:
-    """Allocated bytes (``st_blocks``) of a directory tree, hard links counted once.
-
-    Never follows symlinks; entries that vanish while it walks (a command running
-    in the VM) are skipped.
-    """
-    total = 0
-    seen: set[int] = set()
-    stack = [str(path)]
-    while stack:
-        top = stack.pop()
-        try:
-            it = os.scandir(top)
-        except OSError:
-            continue
-        with it:
-            for entry in it:
-                try:
-                    st = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-                    if st.st_ino in seen:
-                        continue
-                    seen.add(st.st_ino)
-                total += st.st_blocks * 512
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(entry.path)
-    return total
 
 
 def _fsync_dir(path: Path) -> None:
@@ -194,6 +160,78 @@ class LayerStore:
     def layer_ids_on_disk(self) -> set[str]:
         """Every complete layer directory present."""
         return {n for n in os.listdir(self.layers_dir) if _LAYER_ID.match(n)}
+
+    # -- fork ----------------------------------------------------------------------------
+
+    def branch(self, meta: VmMeta, child_id: str) -> VmMeta:
+        """Fork a VM whose upper is empty: the child shares exactly its frozen layers.
+
+        Returns:
+            The child's metadata (saved; durable after the next `syncfs`).
+        """
+        child = VmMeta(child_id, meta.base, list(meta.layers), self.new_upper())
+        self.save_meta(child, durable=False)
+        return child
+
+    def freeze(
+        self,
+        meta: VmMeta,
+        child_id: str,
+        base_dir: Path,
+        committed: Callable[[VmMeta], None],
+    ) -> VmMeta:
+        """Fork a VM by freezing its (unmounted) upper into a layer both then stack.
+
+        Both get a new empty upper; no data moves. A chain longer than
+        `FLATTEN_THRESHOLD` is first merged into one layer (hard links).
+
+        Args:
+            meta: The parent's metadata; its upper must not be mounted.
+            child_id: The child.
+            base_dir: The base image under the chain (for flattening).
+            committed: Called with the parent's new metadata once it is on disk (the
+                commit point), before the child's metadata is put in place.
+
+        Returns:
+            The child's metadata (saved; durable after the next `syncfs`).
+        """
+        frozen = [*meta.layers, meta.upper]
+        if len(frozen) > FLATTEN_THRESHOLD:
+            frozen = [self.flatten(frozen, base_dir)]
+        child = VmMeta(child_id, meta.base, list(frozen), self.new_upper())
+        new_parent = VmMeta(meta.vm_id, meta.base, list(frozen), self.new_upper(), meta.is_base)
+        # Child's metadata in a temp file, parent's replaced (the commit point), then
+        # the child's renamed in: after a crash the parent is whole and the child
+        # either whole or absent (start-up removes temp files). No fsyncs here (see
+        # write_meta_tmp): ext4's journal keeps the renames in order and the engine
+        # runs a syncfs in the background right after.
+        ctmp = self.write_meta_tmp(child, durable=False)
+        self.save_meta(new_parent, durable=False)
+        committed(new_parent)
+        self.commit_meta(ctmp, child_id, durable=False)
+        return child
+
+    # -- garbage collection ------------------------------------------------------------
+
+    def remove_unused(self, metas: list[VmMeta]) -> list[str]:
+        """Remove the layers and work dirs none of ``metas`` references.
+
+        Returns:
+            The ids of the layers removed.
+        """
+        used: set[str] = set()
+        uppers: set[str] = set()
+        for meta in metas:
+            used.update(meta.layers)
+            used.add(meta.upper)
+            uppers.add(meta.upper)
+        removed = sorted(self.layer_ids_on_disk() - used)
+        for lid in removed:
+            self.remove_layer(lid)
+        for name in os.listdir(self.work_dir):
+            if name not in uppers:
+                shutil.rmtree(self.work_dir / name, ignore_errors=True)
+        return removed
 
     def flatten(self, layer_ids_bottom_first: list[str], base_dir: Path | None) -> str:
         """Merge frozen layers into one new frozen layer, hard-linking file data.
@@ -292,125 +330,3 @@ class LayerStore:
         for name in os.listdir(self.layers_dir):
             if name.startswith("tmp-"):
                 shutil.rmtree(self.layers_dir / name, ignore_errors=True)
-
-
-# -- flattening ------------------------------------------------------------------------
-
-
-def _is_whiteout(st: os.stat_result) -> bool:
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
-def _is_opaque(path: str) -> bool:
-    try:
-        return os.getxattr(path, _OPAQUE, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
-
-
-def _lexists(path: Path) -> bool:
-    try:
-        os.lstat(path)
-    except OSError:
-        return False
-    return True
-
-
-def _isdir(path: Path) -> bool:
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except OSError:
-        return False
-
-
-def _copy_user_xattrs(src: str, dst: str) -> None:
-    try:
-        names = os.listxattr(src, follow_symlinks=False)
-    except OSError:
-        return
-    for name in names:
-        # Overlay's own markers are recomputed; anything else the VM set is kept.
-        if name.startswith(("user.overlay.", "trusted.overlay.")):
-            continue
-        with contextlib.suppress(OSError):
-            os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False))
-
-
-def _link(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno != errno.EMLINK:
-            raise
-        # Inode hit the filesystem's link limit: copy this one file instead.
-        if os.path.islink(src):
-            os.symlink(os.readlink(src), dst)
-        else:
-            shutil.copy2(src, dst, follow_symlinks=False)
-            st = os.lstat(src)
-            os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
-
-
-def _merge_dir(srcs: list[str], out: str, base: Path | None, base_visible: bool) -> None:
-    """Merge directory ``srcs`` (topmost first) into ``out`` with overlay semantics.
-
-    ``base_visible`` says whether the base layer's directory at this path will be
-    merged under ``out`` at mount time. Whiteouts are emitted only then and only for
-    names the base has: in a directory nothing below contributes to, overlay lists
-    the directory raw and a whiteout would show up as a broken ``c?????????`` entry.
-    """
-    seen: set[str] = set()
-    for i, src in enumerate(srcs):
-        with os.scandir(src) as it:
-            entries = list(it)
-        for entry in entries:
-            name = entry.name
-            if name in seen:
-                continue
-            seen.add(name)
-            st = entry.stat(follow_symlinks=False)
-            dst = os.path.join(out, name)
-            below = base / name if base is not None else None
-            if _is_whiteout(st):
-                if base_visible and below is not None and _lexists(below):
-                    os.mknod(dst, stat.S_IFCHR | 0o000, 0)
-                continue
-            if not stat.S_ISDIR(st.st_mode):
-                _link(entry.path, dst)
-                continue
-            chain = [entry.path]
-            hides = _is_opaque(entry.path)
-            if not hides:
-                for lower in srcs[i + 1 :]:
-                    p = os.path.join(lower, name)
-                    try:
-                        lst = os.lstat(p)
-                    except FileNotFoundError:
-                        continue
-                    if stat.S_ISDIR(lst.st_mode):
-                        chain.append(p)
-                        if _is_opaque(p):
-                            hides = True
-                            break
-                    else:  # a file or whiteout ends the directory's history
-                        hides = True
-                        break
-            os.mkdir(dst, 0o700)
-            child_base_visible = base_visible and not hides and below is not None and _isdir(below)
-            if base_visible and hides and below is not None and _lexists(below):
-                os.setxattr(dst, _OPAQUE, b"y")
-            _merge_dir(chain, dst, below, child_base_visible)
-            os.chown(dst, st.st_uid, st.st_gid)
-            os.chmod(dst, stat.S_IMODE(st.st_mode))
-            _copy_user_xattrs(entry.path, dst)
-            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def merge_layers(srcs_top_first: list[Path], base_dir: Path | None, out: Path) -> None:
-    """Flatten layers into ``out`` (an existing empty directory).
-
-    Regular files, symlinks and special files are hard links to the originals (layers
-    are immutable, so sharing inodes is safe); directories are recreated with their
-    owner, mode, times and non-overlay xattrs.
-    """
-    _merge_dir([str(p) for p in srcs_top_first], str(out), base_dir, base_dir is not None)

@@ -1,4 +1,4 @@
-"""Spawning commands in bubblewrap: argv, per-VM cgroups, timeouts, output caps.
+"""Spawning commands in bubblewrap: argv, timeouts, output caps.
 
 Process model: ``Popen(user=sandbox_uid)`` starts a tiny ``/bin/sh`` that joins the
 VM's cgroups (or applies rlimits when there are none) and ``exec``s bwrap, so every
@@ -6,7 +6,7 @@ process of the command is accounted to the VM from its first instruction. bwrap
 runs with a pid namespace and ``--die-with-parent``: killing bwrap ends the whole
 tree, whatever the command did (``&``, ``setsid``, ``nohup``, double forks).
 
-Disk quota (see the engine's module docstring for the design): the wrapper sets
+Disk quota (see quota.py for the design): the wrapper sets
 ``RLIMIT_FSIZE`` to what is left of the VM's budget and ignores ``SIGXFSZ``, so a
 write past it fails with ``EFBIG`` ("File too large") instead of killing the
 writer; `run_bwrap`'s ``watch`` callback lets the engine stop a command whose VM
@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import selectors
 import shlex
 import shutil
@@ -27,212 +26,16 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-from .baseimage import SESSIONS_DIR, VM_HOME, VM_UID
+from .baseimage import VM_HOME, VM_UID
+from .cgroups import VmCgroup
+from .session import SESSION_WRAPPER
 
-__all__ = [
-    "SESSION_WRAPPER",
-    "STATE_END",
-    "RawResult",
-    "VmCgroup",
-    "bwrap_argv",
-    "parse_state_cwd",
-    "run_bwrap",
-    "session_state_path",
-]
+__all__ = ["SETPRIV", "RawResult", "bwrap_argv", "run_bwrap", "spawn_prefix"]
 
 _SH = "/bin/sh"
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_CG_ROOT = Path("/sys/fs/cgroup")
 _DRAIN_GRACE_S = 5.0
-
-# Runs inside the VM as `sh -c SESSION_WRAPPER sh <state> <command>`. It restores the
-# session's exported environment and cwd, evals the command in this same shell (so
-# `cd`/`export` stick and `exit N` keeps N) and saves the state from an EXIT trap.
-# The state goes to "<state>.new" with builtins only (no fork/exec); the engine renames
-# it into place after the run when it is complete (ends with STATE_END), so a command
-# killed mid-save never leaves a half-written state behind. `command .` keeps a broken
-# state file from killing the shell (`.` is a special builtin).
-SESSION_WRAPPER = r"""__arker_state=$1
-__arker_cmd=$2
-shift 2
-__arker_cwd=/home/user
-if [ -r "$__arker_state" ]; then
-  command . "$__arker_state" 2>/dev/null
-  __arker_cwd=${__ARKER_CWD:-/home/user}
-  unset __ARKER_CWD
-fi
-cd "$__arker_cwd" 2>/dev/null || cd /home/user
-__arker_save() {
-  __arker_rc=$?
-  trap - EXIT
-  __ARKER_CWD=$PWD
-  export __ARKER_CWD
-  {
-    export -p
-    echo '# arker-state-end'
-  } >"$__arker_state.new" 2>/dev/null
-  exit "$__arker_rc"
-}
-trap __arker_save EXIT
-eval "$__arker_cmd"
-"""
-
-
-STATE_END = b"# arker-state-end\n"
-
-
-def session_state_path(safe_name: str) -> str:
-    """Path (inside the VM) of a session's state file."""
-    return f"{SESSIONS_DIR}/{safe_name}"
-
-
-def parse_state_cwd(raw: bytes) -> str | None:
-    """Extract the saved cwd from a state file written by ``export -p``."""
-    text = raw.decode("utf-8", "surrogateescape")
-    for prefix in ("export __ARKER_CWD=", "__ARKER_CWD="):
-        idx = text.rfind("\n" + prefix)
-        if idx < 0 and text.startswith(prefix):
-            idx = -1
-        elif idx < 0:
-            continue
-        value = text[idx + 1 + len(prefix) :]
-        try:
-            # dash/bash quote with single quotes and '\'' escapes: shlex parses both.
-            parts = shlex.split(value.split("\nexport ", 1)[0], posix=True)
-        except ValueError:
-            return None
-        return parts[0] if parts else None
-    return None
-
-
-class VmCgroup:
-    """Per-VM cgroup v1 ``pids`` and ``memory`` groups, when the host allows them.
-
-    Groups are created below this process's own cgroup in each hierarchy (falling
-    back to the hierarchy root). ``cgroup.procs`` is chowned to the sandbox uid so the
-    unprivileged spawn wrapper can move itself in before exec'ing bwrap.
-
-    Args:
-        tag: Engine-instance tag (distinguishes engines on one host).
-        vm_id: The VM.
-        uid: Sandbox host uid.
-        pids_max: ``pids.max``.
-        memory_max: ``memory.limit_in_bytes``.
-    """
-
-    def __init__(self, tag: str, vm_id: str, uid: int, pids_max: int, memory_max: int) -> None:
-        self.procs_files: list[str] = []
-        self.dirs: list[Path] = []
-        for ctrl, settings in (
-            ("pids", {"pids.max": str(pids_max)}),
-            ("memory", {"memory.limit_in_bytes": str(memory_max)}),
-        ):
-            d = self._create(ctrl, f"arker-{tag}", vm_id, uid, settings)
-            if d is not None:
-                self.dirs.append(d)
-                self.procs_files.append(str(d / "cgroup.procs"))
-
-    @staticmethod
-    def _own_path(ctrl: str) -> str:
-        try:
-            with open("/proc/self/cgroup", encoding="utf-8") as fh:
-                for line in fh:
-                    _, ctrls, path = line.rstrip("\n").split(":", 2)
-                    if ctrl in ctrls.split(","):
-                        return path
-        except OSError:
-            pass
-        return "/"
-
-    @classmethod
-    def _create(
-        cls, ctrl: str, group: str, vm_id: str, uid: int, settings: dict[str, str]
-    ) -> Path | None:
-        hier = _CG_ROOT / ctrl
-        if not hier.is_dir():
-            return None
-        for parent in (hier / cls._own_path(ctrl).lstrip("/"), hier):
-            d = parent / group / vm_id
-            try:
-                d.mkdir(parents=True, exist_ok=True)
-                for key, value in settings.items():
-                    (d / key).write_text(value)
-                if ctrl == "memory" and (d / "memory.memsw.limit_in_bytes").exists():
-                    # With swap accounting on, cap memory+swap too or the limit leaks.
-                    (d / "memory.memsw.limit_in_bytes").write_text(
-                        settings["memory.limit_in_bytes"]
-                    )
-                for f in ("cgroup.procs", "tasks"):
-                    os.chown(d / f, uid, uid)
-                return d
-            except OSError:
-                with contextlib.suppress(OSError):
-                    d.rmdir()
-                continue
-        return None
-
-    @classmethod
-    def kill_stale(cls, tag: str) -> None:
-        """Kill processes left in this engine's cgroups by a previous (crashed) engine.
-
-        ``--die-with-parent`` cannot cover a server killed between fork and bwrap's
-        ``prctl``; the per-VM cgroups still name every such process.
-        """
-        for ctrl in ("pids", "memory"):
-            hier = _CG_ROOT / ctrl
-            for parent in {hier / cls._own_path(ctrl).lstrip("/"), hier}:
-                group = parent / f"arker-{tag}"
-                if not group.is_dir():
-                    continue
-                for d in group.iterdir():
-                    if not d.is_dir():
-                        continue
-                    for _ in range(50):
-                        try:
-                            pids = (d / "cgroup.procs").read_text().split()
-                        except OSError:
-                            break
-                        if not pids:
-                            break
-                        for pid in pids:
-                            with contextlib.suppress(OSError, ValueError):
-                                os.kill(int(pid), signal.SIGKILL)
-                        time.sleep(0.02)
-                    with contextlib.suppress(OSError):
-                        d.rmdir()
-
-    @classmethod
-    def remove_groups(cls, tag: str) -> None:
-        """Remove this engine's (empty) parent groups; used when the engine closes."""
-        for ctrl in ("pids", "memory"):
-            hier = _CG_ROOT / ctrl
-            for parent in {hier / cls._own_path(ctrl).lstrip("/"), hier}:
-                with contextlib.suppress(OSError):
-                    (parent / f"arker-{tag}").rmdir()
-
-    @property
-    def enabled(self) -> bool:
-        """True when at least the pids controller is in use."""
-        return any("/pids/" in f for f in self.procs_files)
-
-    def has(self, ctrl: str) -> bool:
-        """Whether the given controller's group exists."""
-        return any(f"/{ctrl}/" in f for f in self.procs_files)
-
-    def remove(self) -> None:
-        """Remove the groups (best effort; they must be empty)."""
-        for d in self.dirs:
-            for _ in range(50):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.02)  # processes of a killed tree still exiting
-
 
 SETPRIV = shutil.which("setpriv")
 """util-linux's setpriv: drops to the sandbox uid in the exec chain (see `spawn_prefix`)."""
@@ -249,8 +52,8 @@ def spawn_prefix(
 
     With ``drop_to``, the wrapper starts as root and execs bwrap through ``setpriv``
     as that uid. Popen's own ``user=``/``group=`` would do the same, but they make
-    Python fork() the whole server instead of vfork()ing it: ~12 ms per command for
-    a server-sized process, against ~4 ms for the two extra execs.
+    Python fork() the whole server instead of vfork()ing it, and copying a
+    server-sized process costs more per command than the two extra execs.
 
     With ``fsize_max`` (bytes), no file may grow past it (``RLIMIT_FSIZE``, set in
     512-byte units, rounded up) and ``SIGXFSZ`` is ignored so writers get ``EFBIG``.
@@ -500,8 +303,3 @@ def _wait_pidfd(pidfd: int, timeout: float) -> None:
         sel.select(timeout=timeout)
     finally:
         sel.close()
-
-
-def new_tag() -> str:
-    """Random tag for an engine instance (used in cgroup names)."""
-    return secrets.token_hex(4)

@@ -27,7 +27,6 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterator, Sequence
-from typing import BinaryIO
 
 from . import files
 from .errors import SandboxError
@@ -129,22 +128,6 @@ class StagedFile:
                     n = os.pwrite(fd, view, offset)
                     view = view[n:]
                     offset += n
-
-    def fill(self, src: BinaryIO, size: int) -> None:
-        """Make the file exactly the next ``size`` bytes of ``src``, fsynced.
-
-        Raises:
-            SandboxError: ``bad_request`` when ``src`` ends before ``size`` bytes.
-        """
-        self.truncate(0)
-        offset = 0
-        while offset < size:
-            block = src.read(min(_BLOCK, size - offset))
-            if not block:
-                raise SandboxError("bad_request", f"body shorter than size ({offset} < {size})")
-            self.pwrite([block], offset)
-            offset += len(block)
-        self.fsync()
 
     def truncate(self, length: int) -> None:
         """Cut (or extend with zeros) the file to ``length`` bytes, creating it if need be."""
