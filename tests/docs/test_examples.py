@@ -26,6 +26,9 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import subprocess
+import sys
 import tempfile
 import traceback
 from collections.abc import Iterator
@@ -33,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from markdown_blocks import Block, read_blocks
+from markdown_blocks import PYTHON, Block, read_blocks
 
 from arker.testing import ArkerServer, start_server
 
@@ -43,7 +46,6 @@ PAGES = sorted(
     key=lambda p: p.relative_to(ROOT).as_posix(),
 )
 DOCS_API_KEY = "ark_live_..."
-SERVE_FLAGS = ("--host", "--port", "--data-dir", "--api-key", "--no-network", "--base")
 
 # Local files the examples treat as the reader's own: relative path -> content.
 _READER_FILES = {
@@ -106,18 +108,39 @@ def test_examples(page: Path, reader_env: None, request: pytest.FixtureRequest) 
         request.node.user_properties.append(("docs_examples", summary))
 
 
-def test_serve_help_lists_every_flag_the_docs_list() -> None:
-    """`arker serve --help`, which the docs call authoritative, knows each documented flag
-    and shows the default of each that has one."""
-    from arker.local.cli import build_parser
-
-    text = build_parser().format_help()
-    docs = (ROOT / "docs" / "local-server.md").read_text() + (ROOT / "README.md").read_text()
-    for flag in (*SERVE_FLAGS, "--disk-quota"):
-        assert flag in docs, f"the docs no longer list {flag}"
-        assert flag in text, f"arker serve --help does not list {flag}"
-    for default in ("127.0.0.1", "8733", "host", "10G"):
-        assert f"(default: {default}" in text, f"arker serve --help hides the default {default}"
+def test_serve_help_shows_every_flag_the_docs_list_with_its_default() -> None:
+    """The docs call `arker serve --help` authoritative: it knows each flag they list (and
+    they list each it knows), and it shows the defaults the docs' table gives."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    help_text = subprocess.run(
+        [sys.executable, "-m", "arker", "serve", "--help"],
+        capture_output=True, text=True, check=True, env=env, timeout=60,
+    ).stdout  # fmt: skip
+    rows = [  # the flag table: | `--flag ARG` | default | meaning |
+        re.split(r"(?<!\\)\|", line)[1:-1]
+        for line in (ROOT / "docs" / "local-server.md").read_text().splitlines()
+        if line.startswith("| `--")
+    ]  # fmt: skip
+    documented = {row[0].strip(" `").split()[0] for row in rows}
+    readme_usage = re.search(
+        r"^arker serve (\[.*?)^#", (ROOT / "README.md").read_text(), re.M | re.S
+    )
+    assert readme_usage is not None, "README.md no longer shows the arker serve usage"
+    in_readme = set(re.findall(r"\[(--[a-z-]+)", readme_usage[1]))
+    in_help = set(re.findall(r"^  (--[a-z-]+)", help_text, re.M))
+    assert documented == in_help, "docs/local-server.md's flag table and --help differ"
+    assert in_readme == in_help, "README.md's arker serve usage and --help differ"
+    plain_defaults = [  # such as `127.0.0.1`, `8733`, `10G` (not `$ENV…` or prose)
+        (row[0].strip(), default[1])
+        for row in rows
+        if (default := re.fullmatch(r"`([^`$]+)`", row[1].strip()))
+    ]
+    assert len(plain_defaults) >= 4, plain_defaults
+    for flag, default in plain_defaults:
+        assert f"(default: {default}" in help_text, f"--help hides the default of {flag}"
 
 
 def _run(page: str, number: int, block: Block, namespace: dict[str, Any]) -> None:
@@ -149,3 +172,39 @@ class _logging_restored:
                 if handler not in handlers:
                     logger.removeHandler(handler)
             logger.setLevel(level)
+
+
+KNOWN_LANGUAGES = PYTHON | {"bash", "sh", "console", "text", "json", "yaml", "toml", "mermaid"}
+
+
+def test_every_fenced_block_names_a_language_the_harness_knows() -> None:
+    """A Python example cannot slip past the harness under another label or none."""
+    for page in PAGES:
+        for block in read_blocks(page):
+            assert block.lang in KNOWN_LANGUAGES, (
+                f"{page.relative_to(ROOT)}:{block.line}: fence language {block.lang!r}; "
+                f"use one of {sorted(KNOWN_LANGUAGES)}"
+            )
+
+
+def test_blocks_are_found_in_tabs_and_marks_need_a_reason(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(
+        "```python\nx = 1\n```\n\n"
+        '=== "Tab"\n\n'
+        "    <!-- not run by tests/docs: needs the hosted platform -->\n"
+        "    ```python\n    if x:\n        y = 2\n    ```\n\n"
+        "```bash\necho hi\n```\n"
+    )
+    blocks = read_blocks(page)
+    assert [(b.line, b.lang, b.code, b.skip_reason) for b in blocks] == [
+        (2, "python", "x = 1\n", None),
+        (9, "python", "if x:\n    y = 2\n", "needs the hosted platform"),
+        (14, "bash", "echo hi\n", None),
+    ]
+    page.write_text("<!-- not run by tests/docs: -->\n```python\nx = 1\n```\n")
+    with pytest.raises(ValueError, match="needs a reason"):
+        read_blocks(page)
+    page.write_text("```python\nx = 1\n")
+    with pytest.raises(ValueError, match="never closed"):
+        read_blocks(page)
