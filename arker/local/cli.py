@@ -26,22 +26,36 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="arker serve", description="Run a local Arker server with sandboxed VMs."
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8733, help="TCP port (0: a free port)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=8733, help="TCP port (default: %(default)s; 0: a free port)"
+    )
     _add_data_dir(parser, None)
     parser.add_argument(
         "--api-key",
         default=os.environ.get("ARKER_API_KEY") or None,
         help="key of the default org (default: $ARKER_API_KEY, else kept from last start)",
     )
-    parser.add_argument("--no-network", action="store_true", help="VMs get no network")
-    parser.add_argument("--base", choices=("host", "debian"), default="host")
+    parser.add_argument(
+        "--no-network",
+        action="store_true",
+        help="VMs get no network (default: they share the host's network)",
+    )
+    parser.add_argument(
+        "--base",
+        choices=("host", "debian"),
+        default="host",
+        help="base image: the host's /usr read-only, or a Debian rootfs built by "
+        "'arker serve build-image debian' (default: %(default)s)",
+    )
     parser.add_argument(
         "--disk-quota",
         type=parse_bytes,
         default=10 << 30,
         metavar="BYTES",
-        help="disk budget per VM: bytes, or with a K/M/G/T suffix (default 10G; 0: none)",
+        help="disk budget per VM: bytes, or with a K/M/G/T suffix (default: 10G; 0: none)",
     )
     actions = parser.add_subparsers(dest="action")
 
