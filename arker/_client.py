@@ -141,7 +141,7 @@ class Arker(BaseClient):
         """A copy of this client with some options changed, sharing its connection pool.
 
         Use it for per-call overrides:
-        ``client.with_options(max_retries=0, timeout=5).runs.create(vm_id, "true")``.
+        ``client.with_options(max_retries=0, timeout=5).vms.list(limit=1)``.
         Closing the copy does not close the shared pool.
         """
         retry = retry_policy or self._config.retry

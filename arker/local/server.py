@@ -114,7 +114,9 @@ def serve(config: ServerConfig) -> int:
                 config.engine_dir,
                 network=config.network,
                 base=config.base,
-                limits=Limits(disk_quota_bytes=config.disk_quota),
+                limits=Limits(
+                    max_timeout_s=config.max_run_timeout, disk_quota_bytes=config.disk_quota
+                ),
             )
         except SandboxUnavailable as exc:
             print(f"arker serve: {exc}", file=sys.stderr, flush=True)

@@ -46,6 +46,7 @@ from arker import (
     ServiceUnavailableError,
     Timeout,
 )
+from arker.local.engine_api import SandboxError
 from tests.kit.faultproxy import FaultPlan, FaultProxy
 
 pytestmark = pytest.mark.e2e
@@ -311,15 +312,6 @@ def test_exactly_once_under_faults(arker_server: Any, seed: int) -> None:
 
 
 # -- the server's idempotency layer on its own (no sandbox needed) ---------------------------
-
-
-class SandboxError(Exception):
-    """Stands in for the engine's error (matched by class name, like the real one)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 class _Engine:
