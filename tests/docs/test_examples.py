@@ -4,7 +4,7 @@ Each page is one test. Its Python blocks run in order in one namespace, as a rea
 them one after another, with ``ARKER_BASE_URL``, ``ARKER_CONTROL_URL`` and
 ``ARKER_API_KEY`` pointing at a throwaway server, in an empty working directory. Bash
 and other blocks are not run; a Python block that cannot run against a local server
-carries a visible mark in the markdown (see ``markdown_blocks.py``). The terminal
+carries a visible mark in the markdown (see ``tests/kit/markdown_blocks.py``). The terminal
 summary lists, per page, which blocks ran and which were marked.
 
 Why a small harness rather than pytest-examples, sybil or phmdoctest: the rules above (a
@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from markdown_blocks import PYTHON, Block, read_blocks
 
 from arker.testing import ArkerServer, start_server
+from tests.kit.markdown_blocks import PYTHON, Block, read_blocks
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted(

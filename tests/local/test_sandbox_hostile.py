@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sandboxkit import put_file
 
 from arker.local.sandbox import Engine, Limits, SandboxError
+from tests.kit.sandbox import put_file
 
 BASE_VM = "01KQBYKEV5WJ7YB010603T1DCT_d8c0"
 QUOTA = 64 << 20

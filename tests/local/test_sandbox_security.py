@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 
 import pytest
-from sandboxkit import put_file
 
 from arker.local.sandbox import Engine, SandboxError
+from tests.kit.sandbox import put_file
 
 BASE_VM = "01KQBYKEV5WJ7YB010603T1DCT_d8c0"
 
