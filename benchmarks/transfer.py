@@ -8,8 +8,9 @@ one server, writes and reads 1 MiB, 8 MiB and 100 MiB files with:
 * ``sdk-durable`` (reads only): ``read_to(..., durable=True)``, which also fsyncs the
   file and its directory (curl does not);
 * ``sdk-bytes``: ``client.sync.write(vm, path, data)`` / ``client.sync.read(vm, path)``;
-* ``v0.1.0``: the published 0.1.0 client (loaded from ``shared/reference`` beside the
-  repository): the whole payload in memory, urllib, a connection per call;
+* ``v0.1.0``: the published 0.1.0 client (``pip install --target`` of ``arker==0.1.0``
+  into the run's temporary directory): the whole payload in memory, urllib, a connection
+  per call;
 * ``curl``: ``curl`` against the same presigned URLs, the floor. A write asks for a
   presigned URL, PUTs with curl (timed) and commits (not timed); a read of a file small
   enough to come back inline has no presigned URL, so curl POSTs the same JSON read the
@@ -43,7 +44,7 @@ from typing import Any
 
 MiB = 1024 * 1024
 HERE = Path(__file__).resolve().parent
-REFERENCE = HERE.parent.parent / "shared/reference/arker-0.1.0/arker/computer.py"
+REFERENCE_ENV = "ARKER_BENCH_REFERENCE"  # where main() installed the 0.1.0 client
 VARIANTS = ("sdk-path", "sdk-durable", "sdk-bytes", "v0.1.0", "curl")
 WRITERS = tuple(v for v in VARIANTS if v != "sdk-durable")
 
@@ -55,10 +56,18 @@ def _status_kib(field: str) -> int:
     return 0
 
 
+def _install_reference(into: Path) -> Path:
+    """Install the published ``arker==0.1.0`` (no dependencies) under ``into``."""
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps"]
+    subprocess.run([*pip, "--target", str(into), "arker==0.1.0"], check=True)
+    return into / "arker" / "computer.py"
+
+
 def _load_reference() -> Any:
-    spec = importlib.util.spec_from_file_location("arker_reference_0_1_0", REFERENCE)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"0.1.0 reference client not found at {REFERENCE}")
+    source = os.environ.get(REFERENCE_ENV, "")
+    spec = importlib.util.spec_from_file_location("arker_reference_0_1_0", source)
+    if not source or spec is None or spec.loader is None:
+        raise SystemExit(f"0.1.0 reference client not installed (${REFERENCE_ENV}={source!r})")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up by name
     spec.loader.exec_module(module)
@@ -218,6 +227,7 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="arker-transfer-", dir="/var/tmp") as tmp,
         local_server("/var/tmp") as (server, client),
     ):
+        os.environ[REFERENCE_ENV] = str(_install_reference(Path(tmp) / "reference"))
         os.environ.update(
             ARKER_API_KEY=server.api_key,
             ARKER_BASE_URL=server.base_url,
