@@ -49,6 +49,7 @@ class Store:
         self.bytes_in = 0  # PUT body bytes received
         self.bytes_out = 0  # GET body bytes sent
         self.head_progress = True  # HEAD reports what the upload holds
+        self.head_resets = 0  # how many more HEADs to reset unanswered
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -66,6 +67,11 @@ class Store:
                 owner.put(self)
 
             def do_HEAD(self) -> None:
+                with owner.lock:
+                    reset, owner.head_resets = owner.head_resets > 0, owner.head_resets - 1
+                if reset:
+                    owner._reset(self)
+                    return
                 held = len(owner.upload) if owner.head_progress else 0
                 self.send_response(200)
                 self.send_header("Upload-Offset", str(held))
@@ -225,6 +231,15 @@ def test_progress_gives_the_budget_back_and_resumes_at_once(make_client, store, 
     progress_waits, stall_waits = sleeps[0::2], sleeps[1::2]
     assert progress_waits == [0.0, 0.0, 0.0]  # moved forward: resume at once
     assert all(0.25 <= w <= 0.5 for w in stall_waits)  # stalled: the first backoff
+
+
+def test_upload_asks_again_when_the_offset_question_is_cut(make_client, store) -> None:
+    store.cuts_left = 1
+    store.head_resets = 1  # the HEAD after the cut is reset too: asked again, not skipped
+    client = _client(make_client, store)
+    client.sync.write(VM, "/home/user/big", DATA)
+    assert store.committed == DATA
+    assert store.put_offsets == [None, f"bytes {MiB}-{len(DATA) - 1}/{len(DATA)}"]
 
 
 def test_upload_without_progress_spends_the_budget(make_client, store) -> None:
