@@ -275,6 +275,17 @@ def test_download_cut_every_mib_resumes_with_range(make_client, store, sleeps, c
     assert sleeps == [0.0] * 5
 
 
+def test_download_keeps_every_byte_that_arrived_before_a_cut(make_client, store) -> None:
+    # Cuts that fall inside a 1 MiB block: the part of the block that arrived is kept.
+    store.file = DATA
+    store.cuts_left = 2
+    store.cut_sizes = [MiB + 12345, 700_000]
+    client = _client(make_client, store)
+    assert client.sync.read(VM, "/home/user/big") == DATA
+    assert store.ranges == [None, f"bytes={MiB + 12345}-", f"bytes={MiB + 12345 + 700_000}-"]
+    assert store.bytes_out == len(DATA)
+
+
 def test_download_to_a_path_resumes_and_lands_whole(make_client, store, tmp_path: Path) -> None:
     store.file = DATA
     store.cuts_left = 3
