@@ -284,8 +284,9 @@ class _Download:
         if start < self._held:
             self._restart()
         expected = self._size
-        if expected is None and response.headers.get("Content-Length"):
-            expected = start + int(response.headers["Content-Length"])
+        length = response.headers.get("Content-Length", "")
+        if expected is None and length.isdigit():
+            expected = start + int(length)
         if not self._tracker.total and expected:
             self._tracker.total = expected
         self._tracker.set(self._held)
