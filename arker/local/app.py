@@ -191,14 +191,16 @@ def create_app(services: Services) -> FastAPI:
     @app.get(
         READ_ROUTE,
         response_class=StreamingResponse,
-        responses={200: RAW_BYTES, **error_docs(400, 403, 404)},
+        responses={200: RAW_BYTES, 206: RAW_BYTES, **error_docs(400, 403, 404, 416)},
     )
     def presigned_read(
         vm_id: str,
         path: str = "",
         expires: str | None = None,
         signature: str | None = None,
+        range_header: Annotated[str | None, Header(alias="Range")] = None,
     ) -> StreamingResponse:
+        """Raw bytes of a file; (ext) ``Range: bytes=N-`` answers ``206`` from byte N."""
         s.signer.verify("GET", vm_id, path, expires, signature)
         # The server signs only checked paths; check again all the same (defence in
         # depth should the signing secret leak: still never a path outside /home/user).
@@ -207,11 +209,16 @@ def create_app(services: Services) -> FastAPI:
             raise ApiError("bad_request", problem)
         if s.store.get_vm(vm_id) is None:
             raise ApiError("not_found", f"vm not found: {vm_id}")
-        blocks, size = s.sync.stream(vm_id, path)
+        blocks, size, span = s.sync.stream(vm_id, path, range_header)
+        headers = {"Accept-Ranges": "bytes", "Content-Length": str(size)}
+        if span is not None:
+            headers["Content-Length"] = str(span.length)
+            headers["Content-Range"] = span.content_range
         return StreamingResponse(
             blocks,
+            status_code=206 if span is not None else 200,
             media_type="application/octet-stream",
-            headers={"Content-Length": str(size)},
+            headers=headers,
         )
 
     @app.put(UPLOAD_ROUTE, response_model=Envelope, responses=error_docs(400, 403, 404, 409, 413))

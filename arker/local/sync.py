@@ -20,6 +20,7 @@ from .._wire import (
     WriteResult,
     encode_content,
 )
+from .byte_ranges import ByteSpan, requested_span
 from .engine_api import EngineLike
 from .engine_errors import engine_errors
 from .errors import ApiError
@@ -66,10 +67,23 @@ class Sync:
             sha256=hashlib.sha256(data).hexdigest(),
         )
 
-    def stream(self, vm_id: str, path: str) -> tuple[Iterator[bytes], int]:
-        """The bytes of a file as an iterator of blocks, and its size (presigned GET)."""
+    def stream(
+        self, vm_id: str, path: str, range_header: str | None = None
+    ) -> tuple[Iterator[bytes], int, ByteSpan | None]:
+        """A presigned GET: the file's blocks, its size, and the span sent (`None`: all).
+
+        ``range_header`` is the request's ``Range`` (see `requested_span`); a range that
+        cannot be satisfied raises `ApiError` (``416``).
+        """
         src, size = self._open(vm_id, path)
-        return _blocks(src), size
+        try:
+            span = requested_span(range_header, size)
+        except ApiError:
+            src.close()
+            raise
+        if span is None:
+            return _blocks(src, 0, size), size, None
+        return _blocks(src, span.start, span.length), size, span
 
     def write(self, vm_id: str, req: SyncWriteRequest, base_url: str) -> SyncWriteResponse:
         """Apply each entry in order; an entry's failure is reported in its own result."""
@@ -106,7 +120,11 @@ class Sync:
             raise
 
 
-def _blocks(src: BinaryIO) -> Iterator[bytes]:
+def _blocks(src: BinaryIO, start: int, length: int) -> Iterator[bytes]:
+    """``length`` bytes from ``start`` (fewer if the file shrank meanwhile)."""
     with src:
-        while block := src.read(_STREAM_BLOCK):
+        if start:
+            src.seek(start)
+        while length > 0 and (block := src.read(min(_STREAM_BLOCK, length))):
+            length -= len(block)
             yield block
