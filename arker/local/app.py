@@ -248,7 +248,7 @@ def create_app(services: Services) -> FastAPI:
         return _json(Envelope())
 
     @app.head(UPLOAD_ROUTE, responses=error_docs(403, 404))
-    def presigned_upload_offset(
+    async def presigned_upload_offset(
         vm_id: str,
         upload_id: str,
         expires: str | None = None,
@@ -256,7 +256,7 @@ def create_app(services: Services) -> FastAPI:
     ) -> Response:
         """(ext) How much of an interrupted upload is held: ``Upload-Offset``."""
         s.signer.verify("PUT", vm_id, upload_id, expires, signature)
-        held = s.uploads.held_prefix(vm_id, upload_id)
+        held = await s.uploads.settled_prefix(vm_id, upload_id)
         return Response(status_code=200, headers={"Upload-Offset": str(held)})
 
     return app

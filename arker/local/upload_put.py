@@ -9,6 +9,7 @@ leaves a prefix the next one can resume from (``Content-Range: bytes S-E/T``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -76,6 +77,17 @@ class PresignedPuts:
             writer = _PutWriter(self._engine, self._store, upload, start)
             await self._stream(writer, upload, start, body)
             self._staged_digests.remember(vm_id, upload_id, writer.hexdigest())
+
+    async def settled(self, vm_id: str, upload_id: str, wait_s: float) -> None:
+        """Wait (at most ``wait_s``) for a PUT of this upload in flight to wind down, so
+        that what it received is recorded as held."""
+
+        async def idle() -> None:
+            async with self._locks.hold((vm_id, upload_id)):
+                pass
+
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(idle(), wait_s)
 
     async def _stream(
         self, writer: _PutWriter, upload: UploadRow, start: int, body: AsyncIterator[bytes]
