@@ -4,6 +4,7 @@
   assertions on its error envelopes and health;
 * `tests.kit.raw_http`: one request sent verbatim over `http.client` (no URL
   normalisation), for paths and headers `requests` would rewrite;
-* `tests.kit.faultproxy`: a seeded fault-injecting HTTP proxy for the e2e suites;
+* `tests.kit.faultproxy`: a seeded fault-injecting HTTP proxy for the e2e suites (resets,
+  answers cut after the server acted, per-chunk resets, byte counters);
 * `tests.kit.loopback`: a real keep-alive HTTP server on loopback for the SDK tests.
 """
