@@ -3,8 +3,8 @@
 Where things happen:
 
 * `BaseClient.call` builds an API request (URL, headers, JSON body from a wire model)
-  and runs it under the retry policy, raising `OutcomeUnknownError` when a keyed
-  request may have been carried out without its answer arriving;
+  and runs it under the retry policy, raising `OutcomeUnknownError` when a request
+  that acts may have been carried out without its answer arriving;
 * `arker._transport.Transport.send` sends exactly one attempt over the pooled session
   and turns transport failures into `APIConnectionError` / `APITimeoutError`, logging
   one record per attempt;
@@ -37,7 +37,7 @@ from ._exceptions import (
 from ._logging import redact_url
 from ._presigned import PresignedTransfer
 from ._response import decode_response
-from ._retry import build_retrying, is_transient
+from ._retry import build_retrying, outcome_unknown
 from ._transport import USER_AGENT, Transport, possibly_sent
 
 __all__ = ["BaseClient"]
@@ -100,6 +100,7 @@ class BaseClient:
         read_timeout_at_least: float | None = None,
         check: Callable[[M], None] | None = None,
         absent_after_retry: M | None = None,
+        acts: bool | None = None,
     ) -> M:
         """Make one API call, retried under the client's policy.
 
@@ -110,10 +111,8 @@ class BaseClient:
             host: ``"base"`` (regional) or ``"control"`` (list, fork by name).
             body: Request wire model, serialised once and resent as-is on retries.
             params: Query parameters.
-            idempotency_key: Sent as ``Idempotency-Key`` on every attempt. When the
-                retries run out and some attempt may have reached the server without
-                its answer coming back, the call raises `OutcomeUnknownError` carrying
-                this key instead of the last transport error.
+            idempotency_key: Sent as ``Idempotency-Key`` on every attempt, and carried
+                by the `OutcomeUnknownError` the call may raise.
             read_timeout_at_least: Seconds this call's reads may need to wait (a run
                 that lasts that long); the client's read timeout applies if longer.
             check: Runs on the decoded model inside the attempt; an `ArkerError` it
@@ -121,7 +120,14 @@ class BaseClient:
             absent_after_retry: For deletes: what to return when a retry gets 404
                 after an attempt whose outcome is unknown (the connection broke, or a
                 gateway failed) — that attempt most likely did the deleting.
+            acts: Whether the request changes anything (default: any method but
+                ``GET``). When the retries of one that does run out and some attempt
+                may have reached the server without its answer coming back (a reset
+                after sending, a read timeout, a cut answer), the call raises
+                `OutcomeUnknownError` instead of the last transport error.
         """
+        if acts is None:
+            acts = method != "GET"
         url = self._url(host, path)
         data = None if body is None else body.model_dump_json(by_alias=True, exclude_none=True)
         payload = None if data is None else data.encode("utf-8")
@@ -134,11 +140,11 @@ class BaseClient:
         # Some attempt may have been acted on without its answer reaching us: for
         # deletes, a gateway's 502/504 counts; for `OutcomeUnknownError`, only an
         # attempt lost in transport after it was (possibly) sent.
-        outcome_unknown = False
+        may_have_acted = False
         lost_after_send = False
 
         def attempt_once() -> M:
-            nonlocal attempts, outcome_unknown, lost_after_send
+            nonlocal attempts, may_have_acted, lost_after_send
             attempts += 1
             try:
                 response = self._transport.send(
@@ -153,15 +159,15 @@ class BaseClient:
                 with response:
                     result = decode_response(response, model)
             except NotFoundError:
-                if outcome_unknown and absent_after_retry is not None:
+                if may_have_acted and absent_after_retry is not None:
                     return absent_after_retry
                 raise
             except APIConnectionError as exc:
                 lost_after_send = lost_after_send or possibly_sent(exc)
-                outcome_unknown = outcome_unknown or lost_after_send
+                may_have_acted = may_have_acted or lost_after_send
                 raise
             except APIStatusError as exc:
-                outcome_unknown = outcome_unknown or exc.status in (502, 504)
+                may_have_acted = may_have_acted or exc.status in (502, 504)
                 raise
             if check is not None:
                 check(result)
@@ -170,16 +176,10 @@ class BaseClient:
         try:
             return build_retrying(self._config.retry, self._sleep)(attempt_once)
         except (APIConnectionError, APIStatusError) as exc:
-            # A keyed request (fork, run: not idempotent by nature) that gave up on a
-            # transient failure after some attempt was lost in transport once sent may
-            # have been carried out: say so rather than let "it failed" be assumed. An
-            # answer the server itself gave (404, 409, a non-transient 500…) is
-            # definitive: with the key, a retry after a success replays that success.
-            # A 502/504 alone stays a `ServiceUnavailableError`, as documented.
-            if idempotency_key is None or isinstance(exc, OutcomeUnknownError):
-                raise
-            unknown = lost_after_send and (isinstance(exc, APIConnectionError) or is_transient(exc))
-            if not unknown:
+            # A request that acts and gave up after some attempt was lost once sent may
+            # have been carried out: say so rather than let "it failed" be assumed. A
+            # 502/504 alone stays a `ServiceUnavailableError`, as documented.
+            if not outcome_unknown(exc, acts=acts, lost_after_send=lost_after_send):
                 raise
             raise OutcomeUnknownError(
                 f"{method} {redact_url(url)}: no answer after {attempts} attempt(s), "

@@ -6,7 +6,7 @@ The tree::
     ├── ConfigurationError           bad client arguments (also a ValueError)
     ├── APIConnectionError           no usable HTTP response (refused, reset, DNS…)
     │   ├── APITimeoutError          connect or read timeout
-    │   └── OutcomeUnknownError      fork/run may have happened; retry with its key
+    │   └── OutcomeUnknownError      the request may have been carried out; see its key
     ├── ResponseValidationError      the server answered something off-protocol
     └── APIStatusError               the server answered with an error envelope
         ├── BadRequestError              400 bad_request (status 0: refused before sending)
@@ -125,25 +125,35 @@ class APITimeoutError(APIConnectionError):
 
 
 class OutcomeUnknownError(APIConnectionError):
-    """A fork or run may or may not have happened: the SDK cannot tell.
+    """A request that acts (fork, run, write, delete…) may or may not have happened.
 
     Raised when the retry budget ran out and at least one attempt failed *after* the
     request was (possibly) delivered — a read timeout, a connection reset after
-    sending, a truncated response — so the server may have done the work and only the
+    sending, an answer cut short — so the server may have done the work and only the
     answer was lost. A failure to connect (refused, connect timeout) never raises
-    this: such a request was not sent.
+    this: such a request was not sent. Reads never raise it: they change nothing.
 
-    Call again with the same ``idempotency_key`` to learn the outcome: the server
-    replays the first result for that key instead of forking or running again.
+    A fork or run carries its key: call again with the same ``idempotency_key`` to learn
+    the outcome; the server replays the first result for that key instead of forking or
+    running again. A request idempotent by construction (a sync write, a delete) has no
+    key: repeating it is harmless, or look at its effect (read the file back, list the
+    VMs).
 
     Attributes:
-        idempotency_key: The ``Idempotency-Key`` every attempt carried.
+        idempotency_key: The ``Idempotency-Key`` every attempt carried, or `None` for a
+            request idempotent by construction.
     """
 
-    def __init__(self, message: str, idempotency_key: str) -> None:
+    def __init__(self, message: str, idempotency_key: str | None) -> None:
+        if idempotency_key is not None:
+            advice = (
+                f"Retry with idempotency_key={idempotency_key!r} to learn its outcome "
+                "without repeating it"
+            )
+        else:
+            advice = "Repeating it is harmless, or check its effect"
         super().__init__(
-            f"{message}; the request may have been carried out. Retry with "
-            f"idempotency_key={idempotency_key!r} to learn its outcome without repeating it",
+            f"{message}; the request may have been carried out. {advice}",
             code="outcome_unknown",
         )
         self.idempotency_key = idempotency_key
@@ -152,7 +162,7 @@ class OutcomeUnknownError(APIConnectionError):
         return (_rebuild_outcome_unknown, (self.message, self.idempotency_key))
 
 
-def _rebuild_outcome_unknown(message: str, idempotency_key: str) -> OutcomeUnknownError:
+def _rebuild_outcome_unknown(message: str, idempotency_key: str | None) -> OutcomeUnknownError:
     err = OutcomeUnknownError.__new__(OutcomeUnknownError)
     APIConnectionError.__init__(err, message, code="outcome_unknown")
     err.idempotency_key = idempotency_key

@@ -1,4 +1,9 @@
-"""Decoding: one HTTP response in, one validated model (or one `ArkerError`) out."""
+"""Decoding: one HTTP response in, one validated model (or one `ArkerError`) out.
+
+An answer the transport cut short is not the server's word: `is_cut_answer` tells one
+apart, and `decode_response` raises it as an `APIConnectionError` (retried, and
+ambiguous for a request that acts) rather than as a `ResponseValidationError`.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,11 @@ import requests
 from pydantic import BaseModel, ValidationError
 
 from ._error_codes import code_for_status
-from ._exceptions import APIStatusError, ResponseValidationError, error_for
+from ._exceptions import APIConnectionError, APIStatusError, ResponseValidationError, error_for
 from ._retry import parse_retry_after
 from ._wire import ErrorEnvelope
 
-__all__ = ["decode_response", "error_from_response", "validation_message"]
+__all__ = ["decode_response", "error_from_response", "is_cut_answer", "validation_message"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -26,6 +31,30 @@ def validation_message(exc: ValidationError, what: str) -> str:
     loc = ".".join(str(p) for p in first["loc"]) or "<root>"
     more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
     return f"{what}: field {loc!r}: {first['msg']}{more}"
+
+
+def is_cut_answer(
+    status: int, content_length: str | None, transfer_encoding: str | None, body: bytes
+) -> bool:
+    """Whether a success answer that arrived "whole" was in fact cut by the transport.
+
+    An answer framed by ``Content-Length`` or chunked encoding that stops short is
+    already a transport failure (urllib3 counts the bytes). One framed by the closing of
+    the connection (neither header: what is left when the headers themselves were cut)
+    cannot be told from a whole one by its framing, only by its content: a success
+    answer is a JSON envelope, so one that is not a complete JSON document was cut. An
+    error status is the server's own word whatever follows it (its class comes from the
+    status), so it is never counted as cut.
+    """
+    if status >= 400 or content_length is not None:
+        return False
+    if transfer_encoding is not None and "chunked" in transfer_encoding.lower():
+        return False
+    try:
+        json.loads(body)
+    except ValueError:
+        return True
+    return False
 
 
 def _json_or_none(response: requests.Response) -> Any:
@@ -62,6 +91,17 @@ def decode_response(response: requests.Response, model: type[M]) -> M:
     An ``ok: false`` envelope is an error whatever the HTTP status (the protocol lets
     transient errors arrive with HTTP 200).
     """
+    headers = response.headers
+    if is_cut_answer(
+        response.status_code,
+        headers.get("Content-Length"),
+        headers.get("Transfer-Encoding"),
+        response.content,
+    ):
+        raise APIConnectionError(
+            f"{model.__name__}: the answer was cut by the transport "
+            f"({len(response.content)} bytes, framed only by the connection closing)"
+        )
     payload = _json_or_none(response)
     if response.status_code >= 400:
         raise error_from_response(response, payload)

@@ -8,11 +8,13 @@ Each decision is a small named function with a table test in ``tests/unit/test_r
   or inside one write result);
 * `is_transient` — either of the two, for one server error;
 * `parse_retry_after` — the server's ``Retry-After`` header, in seconds;
-* `should_retry` — the verdict for one exception under a `RetryPolicy`.
+* `should_retry` — the verdict for one exception under a `RetryPolicy`;
+* `outcome_unknown` — whether a call that gave up may have been carried out anyway.
 
 Safety is decided by the callers, not here: every request the SDK retries is either
 read-only, idempotent by construction (DELETE, sync writes keyed by ``upload_id``) or
-carries an ``Idempotency-Key`` minted once per call (fork, run).
+carries an ``Idempotency-Key`` minted once per call (fork, run). An answer cut by the
+transport counts as a connection failure (`arker._response.is_cut_answer`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from tenacity import (
     stop_after_attempt,
 )
 
-from ._exceptions import APIConnectionError, APIStatusError, ArkerError
+from ._exceptions import APIConnectionError, APIStatusError, ArkerError, OutcomeUnknownError
 
 __all__ = [
     "TRANSIENT_HINTS",
@@ -41,6 +43,7 @@ __all__ = [
     "is_transient",
     "is_transient_envelope_error",
     "is_transient_status",
+    "outcome_unknown",
     "parse_retry_after",
     "should_retry",
 ]
@@ -118,6 +121,22 @@ def should_retry(exc: BaseException, policy: RetryPolicy) -> bool:
     if not isinstance(exc, APIStatusError) or not is_transient(exc):
         return False
     return exc.retry_after is None or exc.retry_after <= policy.max_retry_after
+
+
+def outcome_unknown(exc: BaseException, *, acts: bool, lost_after_send: bool) -> bool:
+    """Whether a call that gave up on ``exc`` may have been carried out anyway.
+
+    Only for a request that acts (not a read), after some attempt was lost in transport
+    once (possibly) sent, and when the last failure is itself no answer from the server:
+    a connection failure, or a transient status a gateway may have produced. An answer
+    the server gave (404, 409, a non-transient 500…) is definitive: with a key, a retry
+    after a success replays that success.
+    """
+    if not acts or not lost_after_send or isinstance(exc, OutcomeUnknownError):
+        return False
+    if isinstance(exc, APIConnectionError):
+        return True
+    return isinstance(exc, APIStatusError) and is_transient(exc)
 
 
 def backoff_seconds(policy: RetryPolicy, attempt: int, *, jitter: float | None = None) -> float:

@@ -16,6 +16,7 @@ from .._ids import new_ulid
 from .._retry import is_transient_envelope_error
 from .._wire import (
     ChunkEntry,
+    PresignEntry,
     SyncDeleteRequest,
     SyncDeleteResponse,
     SyncManifestRequest,
@@ -62,7 +63,11 @@ class SyncRoute:
     def read(self, vm_id: str, path: str) -> SyncReadResponse:
         """Inline content, or a presigned URL to GET, for the file at ``path``."""
         return self._client.call(
-            "POST", vm_path(vm_id, "/sync"), SyncReadResponse, body=SyncReadRequest(path=path)
+            "POST",
+            vm_path(vm_id, "/sync"),
+            SyncReadResponse,
+            body=SyncReadRequest(path=path),
+            acts=False,
         )
 
     def write(self, vm_id: str, entries: list[WriteEntry]) -> list[WriteResult]:
@@ -96,6 +101,8 @@ class SyncRoute:
             SyncWriteResponse,
             body=SyncWriteRequest(writes=entries),
             check=check,
+            # Asking for presigned URLs changes no file: a lost answer is not ambiguous.
+            acts=not all(isinstance(e, PresignEntry) for e in entries),
         )
         return response.results
 
@@ -106,6 +113,7 @@ class SyncRoute:
             vm_path(vm_id, "/sync"),
             SyncManifestResponse,
             body=SyncManifestRequest(path=path),
+            acts=False,
         )
 
     def delete(self, vm_id: str, paths: list[str]) -> None:

@@ -1,9 +1,11 @@
-"""`OutcomeUnknownError`: a keyed call (fork, run) whose retries ran out after an attempt
-that may have reached the server says so, with the key to retry with; a request that
-provably never left (refused, connect timeout) keeps its plain transport error."""
+"""`OutcomeUnknownError`: a call that acts (fork, run, write, delete) whose retries ran out
+after an attempt that may have reached the server says so, with the key to retry with
+when it has one; a read, and a request that provably never left (refused, connect
+timeout), keep their plain transport error."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import socket
 
@@ -14,11 +16,14 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from arker import (
     APIConnectionError,
+    APIStatusError,
     APITimeoutError,
     NotFoundError,
     OutcomeUnknownError,
     ServiceUnavailableError,
 )
+from arker._exceptions import error_for
+from arker._retry import outcome_unknown
 
 VM = "01HZZZZZZZZZZZZZZZZZZZZZZZ_abc1"
 FORK_OK = {"ok": True, "vm_id": VM}
@@ -221,3 +226,72 @@ def test_outcome_unknown_pickles_with_its_key() -> None:
         err.message,
         "key-9",
     )
+
+
+def _lost() -> APIConnectionError:
+    return APIConnectionError("reset by peer")
+
+
+def _unavailable(status: int) -> APIStatusError:
+    return error_for("unavailable", "gateway", status)
+
+
+@pytest.mark.parametrize(
+    ("exc", "acts", "lost_after_send", "unknown"),
+    [
+        (_lost(), True, True, True),  # acts, lost once sent, no answer after
+        (_lost(), False, True, False),  # a read changes nothing
+        (_lost(), True, False, False),  # never left (refused, connect timeout)
+        (APITimeoutError("read timed out"), True, True, True),
+        (_unavailable(502), True, True, True),  # a gateway's failure is no answer
+        (_unavailable(504), True, True, True),
+        (_unavailable(502), True, False, False),  # 502s alone stay unavailable
+        (error_for("not_found", "gone", 404), True, True, False),  # the server's word
+        (error_for("vm_busy", "busy", 409), True, True, False),
+        (error_for("internal", "boom", 500), True, True, False),
+        (OutcomeUnknownError("already", "k"), True, True, False),  # not wrapped twice
+    ],
+)
+def test_outcome_unknown_decision(exc, acts, lost_after_send, unknown) -> None:
+    assert outcome_unknown(exc, acts=acts, lost_after_send=lost_after_send) is unknown
+
+
+def _sync_url(client) -> str:
+    return f"{client.base_url}/api/v1/vms/{VM}/sync"
+
+
+def test_inline_write_lost_every_time_is_outcome_unknown_without_a_key(make_client, rsps) -> None:
+    client = make_client(max_retries=1)
+    rsps.post(_sync_url(client), body=requests.ConnectionError("Connection reset by peer"))
+    with pytest.raises(OutcomeUnknownError) as info:
+        client.sync.write(VM, "/home/user/a", b"abc")
+    assert info.value.idempotency_key is None
+    assert "harmless" in info.value.message
+    ids = {json.loads(c.request.body)["writes"][0]["upload_id"] for c in rsps.calls}
+    assert len(rsps.calls) == 2 and len(ids) == 1  # one upload_id, resent
+
+
+def test_delete_lost_every_time_is_outcome_unknown(make_client, rsps) -> None:
+    client = make_client(max_retries=1)
+    url = f"{client.base_url}/api/v1/vms/{VM}"
+    rsps.delete(url, body=requests.ReadTimeout("read timed out"))
+    with pytest.raises(OutcomeUnknownError) as info:
+        client.vms.delete(VM)
+    assert info.value.idempotency_key is None
+
+
+@pytest.mark.parametrize("call", ["read", "manifest"])
+def test_sync_reads_keep_their_transport_error(make_client, rsps, tmp_path, call) -> None:
+    client = make_client(max_retries=1)
+    rsps.post(_sync_url(client), body=requests.ConnectionError("Connection reset by peer"))
+    with pytest.raises(APIConnectionError) as info:
+        if call == "read":
+            client.sync.read(VM, "/home/user/a")
+        else:
+            client.sync.pull_dir(VM, "/home/user", tmp_path)  # asks for the manifest
+    assert not isinstance(info.value, OutcomeUnknownError)
+
+
+def test_outcome_unknown_without_a_key_pickles() -> None:
+    clone = pickle.loads(pickle.dumps(OutcomeUnknownError("POST /x: no answer", None)))
+    assert type(clone) is OutcomeUnknownError and clone.idempotency_key is None

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from arker import (
+    APIConnectionError,
     Arker,
     ArkerError,
     ForkResult,
@@ -86,20 +87,28 @@ def test_unknown_output_encoding_does_not_break(client: Arker, rsps) -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("body", "content_type"),
     [
-        pytest.param({"body": "<html>hello</html>", "content_type": "text/html"}, id="html"),
-        pytest.param({"body": "{not json", "content_type": "application/json"}, id="broken-json"),
-        pytest.param({"body": ""}, id="empty"),
-        pytest.param({"json": [1, 2, 3]}, id="json-array"),
-        pytest.param({"json": "ok"}, id="json-string"),
+        pytest.param("<html>hello</html>", "text/html", id="html"),
+        pytest.param("{not json", "application/json", id="broken-json"),
+        pytest.param("", "application/json", id="empty"),
+        pytest.param("[1, 2, 3]", "application/json", id="json-array"),
+        pytest.param('"ok"', "application/json", id="json-string"),
     ],
 )
-def test_non_json_200_is_response_validation_error(client: Arker, rsps, kwargs) -> None:
+def test_non_json_200_is_response_validation_error(client: Arker, rsps, body, content_type) -> None:
+    # Well framed (Content-Length says it is whole): the server's own answer, off contract.
+    headers = {"Content-Length": str(len(body))}
     with pytest.raises(ResponseValidationError) as info:
-        _list(client, rsps, status=200, **kwargs)
+        _list(client, rsps, status=200, body=body, content_type=content_type, headers=headers)
     assert isinstance(info.value, ArkerError)
     assert info.value.status == 200
+
+
+def test_unframed_non_json_200_is_a_cut_answer(client: Arker, rsps) -> None:
+    # No Content-Length, not chunked: framed by the close, so half a document was cut.
+    with pytest.raises(APIConnectionError):
+        _list(client, rsps, status=200, body="{not json", content_type="application/json")
 
 
 def test_bad_base64_output_is_response_validation_error(client: Arker, rsps) -> None:
