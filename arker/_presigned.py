@@ -1,27 +1,52 @@
 """Presigned transfers: raw bytes to and from a URL that carries its own signature.
 
 The API key is never sent to such a URL. Each transfer is retried under the client's
-policy like an API call; the body of each attempt is prepared afresh, so a retried
-upload can resume from another offset.
+policy like an API call, with one difference: a transfer resumes, so an attempt that
+moved it forward spends none of the retry budget (`arker._retry.transfer_gives_up`).
+The body of each attempt is prepared afresh from where the transfer stands: an upload
+from the offset the server holds, a download with ``Range: bytes=N-`` from the bytes
+already written (`body_start` tells whether the answer really starts there).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Literal, TypeVar
 
 import requests
 
 from ._config import ClientConfig
-from ._exceptions import APIConnectionError
+from ._exceptions import APIConnectionError, ArkerError
 from ._logging import redact_text, redact_url
 from ._response import error_from_response
-from ._retry import build_retrying
+from ._retry import TransferProgress, build_transfer_retrying, should_retry
 from ._transport import USER_AGENT, Body, Transport
 
-__all__ = ["PresignedTransfer"]
+__all__ = ["PresignedTransfer", "body_start"]
 
 T = TypeVar("T")
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+
+def body_start(status: int, content_range: str | None, asked: int) -> int | None:
+    """Where in the file a download answer's body starts, or `None` if it is unusable.
+
+    ``asked`` is the offset a ``Range: bytes=N-`` header asked for (0 for none). A
+    ``200`` carries the whole file, from 0 (a server may ignore ``Range``). A ``206``
+    is used only when its ``Content-Range`` starts exactly at ``asked`` and runs to the
+    end of the file (``bytes N-(size-1)/size``); any other partial answer is unusable.
+    """
+    if status == 200:
+        return 0
+    if status != 206 or content_range is None:
+        return None
+    match = _CONTENT_RANGE.fullmatch(content_range.strip())
+    if match is None or match.group(3) == "*":
+        return None
+    first, last, size = int(match.group(1)), int(match.group(2)), int(match.group(3))
+    return asked if first == asked and last == size - 1 else None
 
 
 class PresignedTransfer:
@@ -47,8 +72,9 @@ class PresignedTransfer:
         *,
         consume: Callable[[requests.Response], T],
         prepare: Callable[[int], tuple[Body | None, Mapping[str, str]]] | None = None,
+        position: Callable[[], int] | None = None,
     ) -> T:
-        """Move raw bytes to or from a presigned URL, retried like an API call.
+        """Move raw bytes to or from a presigned URL, resuming while it makes progress.
 
         Args:
             method: ``GET`` (download) or ``PUT`` (upload).
@@ -56,43 +82,67 @@ class PresignedTransfer:
                 never sent to it.
             consume: Reads the successful response inside the attempt, so a connection
                 dropped mid-body is retried too.
-            prepare: Called with the attempt number (1, 2, …) before each attempt;
-                returns that attempt's body and extra headers. A stream can be read
-                once, and a retry may resume from another offset.
+            prepare: Called before each attempt with the position to resume from (0
+                first, then the last ``position``); returns that attempt's body and
+                extra headers. A stream can be read once, so each attempt gets its own.
+            position: Asked after each failed attempt that will be retried: how many
+                bytes the receiving side now holds. An attempt after which it grew made
+                progress and spends none of the retry budget. Without it, every failed
+                attempt counts.
         """
         attempts = 0
+        progress = TransferProgress()
 
         def attempt_once() -> T:
             nonlocal attempts
             attempts += 1
-            body, extra = prepare(attempts) if prepare is not None else (None, {})
-            headers = {"User-Agent": USER_AGENT, **extra}
+            started_at = progress.position
             try:
-                response = self._transport.send(
-                    method,
-                    url,
-                    headers=headers,
-                    timeout=self._config.timeout,
-                    attempt=attempts,
-                    data=body,
-                    authenticated=False,
-                    stream=True,
-                )
-                with response:
-                    if response.status_code >= 400:
-                        raise error_from_response(response)
-                    try:
-                        return consume(response)
-                    except requests.RequestException as exc:
-                        raise APIConnectionError(
-                            f"{method} {redact_url(url)} broke mid-body: {redact_text(str(exc))}"
-                        ) from None
-            finally:
-                close = getattr(body, "close", None)
-                if callable(close):
-                    close()
+                return self._attempt(method, url, attempts, started_at, consume, prepare)
+            except ArkerError as exc:
+                if should_retry(exc, self._config.retry):
+                    now_at = position() if position is not None else started_at
+                    progress.record(started_at, now_at)
+                raise
 
-        return build_retrying(self._config.retry, self._sleep)(attempt_once)
+        retrying = build_transfer_retrying(self._config.retry, self._sleep, progress)
+        return retrying(attempt_once)
+
+    def _attempt(
+        self,
+        method: str,
+        url: str,
+        attempt: int,
+        started_at: int,
+        consume: Callable[[requests.Response], T],
+        prepare: Callable[[int], tuple[Body | None, Mapping[str, str]]] | None,
+    ) -> T:
+        body, extra = prepare(started_at) if prepare is not None else (None, {})
+        headers = {"User-Agent": USER_AGENT, **extra}
+        try:
+            response = self._transport.send(
+                method,
+                url,
+                headers=headers,
+                timeout=self._config.timeout,
+                attempt=attempt,
+                data=body,
+                authenticated=False,
+                stream=True,
+            )
+            with response:
+                if response.status_code >= 400:
+                    raise error_from_response(response)
+                try:
+                    return consume(response)
+                except requests.RequestException as exc:
+                    raise APIConnectionError(
+                        f"{method} {redact_url(url)} broke mid-body: {redact_text(str(exc))}"
+                    ) from None
+        finally:
+            close = getattr(body, "close", None)
+            if callable(close):
+                close()
 
     def head(self, url: str) -> requests.Response | None:
         """One unretried ``HEAD`` to a presigned URL; `None` when it fails in any way.

@@ -9,7 +9,9 @@ Each decision is a small named function with a table test in ``tests/unit/test_r
 * `is_transient` — either of the two, for one server error;
 * `parse_retry_after` — the server's ``Retry-After`` header, in seconds;
 * `should_retry` — the verdict for one exception under a `RetryPolicy`;
-* `outcome_unknown` — whether a call that gave up may have been carried out anyway.
+* `outcome_unknown` — whether a call that gave up may have been carried out anyway;
+* `transfer_gives_up` — when a resumable transfer stops: attempts that made progress
+  are free, only stalled ones spend the budget, within `RetryPolicy.max_transfer_time`.
 
 Safety is decided by the callers, not here: every request the SDK retries is either
 read-only, idempotent by construction (DELETE, sync writes keyed by ``upload_id``) or
@@ -39,13 +41,16 @@ __all__ = [
     "TRANSIENT_HINTS",
     "TRANSIENT_STATUSES",
     "RetryPolicy",
+    "TransferProgress",
     "build_retrying",
+    "build_transfer_retrying",
     "is_transient",
     "is_transient_envelope_error",
     "is_transient_status",
     "outcome_unknown",
     "parse_retry_after",
     "should_retry",
+    "transfer_gives_up",
 ]
 
 log = logging.getLogger("arker")
@@ -64,12 +69,17 @@ class RetryPolicy:
         max_backoff: Ceiling of one backoff, in seconds.
         max_retry_after: The longest ``Retry-After`` the SDK will sleep for; a server
             asking for more gets its error raised instead of a minutes-long sleep.
+        max_transfer_time: Seconds after its start during which a presigned upload or
+            download that keeps making progress is resumed. Only its attempts that moved
+            nothing forward count against ``max_retries``; once this time has passed,
+            the next failure is raised. An attempt under way is never cut short.
     """
 
     max_retries: int = 3
     initial_backoff: float = 0.5
     max_backoff: float = 8.0
     max_retry_after: float = 60.0
+    max_transfer_time: float = 3600.0
 
 
 def is_transient_status(status: int) -> bool:
@@ -139,6 +149,43 @@ def outcome_unknown(exc: BaseException, *, acts: bool, lost_after_send: bool) ->
     return isinstance(exc, APIStatusError) and is_transient(exc)
 
 
+def transfer_gives_up(stalled: int, elapsed: float, policy: RetryPolicy) -> bool:
+    """Whether a resumable transfer stops after a failed attempt.
+
+    ``stalled`` counts its failed attempts that moved nothing forward (this one
+    included); an attempt that made progress spends none of the budget. ``elapsed`` is
+    the time since the transfer began: past ``max_transfer_time`` no attempt follows.
+    """
+    return stalled > policy.max_retries or elapsed >= policy.max_transfer_time
+
+
+class TransferProgress:
+    """Where a resumable transfer stands, and how many of its attempts stalled.
+
+    Attributes:
+        position: Bytes the receiving side holds, as last measured (0 at first).
+        stalled: Failed attempts after which ``position`` had not moved past where
+            the attempt started.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.position = 0
+        self.stalled = 0
+        self.progressed = False
+        self._clock = clock
+        self._started = clock()
+
+    def record(self, started_at: int, now_at: int) -> None:
+        """One failed attempt began at ``started_at`` and left the transfer at ``now_at``."""
+        self.progressed = now_at > started_at
+        if not self.progressed:
+            self.stalled += 1
+        self.position = now_at
+
+    def elapsed(self) -> float:
+        return self._clock() - self._started
+
+
 def backoff_seconds(policy: RetryPolicy, attempt: int, *, jitter: float | None = None) -> float:
     """Sleep after failed attempt ``attempt`` (1-based): exponential, capped, jittered.
 
@@ -154,16 +201,21 @@ def backoff_seconds(policy: RetryPolicy, attempt: int, *, jitter: float | None =
 class _Wait:
     """Exponential backoff with jitter, or the server's ``Retry-After`` when it sent one."""
 
-    def __init__(self, policy: RetryPolicy) -> None:
+    def __init__(self, policy: RetryPolicy, progress: TransferProgress | None = None) -> None:
         # tenacity's wait_exponential_jitter renamed its arguments across versions; the
         # formula is one line, so it lives here: initial * 2^(n-1), capped, plus jitter.
         self._policy = policy
+        self._progress = progress
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
         if isinstance(exc, APIStatusError) and exc.retry_after is not None:
             return exc.retry_after
-        return backoff_seconds(self._policy, state.attempt_number)
+        attempt = state.attempt_number
+        if self._progress is not None:
+            # A transfer backs off by its stalled attempts; after progress, briefly.
+            attempt = 1 if self._progress.progressed else max(1, self._progress.stalled)
+        return backoff_seconds(self._policy, attempt)
 
 
 def _log_before_sleep(state: RetryCallState) -> None:
@@ -186,6 +238,21 @@ def build_retrying(policy: RetryPolicy, sleep: Callable[[float], None]) -> Retry
         wait=_Wait(policy),
         retry=retry_if_exception(lambda exc: should_retry(exc, policy)),
         # At exhaustion raise the last real error, not tenacity's RetryError.
+        reraise=True,
+        sleep=sleep,
+        before_sleep=_log_before_sleep,
+    )
+
+
+def build_transfer_retrying(
+    policy: RetryPolicy, sleep: Callable[[float], None], progress: TransferProgress
+) -> Retrying:
+    """A tenacity controller for one resumable transfer whose attempts record their
+    progress in ``progress``: it stops by `transfer_gives_up`."""
+    return Retrying(
+        stop=lambda state: transfer_gives_up(progress.stalled, progress.elapsed(), policy),
+        wait=_Wait(policy, progress),
+        retry=retry_if_exception(lambda exc: should_retry(exc, policy)),
         reraise=True,
         sleep=sleep,
         before_sleep=_log_before_sleep,

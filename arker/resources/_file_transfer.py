@@ -5,8 +5,11 @@ stream the raw bytes there with a PUT and commit. Every step retries under the c
 policy and is idempotent: the chunk's ``upload_id`` is minted once per call, and the
 presigned upload is committed under the id the server gave it. An interrupted PUT
 resumes from the bytes the server already holds when the server can say (``HEAD`` on the
-upload URL answers ``Upload-Offset``), and starts over otherwise. Every transfer carries
-a sha256 that the receiving side checks.
+upload URL answers ``Upload-Offset``), and starts over otherwise. An interrupted
+presigned download resumes with ``Range: bytes=N-`` from the bytes already written to
+its sink, and starts over when the server answers the whole file instead. A transfer
+that keeps moving forward keeps being resumed (see `arker._presigned`). Every transfer
+carries a sha256 that the receiving side checks, over the whole file.
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ import requests
 
 from .._constants import INLINE_WRITE_MAX, MAX_FILE_BYTES
 from .._exceptions import (
+    APIConnectionError,
     PayloadTooLargeError,
     PermissionDeniedError,
     ResponseValidationError,
     refused_before_sending,
 )
 from .._paths import path_problem
-from .._presigned import PresignedTransfer
+from .._presigned import PresignedTransfer, body_start
 from .._streams import (
     CHUNK,
     BackgroundHash,
@@ -100,10 +104,8 @@ class FileTransfer:
                 tracker.total = tracker.total or size
                 tracker.set(size)
             elif wire.presigned_url:
-                size, digest = self._presigned.transfer(
-                    "GET",
-                    wire.presigned_url,
-                    consume=lambda response: _drain(response, sink, tracker),
+                size, digest = _Download(sink, tracker, wire.size).run(
+                    self._presigned, wire.presigned_url
                 )
             else:
                 raise ResponseValidationError("SyncReadResponse: neither content nor presigned_url")
@@ -172,14 +174,19 @@ class FileTransfer:
     def _put(self, url: str, source: Source, tracker: Tracker) -> None:
         size = source.size
 
-        def prepare(attempt: int) -> tuple[Body, dict[str, str]]:
+        def prepare(offset: int) -> tuple[Body, dict[str, str]]:
             headers = {"Content-Type": "application/octet-stream"}
-            offset = 0 if attempt == 1 else _held_offset(self._presigned.head(url), size)
             if offset:
                 headers["Content-Range"] = f"bytes {offset}-{size - 1}/{size}"
             return source.reader(offset, tracker), headers
 
-        self._presigned.transfer("PUT", url, prepare=prepare, consume=lambda response: None)
+        self._presigned.transfer(
+            "PUT",
+            url,
+            prepare=prepare,
+            consume=lambda response: None,
+            position=lambda: _held_offset(self._presigned.head(url), size),
+        )
 
 
 def _inline_content(wire: SyncReadResponse) -> bytes:
@@ -201,20 +208,68 @@ def _held_offset(response: requests.Response | None, size: int) -> int:
     return max(0, min(held, size - 1))
 
 
-def _drain(response: requests.Response, sink: Sink, tracker: Tracker) -> tuple[int, str]:
-    """Stream a download body into ``sink``; return its size and sha256."""
-    sink.restart()
-    digest = BackgroundHash()
-    size = 0
-    if not tracker.total:
-        tracker.total = int(response.headers.get("Content-Length") or 0)
-    tracker.set(0)
-    try:
+class _Download:
+    """One presigned download into a sink, resumed from the bytes already written.
+
+    The sha256 runs over the whole file: the hasher fed by earlier attempts is kept
+    when an answer continues where they stopped, and started afresh with the sink when
+    the server sends the whole file again.
+    """
+
+    def __init__(self, sink: Sink, tracker: Tracker, size: int | None) -> None:
+        self._sink = sink
+        self._tracker = tracker
+        self._size = size  # as the sync read announced it, if it did
+        self._held = 0
+        self._asked = 0  # the offset the attempt under way asked for
+        self._digest = BackgroundHash()
+
+    def run(self, presigned: PresignedTransfer, url: str) -> tuple[int, str]:
+        """Download the file; return its size and sha256."""
+        try:
+            return presigned.transfer(
+                "GET", url, prepare=self._prepare, consume=self._consume, position=self._position
+            )
+        finally:
+            self._digest.close()
+
+    def _position(self) -> int:
+        return self._held
+
+    def _prepare(self, offset: int) -> tuple[None, dict[str, str]]:
+        self._asked = offset if offset and (self._size is None or offset < self._size) else 0
+        return None, {"Range": f"bytes={self._asked}-"} if self._asked else {}
+
+    def _restart(self) -> None:
+        self._sink.restart()
+        self._digest.close()
+        self._digest = BackgroundHash()
+        self._held = 0
+
+    def _consume(self, response: requests.Response) -> tuple[int, str]:
+        asked = self._asked
+        start = body_start(response.status_code, response.headers.get("Content-Range"), asked)
+        if start is None:
+            # A partial answer that does not continue where we stopped: start over.
+            self._restart()
+            raise APIConnectionError(
+                f"download resumed at byte {asked} got {response.status_code} "
+                f"Content-Range {response.headers.get('Content-Range')!r}; starting over"
+            )
+        if start < self._held:
+            self._restart()
+        expected = self._size
+        if expected is None and response.headers.get("Content-Length"):
+            expected = start + int(response.headers["Content-Length"])
+        if not self._tracker.total and expected:
+            self._tracker.total = expected
+        self._tracker.set(self._held)
         for block in response.iter_content(CHUNK):
-            sink.write(block)
-            digest.update(block)
-            size += len(block)
-            tracker.add(len(block))
-        return size, digest.hexdigest()
-    finally:
-        digest.close()
+            self._sink.write(block)
+            self._digest.update(block)
+            self._held += len(block)
+            self._tracker.add(len(block))
+        if expected is not None and self._held < expected:
+            # Framed by the connection closing (its headers were cut): a cut, not an end.
+            raise APIConnectionError(f"download cut at byte {self._held} of {expected}; resuming")
+        return self._held, self._digest.hexdigest()

@@ -1,0 +1,332 @@
+"""Presigned transfers resume while they make progress (a real loopback store).
+
+The store answers the sync route and a presigned URL, and cuts its connections on
+purpose: an upload is reset after ``cut_every`` bytes of a PUT body (``HEAD`` then says
+how much it holds), a download's body is cut after ``cut_every`` bytes. Uploads resume
+from the server's offset and downloads with ``Range: bytes=N-``; an attempt that moved
+the transfer forward spends none of the retry budget, so a transfer cut more often than
+``max_retries`` still completes, with little more than its size on the wire.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import socket
+import struct
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from arker import APIConnectionError, ResponseValidationError, RetryPolicy
+from arker._presigned import body_start
+from arker._retry import transfer_gives_up
+
+VM = "01HZZZZZZZZZZZZZZZZZZZZZZZ_abc1"
+MiB = 1024 * 1024
+
+
+class Store:
+    """The sync route plus one presigned upload and one presigned download."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.file = b""  # what a read serves
+        self.upload = bytearray()  # what the presigned upload holds
+        self.committed: bytes | None = None
+        self.cut_every = MiB
+        self.cuts_left = 0  # how many more transfers to cut
+        self.range_mode = "honour"  # "honour", "ignore" (answer 200) or "wrong" (bad 206)
+        self.cut_headers = False  # cut a download's headers (close-delimited body)
+        self.announce_sha: str | None = None
+        self.put_offsets: list[str | None] = []  # each PUT's Content-Range
+        self.ranges: list[str | None] = []  # each GET's Range
+        self.bytes_in = 0  # PUT body bytes received
+        self.bytes_out = 0  # GET body bytes sent
+        self.head_progress = True  # HEAD reports what the upload holds
+        owner = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+            timeout = 10
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                owner.sync(self)
+
+            def do_PUT(self) -> None:
+                owner.put(self)
+
+            def do_HEAD(self) -> None:
+                held = len(owner.upload) if owner.head_progress else 0
+                self.send_response(200)
+                self.send_header("Upload-Offset", str(held))
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                owner.get(self)
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _take_cut(self) -> bool:
+        with self.lock:
+            if self.cuts_left > 0:
+                self.cuts_left -= 1
+                return True
+            return False
+
+    @staticmethod
+    def _json(handler: BaseHTTPRequestHandler, obj: Any) -> None:
+        body = json.dumps(obj).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    @staticmethod
+    def _reset(handler: BaseHTTPRequestHandler) -> None:
+        handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        handler.close_connection = True
+        handler.connection.close()
+
+    def sync(self, handler: BaseHTTPRequestHandler) -> None:
+        body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
+        if body["op"] == "read":
+            answer = {"ok": True, "presigned_url": f"{self.url}/get", "size": len(self.file)}
+            answer["sha256"] = self.announce_sha or hashlib.sha256(self.file).hexdigest()
+            self._json(handler, answer)
+            return
+        (entry,) = body["writes"]
+        if entry.get("presigned"):
+            self.upload = bytearray()
+            result = {"presigned_url": f"{self.url}/put", "upload_id": "U1"}
+        else:
+            assert hashlib.sha256(self.upload).hexdigest() == entry["sha256"]
+            self.committed = bytes(self.upload)
+            result = {"complete": True, "written": True}
+        self._json(handler, {"ok": True, "results": [result]})
+
+    def put(self, handler: BaseHTTPRequestHandler) -> None:
+        length = int(handler.headers["Content-Length"])
+        content_range = handler.headers.get("Content-Range")
+        self.put_offsets.append(content_range)
+        offset = 0
+        if content_range:
+            offset = int(re.match(r"bytes (\d+)-", content_range).group(1))  # type: ignore[union-attr]
+        if offset != len(self.upload):
+            del self.upload[offset:]  # what a store keeps: bytes up to the offset
+        cut = self._take_cut()
+        want = min(length, self.cut_every) if cut else length
+        got = 0
+        while got < want:
+            block = handler.rfile.read(min(64 * 1024, want - got))
+            if not block:
+                break
+            self.upload += block
+            got += len(block)
+        self.bytes_in += got
+        if cut:
+            self._reset(handler)
+            return
+        handler.send_response(200)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    def get(self, handler: BaseHTTPRequestHandler) -> None:
+        asked = handler.headers.get("Range")
+        self.ranges.append(asked)
+        size = len(self.file)
+        start = 0
+        match = re.fullmatch(r"bytes=(\d+)-", asked or "")
+        if match and self.range_mode != "ignore":
+            start = int(match.group(1))
+        cut = self._take_cut()
+        if start:
+            handler.send_response(206)
+            shown = start + 1 if self.range_mode == "wrong" else start
+            handler.send_header("Content-Range", f"bytes {shown}-{size - 1}/{size}")
+        else:
+            handler.send_response(200)
+        if not (cut and self.cut_headers):
+            handler.send_header("Content-Length", str(size - start))
+        handler.end_headers()
+        body = self.file[start:]
+        if cut:
+            body = body[: self.cut_every]
+        handler.wfile.write(body)
+        self.bytes_out += len(body)
+        handler.wfile.flush()
+        if cut:
+            handler.close_connection = True
+            handler.connection.shutdown(socket.SHUT_WR)
+
+
+@pytest.fixture
+def store():
+    s = Store()
+    yield s
+    s.close()
+
+
+def _client(make_client, store: Store, **policy: Any):
+    retry = RetryPolicy(**{"max_retries": 1, **policy})
+    return make_client(base_url=store.url, control_url=store.url, retry_policy=retry)
+
+
+DATA = bytes(range(256)) * (5 * MiB // 256) + b"tail"  # 5 MiB + 4
+
+
+# --- uploads ----------------------------------------------------------------------------
+
+
+def test_upload_cut_every_mib_resumes_to_the_end(make_client, store) -> None:
+    store.cuts_left = 5  # far more cuts than the budget of one retry
+    client = _client(make_client, store)
+    client.sync.write(VM, "/home/user/big", DATA)
+    assert store.committed == DATA
+    assert store.put_offsets[0] is None
+    offsets = [int(re.match(r"bytes (\d+)-", r).group(1)) for r in store.put_offsets[1:]]
+    assert offsets == [MiB * n for n in range(1, 6)]
+    assert store.bytes_in < 1.5 * len(DATA)
+
+
+def test_upload_without_progress_spends_the_budget(make_client, store) -> None:
+    store.cuts_left = 5
+    store.head_progress = False  # the server cannot say: every attempt starts over
+    client = _client(make_client, store, max_retries=2)
+    with pytest.raises(APIConnectionError):
+        client.sync.write(VM, "/home/user/big", DATA)
+    assert store.put_offsets == [None] * 3
+    assert store.committed is None
+
+
+def test_upload_progress_is_bounded_by_the_transfer_time(make_client, store) -> None:
+    store.cuts_left = 5
+    client = _client(make_client, store, max_transfer_time=0)
+    with pytest.raises(APIConnectionError):
+        client.sync.write(VM, "/home/user/big", DATA)
+    assert len(store.put_offsets) == 1
+
+
+# --- downloads --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cut_headers", [False, True], ids=["cut-body", "cut-headers"])
+def test_download_cut_every_mib_resumes_with_range(make_client, store, cut_headers) -> None:
+    store.file = DATA
+    store.cuts_left = 5
+    store.cut_headers = cut_headers
+    client = _client(make_client, store)
+    assert client.sync.read(VM, "/home/user/big") == DATA
+    assert store.ranges == [None] + [f"bytes={MiB * n}-" for n in range(1, 6)]
+    assert store.bytes_out < 1.5 * len(DATA)
+
+
+def test_download_to_a_path_resumes_and_lands_whole(make_client, store, tmp_path: Path) -> None:
+    store.file = DATA
+    store.cuts_left = 3
+    client = _client(make_client, store)
+    dest = tmp_path / "big"
+    assert client.sync.read_to(VM, "/home/user/big", dest) == len(DATA)
+    assert dest.read_bytes() == DATA
+    assert [p.name for p in tmp_path.iterdir()] == ["big"]
+
+
+def test_download_from_a_server_ignoring_range_starts_over(make_client, store) -> None:
+    store.file = DATA
+    store.cuts_left = 2
+    store.range_mode = "ignore"
+    client = _client(make_client, store, max_retries=2)
+    assert client.sync.read(VM, "/home/user/big") == DATA
+    assert store.ranges == [None, f"bytes={MiB}-", f"bytes={MiB}-"]
+
+
+def test_download_with_a_mismatched_content_range_starts_over(make_client, store) -> None:
+    store.file = DATA
+    store.cuts_left = 1
+    store.range_mode = "wrong"
+    client = _client(make_client, store, max_retries=2)
+    assert client.sync.read(VM, "/home/user/big") == DATA
+    assert store.ranges == [None, f"bytes={MiB}-", None]
+
+
+def test_resumed_download_still_checks_the_whole_sha256(make_client, store, tmp_path) -> None:
+    store.file = DATA
+    store.cuts_left = 2
+    store.announce_sha = hashlib.sha256(DATA[1:]).hexdigest()
+    client = _client(make_client, store)
+    with pytest.raises(ResponseValidationError, match="sha256"):
+        client.sync.read_to(VM, "/home/user/big", tmp_path / "big")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_without_progress_spends_the_budget(make_client, store) -> None:
+    store.file = DATA
+    store.cuts_left = 5
+    store.range_mode = "ignore"
+    client = _client(make_client, store, max_retries=1)
+    with pytest.raises(APIConnectionError):
+        client.sync.read(VM, "/home/user/big")
+    # The first attempt moved from 0 to 1 MiB (free); each later one starts over and
+    # stops at 1 MiB again: two stalled attempts spend max_retries=1.
+    assert len(store.ranges) == 3
+
+
+# --- the decisions ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "content_range", "asked", "start"),
+    [
+        (200, None, 0, 0),  # a whole answer
+        (200, None, 100, 0),  # Range ignored: the whole file again
+        (200, "bytes 100-999/1000", 100, 0),  # a 200 is whole whatever it says
+        (206, "bytes 100-999/1000", 100, 100),  # continues where we stopped
+        (206, "bytes 101-999/1000", 100, None),  # starts elsewhere
+        (206, "bytes 100-500/1000", 100, None),  # stops before the end
+        (206, "bytes 100-999/*", 100, None),  # size unknown
+        (206, "bytes */1000", 100, None),  # an unsatisfied-range form
+        (206, None, 100, None),  # no Content-Range at all
+        (206, "items 100-999/1000", 100, None),  # not bytes
+        (206, "bytes 0-999/1000", 0, 0),
+        (416, "bytes */1000", 1000, None),
+    ],
+)
+def test_body_start(status, content_range, asked, start) -> None:
+    assert body_start(status, content_range, asked) == start
+
+
+@pytest.mark.parametrize(
+    ("stalled", "elapsed", "gives_up"),
+    [
+        (0, 0.0, False),  # a failure after progress: free
+        (1, 0.0, False),
+        (3, 0.0, False),  # the budget: max_retries=3 stalled attempts are retried...
+        (4, 0.0, True),  # ...and the fourth stalled one ends it
+        (0, 3599.0, False),
+        (0, 3600.0, True),  # past the transfer's time bound, even while progressing
+    ],
+)
+def test_transfer_gives_up(stalled, elapsed, gives_up) -> None:
+    assert transfer_gives_up(stalled, elapsed, RetryPolicy()) is gives_up
