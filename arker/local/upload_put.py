@@ -98,7 +98,18 @@ class PresignedPuts:
             blocks: list[bytes] = []
             buffered = 0
             received = start
-            async for block in body:
+            broken: BaseException | None = None
+            blocks_in = aiter(body)
+            while True:
+                try:
+                    block = await anext(blocks_in)
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    # The body broke off (the client hung up): keep what arrived, so
+                    # the next PUT resumes after it rather than at the last full block.
+                    broken = exc
+                    break
                 received += len(block)
                 if received > upload.size:
                     raise ApiError(
@@ -117,6 +128,8 @@ class PresignedPuts:
                 pending = None
             if blocks:
                 await _off_loop(writer.write, blocks)
+            if broken is not None:
+                raise broken
             if received != upload.size:
                 raise ApiError(
                     "bad_request", f"upload has {received} bytes; {upload.size} were announced"

@@ -66,6 +66,7 @@ def test_100mib_upload_resumes_through_resets_every_mib(
             client.sync.write(vm_id, "/home/user/up.bin", big)
         finally:
             client.close()
+    print(f"\nupload: {plan.injected['reset_every']} resets, {proxy.bytes_up / SIZE:.3f}x up")
     assert plan.injected["reset_every"] >= 50  # it really was cut all along the way
     assert SIZE <= proxy.bytes_up < 1.5 * SIZE
     back = tmp_path / "back.bin"
@@ -85,6 +86,7 @@ def test_100mib_download_resumes_through_resets_every_mib(
             assert client.sync.read_to(vm_id, "/home/user/down.bin", dest) == SIZE
         finally:
             client.close()
+    print(f"\ndownload: {plan.injected['reset_every']} resets, {proxy.bytes_down / SIZE:.3f}x down")
     assert plan.injected["reset_every"] >= 50
     assert SIZE <= proxy.bytes_down < 1.5 * SIZE
     assert _sha(dest) == _sha(big)
