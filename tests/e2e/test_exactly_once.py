@@ -2,8 +2,9 @@
 
 Each seed drives a few hundred forks, runs, writes, reads, lists and deletes through a
 `FaultProxy` (25 % of requests get a fault, answers cut after the server acted included)
-with a short read timeout and no sleeping between retries. Every call either succeeds or raises a documented `ArkerError`; a model
-records what each outcome implies. Afterwards a fault-free client checks the server:
+with a short read timeout and no sleeping between retries. Every call either succeeds or
+raises a documented `ArkerError`; a model records what each outcome implies. Afterwards
+a fault-free client checks the server:
 
 * forks: one VM per idempotency key. A successful fork made exactly one VM (the one it
   returned); a fork that failed with anything but `OutcomeUnknownError` made none; an
