@@ -20,7 +20,7 @@ from ._config import ClientConfig
 from ._exceptions import APIConnectionError, ArkerError
 from ._logging import redact_text, redact_url
 from ._response import error_from_response
-from ._retry import TransferProgress, build_transfer_retrying, should_retry
+from ._retry import TransferProgress, build_retrying, build_transfer_retrying, should_retry
 from ._transport import USER_AGENT, Body, Transport
 
 __all__ = ["PresignedTransfer", "body_start"]
@@ -145,21 +145,32 @@ class PresignedTransfer:
                 close()
 
     def head(self, url: str) -> requests.Response | None:
-        """One unretried ``HEAD`` to a presigned URL; `None` when it fails in any way.
+        """A ``HEAD`` to a presigned URL, retried like a call; `None` when it fails.
 
-        Used to ask a server how much of an interrupted upload it holds: a server that
-        cannot say simply makes the client start over.
+        Used to ask a server how much of an interrupted upload it holds. The network
+        that broke the upload may break this question too, and an unanswered one would
+        make the upload start over, so it is retried (it is read-only). A server that
+        cannot say (an error status) simply makes the client start over.
         """
-        try:
+        attempts = 0
+
+        def attempt_once() -> requests.Response:
+            nonlocal attempts
+            attempts += 1
             response = self._transport.send(
                 "HEAD",
                 url,
                 headers={"User-Agent": USER_AGENT},
                 timeout=self._config.timeout,
-                attempt=1,
+                attempt=attempts,
                 authenticated=False,
             )
-        except APIConnectionError:
+            response.close()
+            if response.status_code >= 400:
+                raise error_from_response(response)
+            return response
+
+        try:
+            return build_retrying(self._config.retry, self._sleep)(attempt_once)
+        except ArkerError:
             return None
-        response.close()
-        return response if response.status_code < 400 else None

@@ -11,7 +11,8 @@ Each decision is a small named function with a table test in ``tests/unit/test_r
 * `should_retry` — the verdict for one exception under a `RetryPolicy`;
 * `outcome_unknown` — whether a call that gave up may have been carried out anyway;
 * `transfer_gives_up` — when a resumable transfer stops: attempts that made progress
-  are free, only stalled ones spend the budget, within `RetryPolicy.max_transfer_time`.
+  are free and refill the budget, only stalled ones spend it, within
+  `RetryPolicy.max_transfer_time`.
 
 Safety is decided by the callers, not here: every request the SDK retries is either
 read-only, idempotent by construction (DELETE, sync writes keyed by ``upload_id``) or
@@ -71,8 +72,9 @@ class RetryPolicy:
             asking for more gets its error raised instead of a minutes-long sleep.
         max_transfer_time: Seconds after its start during which a presigned upload or
             download that keeps making progress is resumed. Only its attempts that moved
-            nothing forward count against ``max_retries``; once this time has passed,
-            the next failure is raised. An attempt under way is never cut short.
+            nothing forward count against ``max_retries`` (since the last one that
+            did); once this time has passed, the next failure is raised. An attempt
+            under way is never cut short.
     """
 
     max_retries: int = 3
@@ -152,9 +154,11 @@ def outcome_unknown(exc: BaseException, *, acts: bool, lost_after_send: bool) ->
 def transfer_gives_up(stalled: int, elapsed: float, policy: RetryPolicy) -> bool:
     """Whether a resumable transfer stops after a failed attempt.
 
-    ``stalled`` counts its failed attempts that moved nothing forward (this one
-    included); an attempt that made progress spends none of the budget. ``elapsed`` is
-    the time since the transfer began: past ``max_transfer_time`` no attempt follows.
+    ``stalled`` counts its failed attempts in a row that moved nothing forward (this
+    one included): an attempt that made progress spends none of the budget and gives
+    back what earlier stalls spent, as tus clients reset their retry count on progress.
+    ``elapsed`` is the time since the transfer began: past ``max_transfer_time`` no
+    attempt follows, which bounds a transfer that crawls forward one stall at a time.
     """
     return stalled > policy.max_retries or elapsed >= policy.max_transfer_time
 
@@ -164,8 +168,9 @@ class TransferProgress:
 
     Attributes:
         position: Bytes the receiving side holds, as last measured (0 at first).
-        stalled: Failed attempts after which ``position`` had not moved past where
-            the attempt started.
+        stalled: Failed attempts in a row after which ``position`` had not moved
+            past where the attempt started.
+        progressed: Whether the last failed attempt moved the transfer forward.
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
@@ -178,8 +183,7 @@ class TransferProgress:
     def record(self, started_at: int, now_at: int) -> None:
         """One failed attempt began at ``started_at`` and left the transfer at ``now_at``."""
         self.progressed = now_at > started_at
-        if not self.progressed:
-            self.stalled += 1
+        self.stalled = 0 if self.progressed else self.stalled + 1
         self.position = now_at
 
     def elapsed(self) -> float:
@@ -211,11 +215,13 @@ class _Wait:
         exc = state.outcome.exception() if state.outcome is not None else None
         if isinstance(exc, APIStatusError) and exc.retry_after is not None:
             return exc.retry_after
-        attempt = state.attempt_number
-        if self._progress is not None:
-            # A transfer backs off by its stalled attempts; after progress, briefly.
-            attempt = 1 if self._progress.progressed else max(1, self._progress.stalled)
-        return backoff_seconds(self._policy, attempt)
+        if self._progress is None:
+            return backoff_seconds(self._policy, state.attempt_number)
+        # A transfer that just moved forward resumes at once (the network dropped it,
+        # not an overloaded server); stalled attempts back off as calls do.
+        if self._progress.progressed:
+            return 0.0
+        return backoff_seconds(self._policy, max(1, self._progress.stalled))
 
 
 def _log_before_sleep(state: RetryCallState) -> None:

@@ -39,6 +39,7 @@ class Store:
         self.upload = bytearray()  # what the presigned upload holds
         self.committed: bytes | None = None
         self.cut_every = MiB
+        self.cut_sizes: list[int] = []  # bytes let through by each next cut (else cut_every)
         self.cuts_left = 0  # how many more transfers to cut
         self.range_mode = "honour"  # "honour", "ignore" (answer 200) or "wrong" (bad 206)
         self.cut_headers = False  # cut a download's headers (close-delimited body)
@@ -48,6 +49,7 @@ class Store:
         self.bytes_in = 0  # PUT body bytes received
         self.bytes_out = 0  # GET body bytes sent
         self.head_progress = True  # HEAD reports what the upload holds
+        self.head_resets = 0  # how many more HEADs to reset unanswered
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -65,6 +67,11 @@ class Store:
                 owner.put(self)
 
             def do_HEAD(self) -> None:
+                with owner.lock:
+                    reset, owner.head_resets = owner.head_resets > 0, owner.head_resets - 1
+                if reset:
+                    owner._reset(self)
+                    return
                 held = len(owner.upload) if owner.head_progress else 0
                 self.send_response(200)
                 self.send_header("Upload-Offset", str(held))
@@ -88,12 +95,13 @@ class Store:
         self.server.shutdown()
         self.server.server_close()
 
-    def _take_cut(self) -> bool:
+    def _take_cut(self) -> int | None:
+        """Bytes of body to let through before cutting this transfer, or None: no cut."""
         with self.lock:
             if self.cuts_left > 0:
                 self.cuts_left -= 1
-                return True
-            return False
+                return self.cut_sizes.pop(0) if self.cut_sizes else self.cut_every
+            return None
 
     @staticmethod
     def _json(handler: BaseHTTPRequestHandler, obj: Any) -> None:
@@ -137,7 +145,7 @@ class Store:
         if offset != len(self.upload):
             del self.upload[offset:]  # what a store keeps: bytes up to the offset
         cut = self._take_cut()
-        want = min(length, self.cut_every) if cut else length
+        want = length if cut is None else min(length, cut)
         got = 0
         while got < want:
             block = handler.rfile.read(min(64 * 1024, want - got))
@@ -146,7 +154,7 @@ class Store:
             self.upload += block
             got += len(block)
         self.bytes_in += got
-        if cut:
+        if cut is not None:
             self._reset(handler)
             return
         handler.send_response(200)
@@ -168,16 +176,16 @@ class Store:
             handler.send_header("Content-Range", f"bytes {shown}-{size - 1}/{size}")
         else:
             handler.send_response(200)
-        if not (cut and self.cut_headers):
+        if not (cut is not None and self.cut_headers):
             handler.send_header("Content-Length", str(size - start))
         handler.end_headers()
         body = self.file[start:]
-        if cut:
-            body = body[: self.cut_every]
+        if cut is not None:
+            body = body[:cut]
         handler.wfile.write(body)
         self.bytes_out += len(body)
         handler.wfile.flush()
-        if cut:
+        if cut is not None:
             handler.close_connection = True
             handler.connection.shutdown(socket.SHUT_WR)
 
@@ -211,6 +219,29 @@ def test_upload_cut_every_mib_resumes_to_the_end(make_client, store) -> None:
     assert store.bytes_in < 1.5 * len(DATA)
 
 
+def test_progress_gives_the_budget_back_and_resumes_at_once(make_client, store, sleeps) -> None:
+    # Cut after 1 MiB (progress), then before any byte (a stall), three times over:
+    # three stalls against max_retries=1, each followed by progress that refills it.
+    store.cuts_left = 6
+    store.cut_sizes = [MiB, 0, MiB, 0, MiB, 0]
+    client = _client(make_client, store, initial_backoff=0.25)
+    client.sync.write(VM, "/home/user/big", DATA)
+    assert store.committed == DATA
+    assert len(store.put_offsets) == 7
+    progress_waits, stall_waits = sleeps[0::2], sleeps[1::2]
+    assert progress_waits == [0.0, 0.0, 0.0]  # moved forward: resume at once
+    assert all(0.25 <= w <= 0.5 for w in stall_waits)  # stalled: the first backoff
+
+
+def test_upload_asks_again_when_the_offset_question_is_cut(make_client, store) -> None:
+    store.cuts_left = 1
+    store.head_resets = 1  # the HEAD after the cut is reset too: asked again, not skipped
+    client = _client(make_client, store)
+    client.sync.write(VM, "/home/user/big", DATA)
+    assert store.committed == DATA
+    assert store.put_offsets == [None, f"bytes {MiB}-{len(DATA) - 1}/{len(DATA)}"]
+
+
 def test_upload_without_progress_spends_the_budget(make_client, store) -> None:
     store.cuts_left = 5
     store.head_progress = False  # the server cannot say: every attempt starts over
@@ -233,7 +264,7 @@ def test_upload_progress_is_bounded_by_the_transfer_time(make_client, store) -> 
 
 
 @pytest.mark.parametrize("cut_headers", [False, True], ids=["cut-body", "cut-headers"])
-def test_download_cut_every_mib_resumes_with_range(make_client, store, cut_headers) -> None:
+def test_download_cut_every_mib_resumes_with_range(make_client, store, sleeps, cut_headers) -> None:
     store.file = DATA
     store.cuts_left = 5
     store.cut_headers = cut_headers
@@ -241,6 +272,7 @@ def test_download_cut_every_mib_resumes_with_range(make_client, store, cut_heade
     assert client.sync.read(VM, "/home/user/big") == DATA
     assert store.ranges == [None] + [f"bytes={MiB * n}-" for n in range(1, 6)]
     assert store.bytes_out < 1.5 * len(DATA)
+    assert sleeps == [0.0] * 5
 
 
 def test_download_to_a_path_resumes_and_lands_whole(make_client, store, tmp_path: Path) -> None:
@@ -322,8 +354,8 @@ def test_body_start(status, content_range, asked, start) -> None:
     [
         (0, 0.0, False),  # a failure after progress: free
         (1, 0.0, False),
-        (3, 0.0, False),  # the budget: max_retries=3 stalled attempts are retried...
-        (4, 0.0, True),  # ...and the fourth stalled one ends it
+        (3, 0.0, False),  # the budget: max_retries=3 stalls in a row are retried...
+        (4, 0.0, True),  # ...and the fourth in a row ends it
         (0, 3599.0, False),
         (0, 3600.0, True),  # past the transfer's time bound, even while progressing
     ],
