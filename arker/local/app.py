@@ -199,6 +199,7 @@ def create_app(services: Services) -> FastAPI:
         expires: str | None = None,
         signature: str | None = None,
         range_header: Annotated[str | None, Header(alias="Range")] = None,
+        if_range: Annotated[str | None, Header(alias="If-Range")] = None,
     ) -> StreamingResponse:
         """Raw bytes of a file; (ext) ``Range: bytes=N-`` answers ``206`` from byte N."""
         s.signer.verify("GET", vm_id, path, expires, signature)
@@ -209,14 +210,14 @@ def create_app(services: Services) -> FastAPI:
             raise ApiError("bad_request", problem)
         if s.store.get_vm(vm_id) is None:
             raise ApiError("not_found", f"vm not found: {vm_id}")
-        blocks, size, span = s.sync.stream(vm_id, path, range_header)
-        headers = {"Accept-Ranges": "bytes", "Content-Length": str(size)}
-        if span is not None:
-            headers["Content-Length"] = str(span.length)
-            headers["Content-Range"] = span.content_range
+        sent = s.sync.stream(vm_id, path, range_header, if_range)
+        headers = {"Accept-Ranges": "bytes", "ETag": sent.etag, "Content-Length": str(sent.size)}
+        if sent.span is not None:
+            headers["Content-Length"] = str(sent.span.length)
+            headers["Content-Range"] = sent.span.content_range
         return StreamingResponse(
-            blocks,
-            status_code=206 if span is not None else 200,
+            sent.blocks,
+            status_code=206 if sent.span is not None else 200,
             media_type="application/octet-stream",
             headers=headers,
         )

@@ -5,10 +5,16 @@ One byte range per RFC 9110 section 14: ``bytes=N-`` (from N to the end),
 S bytes). A header this server does not take (malformed, another unit, several
 ranges) is ignored, and the whole file is sent, as RFC 9110 allows. A range that starts
 at or past the end of the file cannot be satisfied (``416``).
+
+Each answer carries a strong ``ETag`` naming this version of the file (inode, size,
+modification time); a ``Range`` sent with ``If-Range: <that ETag>`` is honoured only
+while the file is still that version, otherwise the whole file is sent (``200``), so a
+resumed download never joins two versions of a file.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 
@@ -35,14 +41,24 @@ class ByteSpan:
         return f"bytes {self.start}-{self.end}/{self.size}"
 
 
-def requested_span(header: str | None, size: int) -> ByteSpan | None:
+def entity_tag(st: os.stat_result) -> str:
+    """The strong ``ETag`` of one version of a file."""
+    return f'"{st.st_ino:x}-{st.st_size:x}-{st.st_mtime_ns:x}"'
+
+
+def requested_span(
+    header: str | None, size: int, *, if_range: str | None = None, etag: str = ""
+) -> ByteSpan | None:
     """The span ``header`` asks for; `None` means send the whole file (``200``).
+
+    ``if_range`` is the request's ``If-Range``: unless it is ``etag`` (the file's
+    current tag; a date or a weak tag never is), the range is ignored.
 
     Raises:
         ApiError: ``bad_request`` with status ``416`` and ``Content-Range: bytes */size``
             when the range starts at or past the end of the file.
     """
-    if header is None:
+    if header is None or (if_range is not None and if_range.strip() != etag):
         return None
     match = _ONE_RANGE.fullmatch(header.strip())
     if match is None:

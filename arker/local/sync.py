@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from .._constants import INLINE_WRITE_MAX
@@ -20,7 +21,7 @@ from .._wire import (
     WriteResult,
     encode_content,
 )
-from .byte_ranges import ByteSpan, requested_span
+from .byte_ranges import ByteSpan, entity_tag, requested_span
 from .engine_api import EngineLike
 from .engine_errors import engine_errors
 from .errors import ApiError
@@ -28,6 +29,16 @@ from .presign import Signer
 from .uploads import Uploads
 
 _STREAM_BLOCK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileStream:
+    """What a presigned GET sends: ``blocks`` of the file (all of it, or ``span``)."""
+
+    blocks: Iterator[bytes]
+    size: int
+    span: ByteSpan | None
+    etag: str
 
 
 class Sync:
@@ -68,22 +79,28 @@ class Sync:
         )
 
     def stream(
-        self, vm_id: str, path: str, range_header: str | None = None
-    ) -> tuple[Iterator[bytes], int, ByteSpan | None]:
-        """A presigned GET: the file's blocks, its size, and the span sent (`None`: all).
+        self,
+        vm_id: str,
+        path: str,
+        range_header: str | None = None,
+        if_range: str | None = None,
+    ) -> FileStream:
+        """A presigned GET: the blocks to send, whole file or the span asked for.
 
-        ``range_header`` is the request's ``Range`` (see `requested_span`); a range that
-        cannot be satisfied raises `ApiError` (``416``).
+        ``range_header`` and ``if_range`` are the request's ``Range`` and ``If-Range``
+        (see `requested_span`); a range that cannot be satisfied raises `ApiError`
+        (``416``).
         """
         src, size = self._open(vm_id, path)
         try:
-            span = requested_span(range_header, size)
-        except ApiError:
+            etag = entity_tag(os.fstat(src.fileno()))
+            span = requested_span(range_header, size, if_range=if_range, etag=etag)
+        except BaseException:
             src.close()
             raise
         if span is None:
-            return _blocks(src, 0, size), size, None
-        return _blocks(src, span.start, span.length), size, span
+            return FileStream(_blocks(src, 0, size), size, None, etag)
+        return FileStream(_blocks(src, span.start, span.length), size, span, etag)
 
     def write(self, vm_id: str, req: SyncWriteRequest, base_url: str) -> SyncWriteResponse:
         """Apply each entry in order; an entry's failure is reported in its own result."""

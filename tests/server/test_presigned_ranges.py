@@ -3,7 +3,7 @@
 ``bytes=N-`` and ``bytes=N-M`` answer ``206`` with the matching ``Content-Range``; a
 range starting at or past the end answers ``416`` with ``Content-Range: bytes */size``;
 a header the server does not take (malformed, several ranges) is ignored: ``200`` and
-the whole file.
+the whole file. ``If-Range`` with the answer's ``ETag`` resumes only that version.
 """
 
 from __future__ import annotations
@@ -134,6 +134,27 @@ def test_ranges_of_small_and_empty_files(api: Api, vm: str, arker_server: ArkerS
     assert _get(arker_server, empty)[0::2] == (200, b"")
 
 
+def test_if_range_resumes_only_the_same_version(api: Api, vm: str) -> None:
+    path = "/home/user/changing.bin"
+    api.run(vm, f"head -c {BIG} /dev/urandom > {path}")
+    target = _target(api.sync(vm, {"op": "read", "path": path}).json()["presigned_url"])
+    status, headers, first = _get(api.server, target)
+    etag = headers["etag"]
+    assert status == 200 and etag.startswith('"') and _get(api.server, target)[1]["etag"] == etag
+    resumed = raw(api.server, "GET", target, {"Range": "bytes=100-", "If-Range": etag})
+    assert resumed[0] == 206 and resumed[1]["etag"] == etag and resumed[2] == first[100:]
+    for validator in ("Tue, 01 Dec 2026 00:00:00 GMT", f"W/{etag}", '"other"'):
+        whole = raw(api.server, "GET", target, {"Range": "bytes=100-", "If-Range": validator})
+        assert whole[0] == 200 and whole[2] == first, validator
+    # Another version of the file: a resume against the old tag gets the whole new file.
+    api.run(vm, f"head -c {BIG} /dev/urandom > {path}.new && mv {path}.new {path}")
+    status, headers, body = raw(
+        api.server, "GET", target, {"Range": "bytes=100-", "If-Range": etag}
+    )
+    assert status == 200 and headers["etag"] != etag
+    assert len(body) == BIG and body != first
+
+
 # -- the parser on its own --------------------------------------------------------------------
 
 
@@ -158,6 +179,17 @@ def test_ranges_of_small_and_empty_files(api: Api, vm: str, arker_server: ArkerS
 )
 def test_requested_span(header: str | None, size: int, span: ByteSpan | None) -> None:
     assert requested_span(header, size) == span
+
+
+@pytest.mark.parametrize(
+    ("if_range", "span"),
+    [(None, ByteSpan(2, 9, 10)), ('"v1"', ByteSpan(2, 9, 10)), (' "v1" ', ByteSpan(2, 9, 10))]
+    + [(other, None) for other in ('"v2"', 'W/"v1"', "Tue, 01 Dec 2026 00:00:00 GMT", "")],
+)
+def test_if_range_must_name_the_current_tag(if_range: str | None, span: ByteSpan | None) -> None:
+    assert requested_span("bytes=2-", 10, if_range=if_range, etag='"v1"') == span
+    if span is None:  # the whole file is sent: not even a range past the end is refused
+        assert requested_span("bytes=99-", 10, if_range=if_range, etag='"v1"') is None
 
 
 @pytest.mark.parametrize(("header", "size"), [("bytes=10-", 10), ("bytes=-0", 10), ("bytes=0-", 0)])
