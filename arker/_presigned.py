@@ -34,13 +34,14 @@ def body_start(status: int, content_range: str | None, asked: int) -> int | None
     """Where in the file a download answer's body starts, or `None` if it is unusable.
 
     ``asked`` is the offset a ``Range: bytes=N-`` header asked for (0 for none). A
-    ``200`` carries the whole file, from 0 (a server may ignore ``Range``). A ``206``
-    is used only when its ``Content-Range`` starts exactly at ``asked`` and runs to the
-    end of the file (``bytes N-(size-1)/size``); any other partial answer is unusable.
+    ``200`` (or any other success but ``206``) carries the whole file, from 0: a server
+    may ignore ``Range``. A ``206`` is used only when its ``Content-Range`` starts
+    exactly at ``asked`` and runs to the end of the file (``bytes N-(size-1)/size``);
+    any other partial answer is unusable.
     """
-    if status == 200:
+    if status != 206:
         return 0
-    if status != 206 or content_range is None:
+    if content_range is None:
         return None
     match = _CONTENT_RANGE.fullmatch(content_range.strip())
     if match is None or match.group(3) == "*":

@@ -17,9 +17,11 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+from collections.abc import Iterator
 from typing import IO
 
 import requests
+import urllib3
 
 from .._constants import INLINE_WRITE_MAX, MAX_FILE_BYTES
 from .._exceptions import (
@@ -208,6 +210,29 @@ def _held_offset(response: requests.Response | None, size: int) -> int:
     return max(0, min(held, size - 1))
 
 
+def _body_blocks(response: requests.Response) -> Iterator[bytes]:
+    """A download body in the blocks that arrived, up to `CHUNK` each.
+
+    ``iter_content(n)`` returns a block only once ``n`` bytes are there, so a reset
+    loses the block being filled; ``read1`` hands over what has arrived, so nearly every
+    byte received before a reset is kept as progress to resume from, at the speed of
+    1 MiB blocks. A read failure is raised as requests would raise it; a failure of the
+    caller's own work on a block (a full disk) is not caught here.
+    """
+    read1 = getattr(response.raw, "read1", None)
+    if read1 is None:  # urllib3 2.0 has no read1: small blocks lose little
+        yield from response.iter_content(64 * 1024)
+        return
+    while True:
+        try:
+            block = read1(CHUNK, decode_content=True)
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise requests.ConnectionError(exc) from None
+        if not block:
+            return
+        yield block
+
+
 class _Download:
     """One presigned download into a sink, resumed from the bytes already written.
 
@@ -259,12 +284,13 @@ class _Download:
         if start < self._held:
             self._restart()
         expected = self._size
-        if expected is None and response.headers.get("Content-Length"):
-            expected = start + int(response.headers["Content-Length"])
+        length = response.headers.get("Content-Length", "")
+        if expected is None and length.isdigit():
+            expected = start + int(length)
         if not self._tracker.total and expected:
             self._tracker.total = expected
         self._tracker.set(self._held)
-        for block in response.iter_content(CHUNK):
+        for block in _body_blocks(response):
             self._sink.write(block)
             self._digest.update(block)
             self._held += len(block)
