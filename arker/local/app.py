@@ -191,14 +191,17 @@ def create_app(services: Services) -> FastAPI:
     @app.get(
         READ_ROUTE,
         response_class=StreamingResponse,
-        responses={200: RAW_BYTES, **error_docs(400, 403, 404)},
+        responses={200: RAW_BYTES, 206: RAW_BYTES, **error_docs(400, 403, 404, 416)},
     )
     def presigned_read(
         vm_id: str,
         path: str = "",
         expires: str | None = None,
         signature: str | None = None,
+        range_header: Annotated[str | None, Header(alias="Range")] = None,
+        if_range: Annotated[str | None, Header(alias="If-Range")] = None,
     ) -> StreamingResponse:
+        """Raw bytes of a file; (ext) ``Range: bytes=N-`` answers ``206`` from byte N."""
         s.signer.verify("GET", vm_id, path, expires, signature)
         # The server signs only checked paths; check again all the same (defence in
         # depth should the signing secret leak: still never a path outside /home/user).
@@ -207,11 +210,16 @@ def create_app(services: Services) -> FastAPI:
             raise ApiError("bad_request", problem)
         if s.store.get_vm(vm_id) is None:
             raise ApiError("not_found", f"vm not found: {vm_id}")
-        blocks, size = s.sync.stream(vm_id, path)
+        sent = s.sync.stream(vm_id, path, range_header, if_range)
+        headers = {"Accept-Ranges": "bytes", "ETag": sent.etag, "Content-Length": str(sent.size)}
+        if sent.span is not None:
+            headers["Content-Length"] = str(sent.span.length)
+            headers["Content-Range"] = sent.span.content_range
         return StreamingResponse(
-            blocks,
+            sent.blocks,
+            status_code=206 if sent.span is not None else 200,
             media_type="application/octet-stream",
-            headers={"Content-Length": str(size)},
+            headers=headers,
         )
 
     @app.put(UPLOAD_ROUTE, response_model=Envelope, responses=error_docs(400, 403, 404, 409, 413))
@@ -241,7 +249,7 @@ def create_app(services: Services) -> FastAPI:
         return _json(Envelope())
 
     @app.head(UPLOAD_ROUTE, responses=error_docs(403, 404))
-    def presigned_upload_offset(
+    async def presigned_upload_offset(
         vm_id: str,
         upload_id: str,
         expires: str | None = None,
@@ -249,7 +257,7 @@ def create_app(services: Services) -> FastAPI:
     ) -> Response:
         """(ext) How much of an interrupted upload is held: ``Upload-Offset``."""
         s.signer.verify("PUT", vm_id, upload_id, expires, signature)
-        held = s.uploads.held_prefix(vm_id, upload_id)
+        held = await s.uploads.settled_prefix(vm_id, upload_id)
         return Response(status_code=200, headers={"Upload-Offset": str(held)})
 
     return app

@@ -33,13 +33,21 @@ class ApiError(Exception):
         code: Wire code (``not_found``, ``vm_busy``…); the status follows from it.
         message: Human-readable text.
         status: Overrides the status `status_for_code` gives (rarely needed).
+        headers: Extra response headers (e.g. a 416's ``Content-Range``).
     """
 
-    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.status = status if status is not None else status_for_code(code)
+        self.headers = dict(headers or {})
 
 
 def envelope(
@@ -73,7 +81,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return envelope(exc.code, exc.message, exc.status)
+        return envelope(exc.code, exc.message, exc.status, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -22,6 +22,7 @@ _STATUS_TEXT = {
     405: "method not allowed (code bad_request)",
     409: "conflict, vm_busy",
     413: "payload_too_large",
+    416: "(ext) range not satisfiable (code bad_request, Content-Range: bytes */size)",
     500: "internal",
 }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from .._constants import INLINE_WRITE_MAX
@@ -20,6 +21,7 @@ from .._wire import (
     WriteResult,
     encode_content,
 )
+from .byte_ranges import ByteSpan, entity_tag, requested_span
 from .engine_api import EngineLike
 from .engine_errors import engine_errors
 from .errors import ApiError
@@ -27,6 +29,16 @@ from .presign import Signer
 from .uploads import Uploads
 
 _STREAM_BLOCK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileStream:
+    """What a presigned GET sends: ``blocks`` of the file (all of it, or ``span``)."""
+
+    blocks: Iterator[bytes]
+    size: int
+    span: ByteSpan | None
+    etag: str
 
 
 class Sync:
@@ -66,10 +78,29 @@ class Sync:
             sha256=hashlib.sha256(data).hexdigest(),
         )
 
-    def stream(self, vm_id: str, path: str) -> tuple[Iterator[bytes], int]:
-        """The bytes of a file as an iterator of blocks, and its size (presigned GET)."""
+    def stream(
+        self,
+        vm_id: str,
+        path: str,
+        range_header: str | None = None,
+        if_range: str | None = None,
+    ) -> FileStream:
+        """A presigned GET: the blocks to send, whole file or the span asked for.
+
+        ``range_header`` and ``if_range`` are the request's ``Range`` and ``If-Range``
+        (see `requested_span`); a range that cannot be satisfied raises `ApiError`
+        (``416``).
+        """
         src, size = self._open(vm_id, path)
-        return _blocks(src), size
+        try:
+            etag = entity_tag(os.fstat(src.fileno()))
+            span = requested_span(range_header, size, if_range=if_range, etag=etag)
+        except BaseException:
+            src.close()
+            raise
+        if span is None:
+            return FileStream(_blocks(src, 0, size), size, None, etag)
+        return FileStream(_blocks(src, span.start, span.length), size, span, etag)
 
     def write(self, vm_id: str, req: SyncWriteRequest, base_url: str) -> SyncWriteResponse:
         """Apply each entry in order; an entry's failure is reported in its own result."""
@@ -106,7 +137,11 @@ class Sync:
             raise
 
 
-def _blocks(src: BinaryIO) -> Iterator[bytes]:
+def _blocks(src: BinaryIO, start: int, length: int) -> Iterator[bytes]:
+    """``length`` bytes from ``start`` (fewer if the file shrank meanwhile)."""
     with src:
-        while block := src.read(_STREAM_BLOCK):
+        if start:
+            src.seek(start)
+        while length > 0 and (block := src.read(min(_STREAM_BLOCK, length))):
+            length -= len(block)
             yield block

@@ -9,6 +9,7 @@ leaves a prefix the next one can resume from (``Content-Range: bytes S-E/T``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -77,6 +78,17 @@ class PresignedPuts:
             await self._stream(writer, upload, start, body)
             self._staged_digests.remember(vm_id, upload_id, writer.hexdigest())
 
+    async def settled(self, vm_id: str, upload_id: str, wait_s: float) -> None:
+        """Wait (at most ``wait_s``) for a PUT of this upload in flight to wind down, so
+        that what it received is recorded as held."""
+
+        async def idle() -> None:
+            async with self._locks.hold((vm_id, upload_id)):
+                pass
+
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(idle(), wait_s)
+
     async def _stream(
         self, writer: _PutWriter, upload: UploadRow, start: int, body: AsyncIterator[bytes]
     ) -> None:
@@ -86,7 +98,18 @@ class PresignedPuts:
             blocks: list[bytes] = []
             buffered = 0
             received = start
-            async for block in body:
+            broken: BaseException | None = None
+            blocks_in = aiter(body)
+            while True:
+                try:
+                    block = await anext(blocks_in)
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    # The body broke off (the client hung up): keep what arrived, so
+                    # the next PUT resumes after it rather than at the last full block.
+                    broken = exc
+                    break
                 received += len(block)
                 if received > upload.size:
                     raise ApiError(
@@ -105,6 +128,8 @@ class PresignedPuts:
                 pending = None
             if blocks:
                 await _off_loop(writer.write, blocks)
+            if broken is not None:
+                raise broken
             if received != upload.size:
                 raise ApiError(
                     "bad_request", f"upload has {received} bytes; {upload.size} were announced"

@@ -32,6 +32,9 @@ from .upload_digests import FileDigests, StagedDigests
 from .upload_put import PresignedPuts
 from .upload_staging import contiguous_prefix, merge_range, staging_name
 
+_SETTLE_WAIT_S = 10.0
+"""How long ``HEAD`` on an upload URL waits for a PUT in flight before answering."""
+
 
 def check_target(path: str, size: int) -> None:
     """Validate the destination path and size of a write.
@@ -142,6 +145,16 @@ class Uploads:
         if upload is None:
             raise ApiError("not_found", f"unknown upload_id: {upload_id}")
         return upload.size if upload.committed else contiguous_prefix(upload.ranges)
+
+    async def settled_prefix(self, vm_id: str, upload_id: str) -> int:
+        """`held_prefix` once a PUT of this upload still in flight has wound down.
+
+        A client asks right after its PUT broke, often before the server noticed: the
+        answer must count what that PUT delivered, not the last checkpoint before it
+        (checkpoints are 16 MiB apart), or every resume would send those bytes again.
+        """
+        await self._puts.settled(vm_id, upload_id, _SETTLE_WAIT_S)
+        return self.held_prefix(vm_id, upload_id)
 
     async def receive_put(
         self,

@@ -1,9 +1,10 @@
 """Exactly-once under faults: mixed operations through the fault proxy, then the truth.
 
 Each seed drives a few hundred forks, runs, writes, reads, lists and deletes through a
-`FaultProxy` (25 % of requests get a fault) with a short read timeout and no sleeping
-between retries. Every call either succeeds or raises a documented `ArkerError`; a model
-records what each outcome implies. Afterwards a fault-free client checks the server:
+`FaultProxy` (25 % of requests get a fault, answers cut after the server acted included)
+with a short read timeout and no sleeping between retries. Every call either succeeds or
+raises a documented `ArkerError`; a model records what each outcome implies. Afterwards
+a fault-free client checks the server:
 
 * forks: one VM per idempotency key. A successful fork made exactly one VM (the one it
   returned); a fork that failed with anything but `OutcomeUnknownError` made none; an
@@ -47,7 +48,7 @@ from arker import (
     Timeout,
 )
 from arker.local.engine_api import SandboxError
-from tests.kit.faultproxy import FaultPlan, FaultProxy
+from tests.kit.faultproxy import ALL_FAULTS, CUT_FAULTS, FaultPlan, FaultProxy
 
 pytestmark = pytest.mark.e2e
 
@@ -280,7 +281,7 @@ def test_exactly_once_under_faults(arker_server: Any, seed: int) -> None:
     direct = Arker(key, base_url=arker_server.base_url, control_url=arker_server.control_url)
     work = direct.vms.fork(ARKUNTU_ID, name=f"eo{seed}-work").vm_id
     direct.sync.write(work, LOG, b"")
-    plan = FaultPlan(seed=seed, rate=0.25, delay_s=DELAY_S)
+    plan = FaultPlan(seed=seed, rate=0.25, delay_s=DELAY_S, faults=ALL_FAULTS + CUT_FAULTS)
     model = Model(seed)
     try:
         with FaultProxy(arker_server.base_url, plan) as proxy:
