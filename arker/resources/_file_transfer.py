@@ -247,6 +247,7 @@ class _Download:
         self._size = size  # as the sync read announced it, if it did
         self._held = 0
         self._asked = 0  # the offset the attempt under way asked for
+        self._etag: str | None = None  # the strong ETag of the bytes held, if one came
         self._digest = BackgroundHash()
 
     def run(self, presigned: PresignedTransfer, url: str) -> tuple[int, str]:
@@ -263,7 +264,13 @@ class _Download:
 
     def _prepare(self, offset: int) -> tuple[None, dict[str, str]]:
         self._asked = offset if offset and (self._size is None or offset < self._size) else 0
-        return None, {"Range": f"bytes={self._asked}-"} if self._asked else {}
+        if not self._asked:
+            return None, {}
+        headers = {"Range": f"bytes={self._asked}-"}
+        if self._etag is not None:
+            # The rest of *this* version, or (200) the whole file if it changed since.
+            headers["If-Range"] = self._etag
+        return None, headers
 
     def _restart(self) -> None:
         self._sink.restart()
@@ -283,6 +290,18 @@ class _Download:
             )
         if start < self._held:
             self._restart()
+        etag = response.headers.get("ETag")
+        strong = etag if etag and not etag.startswith("W/") else None  # RFC 9110 If-Range
+        if start and self._etag is not None and strong != self._etag:
+            # The tail of another version of the file (a server that ignored If-Range):
+            # never join two versions; start over.
+            self._restart()
+            raise APIConnectionError(
+                f"download resumed at byte {start} answered ETag {etag!r}, not "
+                f"{self._etag!r}: the file changed; starting over"
+            )
+        if start == 0:
+            self._etag = strong
         expected = self._size
         length = response.headers.get("Content-Length", "")
         if expected is None and length.isdigit():

@@ -50,6 +50,10 @@ class Store:
         self.bytes_out = 0  # GET body bytes sent
         self.head_progress = True  # HEAD reports what the upload holds
         self.head_resets = 0  # how many more HEADs to reset unanswered
+        self.etags = False  # presigned reads carry a strong ETag and honour If-Range
+        self.honour_if_range = True
+        self.if_ranges: list[str | None] = []  # each GET's If-Range
+        self.next_file: bytes | None = None  # what the file becomes after the first cut
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -122,7 +126,8 @@ class Store:
         body = json.loads(handler.rfile.read(int(handler.headers["Content-Length"])))
         if body["op"] == "read":
             answer = {"ok": True, "presigned_url": f"{self.url}/get", "size": len(self.file)}
-            answer["sha256"] = self.announce_sha or hashlib.sha256(self.file).hexdigest()
+            if self.announce_sha != "":  # "" announces none (a file the server did not write)
+                answer["sha256"] = self.announce_sha or hashlib.sha256(self.file).hexdigest()
             self._json(handler, answer)
             return
         (entry,) = body["writes"]
@@ -164,11 +169,16 @@ class Store:
     def get(self, handler: BaseHTTPRequestHandler) -> None:
         asked = handler.headers.get("Range")
         self.ranges.append(asked)
+        self.if_ranges.append(handler.headers.get("If-Range"))
         size = len(self.file)
+        etag = f'"{hashlib.sha256(self.file).hexdigest()[:16]}"'
         start = 0
         match = re.fullmatch(r"bytes=(\d+)-", asked or "")
         if match and self.range_mode != "ignore":
             start = int(match.group(1))
+        if_range = handler.headers.get("If-Range")
+        if self.etags and self.honour_if_range and if_range is not None and if_range != etag:
+            start = 0  # the file changed since: the whole new version
         cut = self._take_cut()
         if start:
             handler.send_response(206)
@@ -178,6 +188,8 @@ class Store:
             handler.send_response(200)
         if not (cut is not None and self.cut_headers):
             handler.send_header("Content-Length", str(size - start))
+        if self.etags:
+            handler.send_header("ETag", etag)
         handler.end_headers()
         body = self.file[start:]
         if cut is not None:
@@ -188,6 +200,8 @@ class Store:
         if cut is not None:
             handler.close_connection = True
             handler.connection.shutdown(socket.SHUT_WR)
+            if self.next_file is not None:
+                self.file, self.next_file = self.next_file, None
 
 
 @pytest.fixture
@@ -322,6 +336,34 @@ def test_resumed_download_still_checks_the_whole_sha256(make_client, store, tmp_
     with pytest.raises(ResponseValidationError, match="sha256"):
         client.sync.read_to(VM, "/home/user/big", tmp_path / "big")
     assert list(tmp_path.iterdir()) == []
+
+
+NEW = bytes(reversed(DATA))  # the same size, other bytes
+
+
+def test_download_resumes_only_the_version_it_holds(make_client, store) -> None:
+    # The file is rewritten after the first cut, and no sha256 was announced (the server
+    # did not write it): If-Range makes the server send the whole new version, never a
+    # tail of it joined to the old prefix.
+    store.file, store.next_file = DATA, NEW
+    store.etags, store.announce_sha = True, ""
+    store.cuts_left = 1
+    client = _client(make_client, store)
+    assert client.sync.read(VM, "/home/user/big") == NEW
+    old_etag = f'"{hashlib.sha256(DATA).hexdigest()[:16]}"'
+    assert store.ranges == [None, f"bytes={MiB}-"]
+    assert store.if_ranges == [None, old_etag]
+
+
+def test_download_never_joins_a_tail_of_another_version(make_client, store) -> None:
+    # A server that ignores If-Range answers 206 with the new version's ETag: the SDK
+    # starts over rather than keeping the old prefix.
+    store.file, store.next_file = DATA, NEW
+    store.etags, store.announce_sha, store.honour_if_range = True, "", False
+    store.cuts_left = 1
+    client = _client(make_client, store, max_retries=2)
+    assert client.sync.read(VM, "/home/user/big") == NEW
+    assert store.ranges == [None, f"bytes={MiB}-", None]
 
 
 def test_download_without_progress_spends_the_budget(make_client, store) -> None:
