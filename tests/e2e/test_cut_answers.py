@@ -178,13 +178,14 @@ def _unknown(op: Op) -> bool:
     return isinstance(op.error, OutcomeUnknownError)
 
 
-@pytest.mark.parametrize("fault", CUT_FAULTS)
-def test_a_cut_answer_is_retried_with_its_key_and_acted_once(setup: Setup, fault: str) -> None:
+def _each_op_cut_once(setup: Setup, fault: str, retries: int, seed: int) -> list[Op]:
+    """A fork, a run and a write of each size, each with ``fault`` forced on its first
+    API answer, through a client that retries ``retries`` times."""
     plan = FaultPlan(rate=0.0, applies=_on_the_api)
-    rng = random.Random(10)
+    rng = random.Random(seed)
     ops: list[Op] = []
     with FaultProxy(setup.server.base_url, plan) as proxy:
-        client = _client(setup, proxy, retries=2)
+        client = _client(setup, proxy, retries=retries)
         try:
             plan.force(fault)
             ops.append(_fork(client, setup, 0))
@@ -196,6 +197,12 @@ def test_a_cut_answer_is_retried_with_its_key_and_acted_once(setup: Setup, fault
         finally:
             client.close()
     assert plan.injected[fault] == 2 + len(SIZES)
+    return ops
+
+
+@pytest.mark.parametrize("fault", CUT_FAULTS)
+def test_a_cut_answer_is_retried_with_its_key_and_acted_once(setup: Setup, fault: str) -> None:
+    ops = _each_op_cut_once(setup, fault, retries=2, seed=10)
     assert [op.error for op in ops] == [None] * len(ops)
     _account(setup, ops)
 
@@ -204,21 +211,7 @@ def test_a_cut_answer_is_retried_with_its_key_and_acted_once(setup: Setup, fault
 def test_a_cut_answer_without_retries_is_an_outcome_unknown_with_its_key(
     setup: Setup, fault: str
 ) -> None:
-    plan = FaultPlan(rate=0.0, applies=_on_the_api)
-    rng = random.Random(11)
-    ops: list[Op] = []
-    with FaultProxy(setup.server.base_url, plan) as proxy:
-        client = _client(setup, proxy, retries=0)
-        try:
-            plan.force(fault)
-            ops.append(_fork(client, setup, 0))
-            plan.force(fault)
-            ops.append(_run(client, setup, 1))
-            for i, size in enumerate(SIZES, start=2):
-                plan.force(fault)
-                ops.append(_write(client, setup, i, rng.randbytes(size)))
-        finally:
-            client.close()
+    ops = _each_op_cut_once(setup, fault, retries=0, seed=11)
     # The server acted on each: the fork, the run and the inline writes may have happened;
     # the large write's cut answer was its presign request, which changes nothing.
     assert [_unknown(op) for op in ops] == [True] * (len(ops) - 1) + [False]

@@ -8,7 +8,6 @@ little: less than 1.5 times the file on the wire.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -17,19 +16,12 @@ import pytest
 
 from arker import Arker
 from tests.kit.faultproxy import FaultPlan, FaultProxy
+from tests.kit.files import sha256_of
 
 pytestmark = pytest.mark.e2e
 
 MiB = 1024 * 1024
 SIZE = 100 * MiB
-
-
-def _sha(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(MiB):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _presigned(method: str, path: str) -> bool:
@@ -71,7 +63,7 @@ def test_100mib_upload_resumes_through_resets_every_mib(
     assert SIZE <= proxy.bytes_up < 1.5 * SIZE
     back = tmp_path / "back.bin"
     arker_client.sync.read_to(vm_id, "/home/user/up.bin", back)
-    assert _sha(back) == _sha(big)
+    assert sha256_of(back) == sha256_of(big)
 
 
 def test_100mib_download_resumes_through_resets_every_mib(
@@ -89,5 +81,5 @@ def test_100mib_download_resumes_through_resets_every_mib(
     print(f"\ndownload: {plan.injected['reset_every']} resets, {proxy.bytes_down / SIZE:.3f}x down")
     assert plan.injected["reset_every"] >= 50
     assert SIZE <= proxy.bytes_down < 1.5 * SIZE
-    assert _sha(dest) == _sha(big)
+    assert sha256_of(dest) == sha256_of(big)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]

@@ -14,18 +14,11 @@ import requests
 
 from arker import Arker, BadRequestError
 from tests.kit.faultproxy import FaultPlan, FaultProxy
+from tests.kit.files import sha256_of
 
 pytestmark = pytest.mark.e2e
 
 MiB = 1024 * 1024
-
-
-def _sha(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(MiB):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @pytest.fixture()
@@ -49,7 +42,7 @@ def test_100mib_path_roundtrip(arker_client: Arker, vm_id: str, tmp_path: Path) 
     dest = tmp_path / "back.bin"
     size = arker_client.sync.read_to(vm_id, "/home/user/big.bin", dest)
     assert size == 100 * MiB
-    assert _sha(dest) == _sha(src)
+    assert sha256_of(dest) == sha256_of(src)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
 
 
@@ -78,7 +71,7 @@ def test_upload_cut_at_60_percent_resumes(
     assert proxy.bytes_up < 1.5 * src.stat().st_size
     back = tmp_path / "back.bin"
     arker_client.sync.read_to(vm_id, "/home/user/resumed.bin", back)
-    assert _sha(back) == _sha(src)
+    assert sha256_of(back) == sha256_of(src)
 
 
 def test_corrupt_chunk_refused_and_old_file_intact(

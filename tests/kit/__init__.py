@@ -8,5 +8,6 @@
   answers cut after the server acted, per-chunk resets, byte counters);
 * `tests.kit.loopback`: a real keep-alive HTTP server on loopback for the SDK tests;
 * `tests.kit.sandbox`: writing files into an engine's VM the way the server does;
-* `tests.kit.markdown_blocks`: the fenced blocks of the docs, for the examples test.
+* `tests.kit.markdown_blocks`: the fenced blocks of the docs, for the examples test;
+* `tests.kit.files`: a local file's sha256, computed independently of the SDK.
 """
