@@ -5,7 +5,7 @@ Usage::
     arker serve [--host H] [--port N] [--data-dir DIR] [--api-key KEY]
                 [--no-network] [--base host|debian] [--disk-quota BYTES]
     arker serve keys create --org NAME [--data-dir DIR]
-    arker serve build-image debian [--data-dir DIR]
+    arker serve build-image debian [--data-dir DIR] [--cache-dir DIR]
 """
 
 from __future__ import annotations
@@ -68,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     image = actions.add_parser("build-image", help="build a base image")
     image.add_argument("flavour", choices=("debian",))
     _add_data_dir(image, argparse.SUPPRESS)
+    image.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="machine-wide image cache, built once and reused by every data dir "
+        "(default: $ARKER_IMAGE_CACHE, else /var/cache/arker/images as root)",
+    )
     return parser
 
 
@@ -103,7 +110,7 @@ def serve_main(argv: Sequence[str]) -> int:
     if args.action == "keys":
         return _create_key(data_dir, args.org)
     if args.action == "build-image":
-        return _build_image(data_dir, args.flavour)
+        return _build_image(data_dir, args.flavour, args.cache_dir)
     try:
         import fastapi  # noqa: F401
         import uvicorn  # noqa: F401
@@ -139,19 +146,31 @@ def _create_key(data_dir: Path, org: str) -> int:
     return 0
 
 
-def _build_image(data_dir: Path, flavour: str) -> int:
-    from .sandbox.baseimage import build_debian_rootfs, default_debian_rootfs
+def _build_image(data_dir: Path, flavour: str, cache_dir: Path | None) -> int:
+    from .sandbox.baseimage import (
+        build_debian_rootfs,
+        default_debian_rootfs,
+        missing_packages,
+    )
 
     data_dir = prepare_data_dir(data_dir)
     dest = default_debian_rootfs(data_dir)
     if dest.exists():
         print(f"arker serve: the {flavour} image is already built: {dest}", file=sys.stderr)
+        missing = missing_packages(dest)
+        if missing:
+            print(
+                f"arker serve: it lacks {', '.join(missing)} (built by an older arker); "
+                f"the VMs on it keep it as it is: to rebuild, delete {dest} and those VMs",
+                file=sys.stderr,
+            )
         return 0
-    print(f"arker serve: building the {flavour} image (about a minute)...", file=sys.stderr)
+    print(f"arker serve: installing the {flavour} image...", file=sys.stderr)
     try:
-        build_debian_rootfs(dest)
+        built = build_debian_rootfs(dest, cache_dir=cache_dir)
     except RuntimeError as exc:
         print(f"arker serve: {exc}", file=sys.stderr)
         return 1
-    print(f"arker serve: built {dest}; start with: arker serve --base {flavour}", file=sys.stderr)
+    how = "built with debootstrap" if built else "reused from the image cache"
+    print(f"arker serve: {how}: {dest}; start with: arker serve --base {flavour}", file=sys.stderr)
     return 0

@@ -8,6 +8,9 @@ All of host ``/etc`` is never exposed: it holds secrets and host identity.
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -17,6 +20,9 @@ from .errors import SandboxError, SandboxUnavailable
 
 __all__ = [
     "DEBIAN_BASE",
+    "DEBIAN_MIRROR",
+    "DEBIAN_PACKAGES",
+    "DEBIAN_SUITE",
     "HOST_BASE",
     "SESSIONS_DIR",
     "VM_HOME",
@@ -24,12 +30,22 @@ __all__ = [
     "BaseImages",
     "build_debian_rootfs",
     "build_host_skeleton",
+    "debian_recipe",
     "default_debian_rootfs",
+    "default_image_cache",
     "host_binds",
+    "missing_packages",
+    "recipe_stamp",
 ]
 
 HOST_BASE = "host"
 DEBIAN_BASE = "debian"
+DEBIAN_SUITE = "bookworm"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+# Arker VMs promise a shell, Python and Node; CA roots for TLS. debootstrap adds
+# their dependencies (Depends only: no npm, no Recommends).
+DEBIAN_PACKAGES = ("python3", "ca-certificates", "nodejs")
+_DEBIAN_RECIPE_VERSION = 2  # bump when a build step of `_debootstrap` changes
 VM_UID = 1000
 VM_HOME = "/home/user"
 SESSIONS_DIR = "/var/lib/arker/sessions"
@@ -140,58 +156,156 @@ def default_debian_rootfs(data_dir: Path) -> Path:
     return Path(data_dir) / "engine" / "base" / DEBIAN_BASE
 
 
+def default_image_cache() -> Path:
+    """The machine-wide cache of built images, shared by every data dir.
+
+    ``$ARKER_IMAGE_CACHE`` when set; else ``/var/cache/arker/images`` for root, and
+    ``$XDG_CACHE_HOME/arker/images`` (``~/.cache/arker/images``) for anyone else.
+    """
+    env = os.environ.get("ARKER_IMAGE_CACHE")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/cache/arker/images")
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "arker" / "images"
+
+
+def debian_recipe(suite: str = DEBIAN_SUITE, mirror: str = DEBIAN_MIRROR) -> dict[str, object]:
+    """Everything the debian image is built from; it names the cached image."""
+    return {
+        "version": _DEBIAN_RECIPE_VERSION,
+        "suite": suite,
+        "mirror": mirror,
+        "variant": "minbase",
+        "packages": list(DEBIAN_PACKAGES),
+    }
+
+
+def _recipe_key(recipe: dict[str, object]) -> str:
+    blob = json.dumps(recipe, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def recipe_stamp(dest: Path) -> Path:
+    """The file beside a built rootfs that records its recipe and package versions."""
+    return dest.with_name(dest.name + ".recipe.json")
+
+
 def build_debian_rootfs(
     dest: Path,
     *,
     sandbox_uid: int = 60999,
-    suite: str = "bookworm",
-    mirror: str = "http://deb.debian.org/debian",
-) -> None:
-    """Build a full Debian rootfs with debootstrap (about a minute, ~180 MB).
+    suite: str = DEBIAN_SUITE,
+    mirror: str = DEBIAN_MIRROR,
+    cache_dir: Path | None = None,
+) -> bool:
+    """Install a Debian rootfs (shell, Python, Node) at ``dest``, debootstrapping it once.
 
-    Everything in it is copy-on-write per VM. The VM user ``user`` (uid 1000 inside,
-    host ``sandbox_uid``) owns ``/home/user``.
+    The image is built by debootstrap from ``mirror`` into the machine-wide
+    ``cache_dir`` (named by a hash of its recipe, built once even by concurrent
+    callers), then hard-linked into ``dest`` (copied across filesystems). Everything
+    in it is copy-on-write per VM, so the links are never written through. The VM
+    user ``user`` (uid 1000 inside, host ``sandbox_uid``) owns ``/home/user``.
 
     Args:
-        dest: Final directory (must not exist); built beside it and renamed.
+        dest: Final directory (must not exist); assembled beside it and renamed.
         sandbox_uid: Host uid the VM user maps to.
         suite: Debian suite.
         mirror: Debian mirror URL.
+        cache_dir: The image cache (default: `default_image_cache`).
+
+    Returns:
+        ``True`` when debootstrap ran, ``False`` when the cached image was reused.
 
     Raises:
-        RuntimeError: debootstrap is missing or failed.
+        RuntimeError: debootstrap is missing or failed, or the copy failed.
     """
-    exe = shutil.which("debootstrap")
-    if exe is None:
-        raise RuntimeError("debootstrap not found: install it: apt-get install -y debootstrap")
     dest = Path(dest)
+    recipe = debian_recipe(suite, mirror)
+    cache = Path(cache_dir) if cache_dir is not None else default_image_cache()
+    cached = cache / f"{DEBIAN_BASE}-{suite}-{_recipe_key(recipe)}"
+    cache.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with open(cache / f"{cached.name}.lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        built = not cached.is_dir()
+        if built:
+            _debootstrap(cached, recipe)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
+    _link_tree(cached, tmp)
+    for d in (VM_HOME, SESSIONS_DIR):
+        os.chown(tmp / d.lstrip("/"), sandbox_uid, sandbox_uid)
+    shutil.copy2(recipe_stamp(cached), recipe_stamp(dest))
+    os.rename(tmp, dest)
+    return built
+
+
+def _debootstrap(dest: Path, recipe: dict[str, object]) -> None:
+    """Build the uid-independent image at ``dest`` (atomically) and its recipe stamp."""
+    exe = shutil.which("debootstrap")
+    if exe is None:
+        raise RuntimeError("debootstrap not found: install it: apt-get install -y debootstrap")
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    include = ",".join(DEBIAN_PACKAGES)
     proc = subprocess.run(
-        [exe, "--variant=minbase", "--include=python3,ca-certificates", suite, str(tmp), mirror],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+        [exe, f"--variant={recipe['variant']}", f"--include={include}",
+         str(recipe["suite"]), str(tmp), str(recipe["mirror"])],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
         raise RuntimeError(f"debootstrap failed: {' '.join(tail)}")
-    shutil.rmtree(tmp / "var/cache/apt/archives", ignore_errors=True)
-    (tmp / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(tmp / "var/lib/apt/lists", ignore_errors=True)
-    (tmp / "var/lib/apt/lists").mkdir(parents=True, exist_ok=True)
+    for d in ("var/cache/apt/archives", "var/lib/apt/lists"):
+        shutil.rmtree(tmp / d, ignore_errors=True)
+        (tmp / d / "partial").mkdir(parents=True, exist_ok=True)
     with open(tmp / "etc/passwd", "a", encoding="utf-8") as fh:
         fh.write(f"user:x:{VM_UID}:{VM_UID}:user:{VM_HOME}:/bin/sh\n")
     with open(tmp / "etc/group", "a", encoding="utf-8") as fh:
         fh.write(f"user:x:{VM_UID}:\n")
     (tmp / "etc/hostname").write_text("vm\n")
     for d in (VM_HOME, SESSIONS_DIR):
-        p = tmp / d.lstrip("/")
-        p.mkdir(parents=True, exist_ok=True)
-        os.chown(p, sandbox_uid, sandbox_uid)
+        (tmp / d.lstrip("/")).mkdir(parents=True, exist_ok=True)
     os.chmod(tmp / SESSIONS_DIR.lstrip("/"), 0o700)
+    stamp = dict(recipe, installed=_installed_packages(tmp))
+    recipe_stamp(dest).write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
     os.rename(tmp, dest)
+
+
+def _installed_packages(root: Path) -> dict[str, str]:
+    """``{package: version}`` of a rootfs, read from its dpkg status file."""
+    packages: dict[str, str] = {}
+    for para in (root / "var/lib/dpkg/status").read_text(errors="replace").split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in para.splitlines() if ": " in line and line[0] != " "
+        )
+        if "Package" in fields and fields.get("Status", "").endswith(" installed"):
+            packages[fields["Package"]] = fields.get("Version", "")
+    return packages
+
+
+def missing_packages(rootfs: Path) -> list[str]:
+    """The packages of today's recipe (`DEBIAN_PACKAGES`) that a built rootfs lacks."""
+    try:
+        installed = _installed_packages(Path(rootfs))
+    except OSError:
+        return list(DEBIAN_PACKAGES)
+    return [name for name in DEBIAN_PACKAGES if name not in installed]
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """``cp -a`` of ``src`` to ``dst`` with hard links for files, copies across filesystems."""
+    for args in (("--link",), ("--reflink=auto",)):
+        shutil.rmtree(dst, ignore_errors=True)
+        proc = subprocess.run(
+            ["cp", "-a", *args, "--", str(src), str(dst)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if proc.returncode == 0:
+            return
+    raise RuntimeError(f"copying the image {src} failed: {proc.stderr.strip()[-300:]}")
 
 
 class BaseImages:
