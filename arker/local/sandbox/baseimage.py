@@ -3,7 +3,11 @@
 The host base is a small skeleton lower layer (directories, a synthesized
 ``passwd``/``group`` and ~20 selected ``/etc`` files) plus read-only binds of the
 host's ``/usr`` (and ``/lib*``, ``/bin``, ``/sbin`` when they are real directories).
-All of host ``/etc`` is never exposed: it holds secrets and host identity.
+All of host ``/etc`` is never exposed: it holds secrets and host identity. A VM on
+it has the host's programs: Node only where the host has ``nodejs`` installed.
+
+The debian base is a debootstrap rootfs with a shell, Python and Node, built once per
+machine into an image cache and hard-linked into each data dir that asks for it.
 """
 
 from __future__ import annotations
@@ -338,7 +342,8 @@ class BaseImages:
             build_host_skeleton(path, self._sandbox_uid)
         if not path.is_dir():
             raise SandboxUnavailable(
-                f"base image {name!r} not found at {path}: build it with "
-                "arker.local.sandbox.build_debian_rootfs(default_debian_rootfs(data_dir))"
+                f"base image {name!r} not found at {path}: build it with 'arker serve "
+                "build-image debian --data-dir DIR' (or arker.local.sandbox."
+                "build_debian_rootfs(default_debian_rootfs(data_dir)))"
             )
         return path
