@@ -25,9 +25,9 @@ SANDBOX_UID = 60999
 
 _FAKE_DEBOOTSTRAP = """#!/bin/sh
 echo "$@" >> {calls}
-[ -n "$FAIL" ] && {{ echo "E: Failed getting release file" >&2; exit 1; }}
-for last; do :; done
 eval target=\\${{$(($# - 1))}}
+mkdir -p "$target/debootstrap"
+[ -n "$FAIL" ] && {{ echo "E: Failed getting release file" >&2; exit 1; }}
 mkdir -p "$target/etc" "$target/usr/bin" "$target/var/lib/dpkg" "$target/var/cache/apt/archives"
 echo "root:x:0:0:root:/root:/bin/sh" > "$target/etc/passwd"
 echo "root:x:0:" > "$target/etc/group"

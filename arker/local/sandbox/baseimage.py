@@ -238,7 +238,11 @@ def build_debian_rootfs(
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.parent.mkdir(parents=True, exist_ok=True)
-    _link_tree(cached, tmp)
+    try:
+        _link_tree(cached, tmp)
+    except RuntimeError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     for d in (VM_HOME, SESSIONS_DIR):
         os.chown(tmp / d.lstrip("/"), sandbox_uid, sandbox_uid)
     shutil.copy2(recipe_stamp(cached), recipe_stamp(dest))
@@ -260,6 +264,7 @@ def _debootstrap(dest: Path, recipe: dict[str, object]) -> None:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     if proc.returncode != 0:
+        shutil.rmtree(tmp, ignore_errors=True)
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
         raise RuntimeError(f"debootstrap failed: {' '.join(tail)}")
     for d in ("var/cache/apt/archives", "var/lib/apt/lists"):
