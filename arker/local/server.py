@@ -1,9 +1,9 @@
 """Start-up and shutdown of `arker serve`: the order of these steps matters.
 
-1. Raise the soft open-file limit to the hard one (sockets, pipes and each mounted
-   VM's handle are descriptors). Enter a private mount namespace while still
-   single-threaded (before uvicorn, which starts threads); VM overlay mounts then
-   vanish with the process, even on kill -9.
+1. Raise the soft open-file limit to the hard one (clients' sockets, running
+   commands' pipes and the mounted VMs' handles are descriptors). Enter a private
+   mount namespace while still single-threaded (before uvicorn, which starts
+   threads); VM overlay mounts then vanish with the process, even on kill -9.
 2. Probe the sandbox; on failure print one line naming cause and fix.
 3. Open the store, make sure a default org and key exist.
 4. Start the engine, ensure the base image, GC engine state that no DB row
