@@ -399,8 +399,8 @@ class Engine:
         def prepare() -> int:
             self._check_open()
             if vm.root_fd is None:
-                self._mount(vm)
-            assert vm.root_fd is not None
+                vm.root_fd = self._overlays.mount(vm.meta)
+                vm.generation += 1
             self._overlays.touch(vm.meta.vm_id, lambda: vm.gate.when_idle(lambda: self._evict(vm)))
             return vm.root_fd
 
@@ -417,16 +417,14 @@ class Engine:
         finally:
             vm.gate.leave()
 
-    def _mount(self, vm: _Vm) -> None:
-        """Mount the VM's overlay (inside its gate)."""
-        vm.root_fd = self._overlays.mount(vm.meta)
-        vm.generation += 1
-
     def _evict(self, vm: _Vm) -> None:
-        """Unmount an idle VM's overlay (inside its gate, see `Overlays.touch`)."""
+        """Unmount an idle VM, drop its cgroups (kernel memory; ~1 ms to make again)."""
         if vm.root_fd is not None:
             root_fd, vm.root_fd = vm.root_fd, None
             self._overlays.evict(vm.meta, root_fd)
+        if vm.cgroup is not None:  # no run in flight: none is using them
+            vm.cgroup.remove()
+            vm.cgroup = None
 
     def _unmount(self, vm: _Vm, *, background: bool = False) -> None:
         """Unmount the VM's overlay, if mounted (the caller holds the VM exclusively)."""
