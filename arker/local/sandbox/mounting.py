@@ -135,6 +135,9 @@ class Overlays:
 
         Its mount point and handle go away, so an idle VM holds neither; mounting it
         again first waits for this teardown (it reuses the same upper and work dir).
+        A file still open for reading (a streamed download) keeps the old superblock
+        alive until it is closed; overlay (no ``index``) lets the new mount share the
+        upper meanwhile, and nothing writes through the old one.
         """
         target = self.root / meta.vm_id
         work = self._store.work_path(meta.upper)
