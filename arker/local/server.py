@@ -1,7 +1,9 @@
 """Start-up and shutdown of `arker serve`: the order of these steps matters.
 
-1. Enter a private mount namespace while still single-threaded (before uvicorn, which
-   starts threads); VM overlay mounts then vanish with the process, even on kill -9.
+1. Raise the soft open-file limit to the hard one (clients' sockets, running
+   commands' pipes and the mounted VMs' handles are descriptors). Enter a private
+   mount namespace while still single-threaded (before uvicorn, which starts
+   threads); VM overlay mounts then vanish with the process, even on kill -9.
 2. Probe the sandbox; on failure print one line naming cause and fix.
 3. Open the store, make sure a default org and key exist.
 4. Start the engine, ensure the base image, GC engine state that no DB row
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import resource
 import secrets
 import signal
 import socket
@@ -82,6 +85,29 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def raise_open_file_limit() -> int:
+    """Raise this process's soft ``RLIMIT_NOFILE`` to its hard limit; return the new soft.
+
+    A server's descriptors grow with its clients and running commands; a low soft
+    limit (1024 is a common default) must not make them fail while the hard limit
+    allows more. An infinite hard limit is capped at the kernel's ``fs.nr_open``.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        try:
+            target = int(Path("/proc/sys/fs/nr_open").read_text())
+        except (OSError, ValueError):
+            target = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError) as exc:
+            log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
+    return soft
+
+
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
@@ -98,6 +124,7 @@ def serve(config: ServerConfig) -> int:
     signal.signal(signal.SIGTERM, _raise_shutdown)
     config = dataclasses.replace(config, data_dir=prepare_data_dir(config.data_dir))
     data_dir = config.data_dir
+    raise_open_file_limit()
     try:
         enter_private_mount_namespace()
         Engine.probe(config.engine_dir)

@@ -13,8 +13,8 @@ Each job lives in its own module; the engine holds the VM table and wires them:
 * files.py and staging.py: file reads and staged uploads inside a VM.
 
 Concurrency: one lock guards the VM table; each VM's gate orders its operations. A
-VM's overlay is mounted once, on first use, and unmounted only by fork (non-empty
-upper), delete and close, so runs never pay for a mount. A separate ``_gc_lock``
+VM's overlay is mounted on use, unmounted by fork (non-empty upper), delete, close,
+and when it is evicted idle from the bounded set of mounted VMs. A separate ``_gc_lock``
 keeps layer garbage collection from racing forks that create not-yet-referenced
 layers.
 """
@@ -50,7 +50,7 @@ __all__ = ["Engine", "Limits", "RunOutcome"]
 class _Vm:
     meta: VmMeta
     gate: VmGate
-    root_fd: int | None = None  # the mounted overlay (mounted on first use)
+    root_fd: int | None = None  # the mounted overlay (None: not mounted now)
     cgroup: VmCgroup | None = None
     usage: int | None = None  # last measured disk usage (quota), saves a walk per run
     generation: int = 0  # bumped at every mount: handles from an older mount are stale
@@ -399,8 +399,9 @@ class Engine:
         def prepare() -> int:
             self._check_open()
             if vm.root_fd is None:
-                self._mount(vm)
-            assert vm.root_fd is not None
+                vm.root_fd = self._overlays.mount(vm.meta)
+                vm.generation += 1
+            self._overlays.touch(vm.meta.vm_id, lambda: vm.gate.when_idle(lambda: self._evict(vm)))
             return vm.root_fd
 
         return vm.gate.enter(prepare)
@@ -416,10 +417,14 @@ class Engine:
         finally:
             vm.gate.leave()
 
-    def _mount(self, vm: _Vm) -> None:
-        """Mount the VM's overlay (inside its gate)."""
-        vm.root_fd = self._overlays.mount(vm.meta)
-        vm.generation += 1
+    def _evict(self, vm: _Vm) -> None:
+        """Unmount an idle VM, drop its cgroups (kernel memory; ~1 ms to make again)."""
+        if vm.root_fd is not None:
+            root_fd, vm.root_fd = vm.root_fd, None
+            self._overlays.evict(vm.meta, root_fd)
+        if vm.cgroup is not None:  # no run in flight: none is using them
+            vm.cgroup.remove()
+            vm.cgroup = None
 
     def _unmount(self, vm: _Vm, *, background: bool = False) -> None:
         """Unmount the VM's overlay, if mounted (the caller holds the VM exclusively)."""

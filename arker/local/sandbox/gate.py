@@ -68,6 +68,28 @@ class VmGate:
             self._active -= 1
             self._cond.notify_all()
 
+    def when_idle(self, action: Callable[[], None]) -> bool:
+        """Run ``action`` inside the gate if no operation is in flight; never wait.
+
+        For evicting an idle VM's mount: nothing can enter while ``action`` runs.
+
+        Returns:
+            False when the VM is busy (operations in flight, an exclusive holder, or
+            its gate held by another thread right now); True when ``action`` ran or
+            the VM is deleted (nothing left to do).
+        """
+        if not self._cond.acquire(blocking=False):
+            return False
+        try:
+            if self._deleted:
+                return True
+            if self._active or self._exclusive:
+                return False
+            action()
+            return True
+        finally:
+            self._cond.release()
+
     def acquire_exclusive(self) -> None:
         """Have the VM alone: no operation in flight, none admitted until release.
 

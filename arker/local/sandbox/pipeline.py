@@ -10,6 +10,7 @@ read the cwd back; let the quota judge the VM's growth; map the exit status.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import subprocess
@@ -25,7 +26,7 @@ from .limits import Limits
 from .quota import RunBudget
 from .session import STATE_END, parse_state_cwd, session_state_path
 
-__all__ = ["RunOutcome", "RunPipeline", "bwrap_could_not_fork"]
+__all__ = ["RunOutcome", "RunPipeline", "bwrap_could_not_fork", "resource_error"]
 
 # MAX_ARG_STRLEN is 128 KiB per argv string; the command travels as one.
 _MAX_COMMAND = 128 * 1024 - 1
@@ -35,6 +36,28 @@ _MAX_COMMAND = 128 * 1024 - 1
 _SPAWN_ATTEMPTS = 3
 _BWRAP_EAGAIN = re.compile(rb"bwrap: [^\n]*: Resource temporarily unavailable\n?")
 _STATE_MAX = 1 << 20
+
+
+# A host resource running out while one VM's sandbox starts: that run's error (503,
+# the server lives on), named so that whoever reads it knows which limit to raise.
+_RESOURCES = {
+    errno.EMFILE: "the server's open-file limit (RLIMIT_NOFILE) is reached",
+    errno.ENFILE: "the host's open-file table (fs.file-max) is full",
+    errno.ENOMEM: "out of memory",
+    errno.EAGAIN: "out of processes or threads (a process limit is reached)",
+}
+
+
+def resource_error(what: str, exc: OSError) -> SandboxError:
+    """The error for ``exc``, raised while doing ``what`` for one VM.
+
+    A resource running out is ``unavailable`` (try again later) with the resource
+    named; any other failure is ``internal``.
+    """
+    resource = _RESOURCES.get(exc.errno or 0)
+    if resource is None:
+        return SandboxError("internal", f"{what}: {exc}")
+    return SandboxError("unavailable", f"{what}: {resource} ({exc.strerror or exc})")
 
 
 @dataclass(frozen=True)
@@ -136,7 +159,10 @@ class RunPipeline:
         for attempt in range(_SPAWN_ATTEMPTS):
             if attempt:
                 time.sleep(0.05 * attempt)
-            info_r, info_w = os.pipe()
+            try:
+                info_r, info_w = os.pipe()
+            except OSError as exc:
+                raise resource_error("cannot start sandbox", exc) from None
             argv = runner.spawn_prefix(
                 cgroup,
                 self._limits.pids_max,
@@ -165,7 +191,7 @@ class RunPipeline:
                     watch=None if budget is None else budget.exceeded,
                 )
             except OSError as exc:
-                raise SandboxError("internal", f"cannot start sandbox: {exc}") from None
+                raise resource_error("cannot start sandbox", exc) from None
             if not bwrap_could_not_fork(raw):
                 break
         duration_ms = (time.monotonic() - start) * 1000.0

@@ -163,8 +163,8 @@ def run_bwrap(
         uid: Host uid/gid for Popen to switch to; `None` when the argv drops
             privileges itself (`spawn_prefix` with ``drop_to``).
         pass_fds: Descriptors bwrap needs (root handle, info pipe).
-        info_w: Write end of the ``--info-fd`` pipe (closed here after spawn).
-        info_r: Read end of it (closed here).
+        info_w: Write end of the ``--info-fd`` pipe (closed here, whatever happens).
+        info_r: Read end of it (closed here, whatever happens).
         timeout: Seconds.
         max_output: Byte cap per stream; the rest is drained and discarded.
         register: Called as ``register(None, proc)`` after spawn and
@@ -174,19 +174,25 @@ def run_bwrap(
             the result says ``stopped`` instead of ``timed_out``.
         watch_interval: Seconds between ``watch`` calls.
     """
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        user=uid,
-        group=uid,
-        extra_groups=None if uid is None else [],
-        pass_fds=tuple(pass_fds),
-        close_fds=True,
-        start_new_session=True,
-        cwd="/",
-    )
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            user=uid,
+            group=uid,
+            extra_groups=None if uid is None else [],
+            pass_fds=tuple(pass_fds),
+            close_fds=True,
+            start_new_session=True,
+            cwd="/",
+        )
+    except BaseException:
+        # Out of descriptors, memory or processes: the pipe must not leak as well.
+        os.close(info_w)
+        os.close(info_r)
+        raise
     os.close(info_w)
     register(None, proc)
     assert proc.stdout is not None and proc.stderr is not None
