@@ -116,8 +116,10 @@ class BtrfsVolume:
         try:
             mountpoint.mkdir(mode=0o700, exist_ok=True)
             if os.path.ismount(mountpoint):
-                # Left by an engine that died in the host namespace.
-                mounts.detach(str(mountpoint))
+                # Left mounted by an engine that died in the host namespace (with
+                # its overlays, which hold it): reuse it as it is.
+                self.simple_quotas = self._enable_quotas()
+                return
             fresh = not image.exists()
             if fresh:
                 fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
