@@ -174,3 +174,23 @@ def test_btrfs_storage_without_mkfs_is_a_clear_start_up_error(
     monkeypatch.setattr(volume.shutil, "which", lambda name: None)
     with pytest.raises(SandboxUnavailable, match=r"mkfs\.btrfs not found"):
         Engine(sandbox_data_dir, network=False, storage="btrfs")
+
+
+def test_probe_names_the_missing_btrfs_tool_and_the_default_storage_fallback(
+    sandbox_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(volume.shutil, "which", lambda name: None)
+    monkeypatch.setattr("arker.local.sandbox.probe.find_bwrap", lambda: "/usr/bin/bwrap")
+    with pytest.raises(SandboxUnavailable) as ei:
+        Engine.probe(sandbox_data_dir, storage="btrfs")
+    assert "--storage btrfs: mkfs.btrfs not found" in str(ei.value)
+    assert "default storage" in str(ei.value)
+
+
+def test_serve_accepts_the_storage_flags() -> None:
+    from arker.local.cli import build_parser
+
+    args = build_parser().parse_args(["--storage", "btrfs", "--storage-size", "50G"])
+    assert (args.storage, args.storage_size) == ("btrfs", 50 << 30)
+    default = build_parser().parse_args([])
+    assert default.storage == "default"

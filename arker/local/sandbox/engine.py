@@ -144,13 +144,13 @@ class Engine:
         return self._overlays.root
 
     @staticmethod
-    def probe(data_dir: Path) -> None:
-        """Check that this host can run the sandbox.
+    def probe(data_dir: Path, storage: str = "default") -> None:
+        """Check that this host can run the sandbox (on ``storage``).
 
         Raises:
             SandboxUnavailable: One line naming the cause and the fix.
         """
-        _probe(data_dir)
+        _probe(data_dir, storage=storage)
 
     def ensure_base(self, vm_id: str) -> None:
         """Make sure the public base image VM ``vm_id`` exists (idempotent)."""
