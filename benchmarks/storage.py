@@ -154,7 +154,7 @@ def main() -> None:
         for name, (ms, disk) in rows.items():
             print(
                 f"  {name:15s} {ms:8.2f} ms  {disk / MIB:9.2f} MiB of disk"
-                f"   x{ms / base[0]:.3f} time  x{disk / max(base[1], 1):.4f} disk"
+                f"   time x{ms / base[0]:.5f}  disk x{disk / max(base[1], 1):.5f}"
             )
         print("raw btrfs snapshot (ioctl):")
         e, f = statistics.median(snap_empty), statistics.median(snap_full)
@@ -165,8 +165,8 @@ def main() -> None:
         d_empty, d_full = forks["default"]
         for storage, (empty, full) in forks.items():
             print(
-                f"  {storage:8s} empty {empty:7.2f} ms (x{empty / d_empty:.2f})"
-                f"   1 GiB {full:7.2f} ms (x{full / d_full:.2f})"
+                f"  {storage:8s} empty {empty:7.2f} ms (x{empty / d_empty:.3f})"
+                f"   1 GiB {full:7.2f} ms (x{full / d_full:.3f})"
             )
         shutil.rmtree(top / "data-default", ignore_errors=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -194,3 +195,23 @@ def test_serve_accepts_the_storage_flags() -> None:
     assert (args.storage, args.storage_size) == ("btrfs", 50 << 30)
     default = build_parser().parse_args([])
     assert default.storage == "default"
+
+
+def test_deleting_a_vm_gives_its_blocks_back_to_the_volume_and_the_host(
+    btrfs_engine: Engine,
+) -> None:
+    btrfs_engine.fork(BASE_VM, "v")
+    before, image_before = volume_used(btrfs_engine), image_bytes(btrfs_engine)
+    out(btrfs_engine, "v", "head -c 48M /dev/urandom > blob")
+    assert volume_used(btrfs_engine) - before > 40 * MIB
+    btrfs_engine.delete("v")
+    btrfs_engine.gc(set())
+    os.sync()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (
+        volume_used(btrfs_engine) - before > 8 * MIB
+        or image_bytes(btrfs_engine) - image_before > 24 * MIB
+    ):
+        time.sleep(0.2)  # subvolume deletion and discards finish in the background
+    assert volume_used(btrfs_engine) - before < 8 * MIB
+    assert image_bytes(btrfs_engine) - image_before < 24 * MIB

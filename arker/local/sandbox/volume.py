@@ -9,7 +9,9 @@ it buys over plain directories on the data dir's own filesystem:
   VM's writes with ``EDQUOT`` whatever the code does (unlinked open files, deep
   paths, hard links);
 * overlayfs copy-up clones (reflinks) instead of copying, so a small write to a big
-  inherited file costs about a block.
+  inherited file costs about a block;
+* it is mounted with ``discard=sync``: blocks freed inside (a deleted VM's subvolume)
+  are punched out of the sparse image, so the host gets them back.
 
 Simple quotas (kernel 6.7+) are enabled through the ioctl when the kernel has them
 (they do not pay classic qgroups' accounting cost with many snapshots); classic
@@ -131,7 +133,15 @@ class BtrfsVolume:
             grow = image.stat().st_size < size
             if grow:
                 os.truncate(image, size)
-            _run("mount", "-t", "btrfs", "-o", "loop,noatime", str(image), str(mountpoint))
+            _run(
+                "mount",
+                "-t",
+                "btrfs",
+                "-o",
+                "loop,noatime,discard=sync",
+                str(image),
+                str(mountpoint),
+            )
             if grow:
                 _run("btrfs", "filesystem", "resize", "max", str(mountpoint))
             os.chmod(mountpoint, 0o700)
