@@ -57,6 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="disk budget per VM: bytes, or with a K/M/G/T suffix (default: 10G; 0: none)",
     )
+    parser.add_argument(
+        "--storage",
+        choices=("default", "btrfs"),
+        default=ServerConfig.storage,
+        help="where VM layers live: directories in the data dir, or a btrfs image there "
+        "(block-level copy-on-write, quota enforced by the kernel; needs btrfs-progs and "
+        "loop devices) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--storage-size",
+        type=parse_bytes,
+        default=ServerConfig.storage_size,
+        metavar="BYTES",
+        help="size of the btrfs image (sparse, grown when larger; default: 32G)",
+    )
     actions = parser.add_subparsers(dest="action")
 
     keys = actions.add_parser("keys", help="manage API keys")
@@ -127,6 +142,8 @@ def serve_main(argv: Sequence[str]) -> int:
         base=args.base,
         api_key=args.api_key,
         disk_quota=args.disk_quota,
+        storage=args.storage,
+        storage_size=args.storage_size,
     )
     return serve(config)
 

@@ -67,10 +67,11 @@ class Engine:
         base: ``"host"`` (zero-download skeleton + host ``/usr``) or ``"debian"`` (the
             rootfs built by ``build_debian_rootfs(default_debian_rootfs(data_dir))``).
         busy_wait_s: How long fork/delete wait for running commands before ``vm_busy``.
+        storage: ``"default"``, or ``"btrfs"``: a ``storage_size`` image (volume.py).
 
     Raises:
         SandboxUnavailable: bwrap missing, debian rootfs absent, or the data dir is in
-            use by another engine.
+            use by another engine, or the btrfs storage cannot be set up.
     """
 
     def __init__(
@@ -82,6 +83,8 @@ class Engine:
         limits: Limits | None = None,
         base: str = HOST_BASE,
         busy_wait_s: float = 2.0,
+        storage: str = "default",
+        storage_size: int = recovery.Storage.size,
     ) -> None:
         if base not in (HOST_BASE, DEBIAN_BASE):
             raise ValueError(f"unknown base {base!r}")
@@ -107,8 +110,9 @@ class Engine:
         self._closed = False
         self._background = BackgroundQueue("arker-sandbox-bg")
         self._bases = BaseImages(self.data_dir, sandbox_uid)
+        disk = recovery.Storage(storage, storage_size, self.limits.disk_quota_bytes)
         state = recovery.start(
-            self.data_dir, sandbox_uid, base, self._bases.path, self._background.put
+            self.data_dir, sandbox_uid, base, self._bases.path, self._background.put, disk
         )
         self._lock_fd = state.lock_fd
         self._tag = state.tag
@@ -140,13 +144,13 @@ class Engine:
         return self._overlays.root
 
     @staticmethod
-    def probe(data_dir: Path) -> None:
-        """Check that this host can run the sandbox.
+    def probe(data_dir: Path, storage: str = "default") -> None:
+        """Check that this host can run the sandbox (on ``storage``).
 
         Raises:
             SandboxUnavailable: One line naming the cause and the fix.
         """
-        _probe(data_dir)
+        _probe(data_dir, storage=storage)
 
     def ensure_base(self, vm_id: str) -> None:
         """Make sure the public base image VM ``vm_id`` exists (idempotent)."""

@@ -17,6 +17,8 @@ import shutil
 import stat
 from pathlib import Path
 
+from .volume import clone_file
+
 __all__ = ["merge_layers"]
 
 _OPAQUE = "user.overlay.opaque"
@@ -65,15 +67,23 @@ def _link(src: str, dst: str) -> None:
     try:
         os.link(src, dst, follow_symlinks=False)
     except OSError as exc:
-        if exc.errno != errno.EMLINK:
+        if exc.errno not in (errno.EMLINK, errno.EXDEV):
             raise
-        # Inode hit the filesystem's link limit: copy this one file instead.
-        if os.path.islink(src):
+        # The inode hit the filesystem's link limit, or (btrfs storage) lives in
+        # another subvolume: copy this one name instead, a reflink when possible.
+        st = os.lstat(src)
+        if stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(src), dst)
+        elif not stat.S_ISREG(st.st_mode):
+            os.mknod(dst, st.st_mode, st.st_rdev)
         else:
-            shutil.copy2(src, dst, follow_symlinks=False)
-            st = os.lstat(src)
-            os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+            try:
+                clone_file(src, dst)
+            except OSError:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(dst)
+                shutil.copy2(src, dst, follow_symlinks=False)
+        os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
 
 
 def _merge_dir(srcs: list[str], out: str, base: Path | None, base_visible: bool) -> None:

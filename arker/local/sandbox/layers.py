@@ -10,6 +10,12 @@ On-disk layout under ``<data_dir>/engine``::
 A VM's lower stack is ``layers`` (top first) then its base. Freezing an upper is pure
 metadata: the same directory is referenced as a lower from then on, so a fork moves
 no data. Layer ids are 8 hex digits so overlay option strings stay short.
+
+With the btrfs storage (volume.py) the store lives on the loop-mounted volume and
+``layers/<id>`` is a btrfs subvolume holding ``root/`` (the layer itself) and
+``work/`` (its overlay work dir: overlay renames from work into upper, which btrfs
+refuses across subvolumes). An upper's subvolume carries the kernel-enforced byte
+limit; a flattened layer is a plain directory of the same shape.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pathlib import Path
 
 from .errors import SandboxError
 from .flatten import merge_layers
+from .volume import BtrfsVolume, create_subvolume, destroy_subvolume, is_subvolume
 
 __all__ = [
     "FLATTEN_THRESHOLD",
@@ -103,11 +110,21 @@ class LayerStore:
     """Directories and metadata files of the engine; no locking (the engine locks).
 
     Args:
-        root: ``<data_dir>/engine``.
+        root: ``<data_dir>/engine``, or the btrfs volume's mount point.
+        volume: The btrfs volume mounted on ``root`` (the store owns it from now on:
+            `close` unmounts it); each upper is then a subvolume of it.
+        upper_limit: With a volume: the bytes each upper may hold, enforced by the
+            kernel (``EDQUOT``); 0 for no limit.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self, root: Path, *, volume: BtrfsVolume | None = None, upper_limit: int = 0
+    ) -> None:
         self.root = root
+        self._volume = volume
+        self.subvolumes = volume is not None
+        self._upper_limit = upper_limit
+        self._inner = "/root" if volume is not None else ""
         self.layers_dir = root / "layers"
         self.work_dir = root / "work"
         self.vms_dir = root / "vms"
@@ -118,22 +135,26 @@ class LayerStore:
         self._layers_fd = os.open(self.layers_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def close(self) -> None:
-        """Release the directory handle."""
+        """Release the directory handle (and unmount the btrfs volume, if any)."""
         with contextlib.suppress(OSError):
             os.close(self._layers_fd)
+        if self._volume is not None:
+            self._volume.close()
 
     # -- layers ------------------------------------------------------------------------
 
     def layer_path(self, layer_id: str) -> Path:
         """Host path of a layer directory."""
-        return self.layers_dir / layer_id
+        return self.layers_dir / f"{layer_id}{self._inner}"
 
     def layer_ref(self, layer_id: str) -> str:
         """Short path naming a layer for overlay mount options."""
-        return f"/proc/self/fd/{self._layers_fd}/{layer_id}"
+        return f"/proc/self/fd/{self._layers_fd}/{layer_id}{self._inner}"
 
     def work_path(self, upper_id: str) -> Path:
         """Overlay work dir used while ``upper_id`` is mounted."""
+        if self.subvolumes:
+            return self.layers_dir / upper_id / "work"
         return self.work_dir / upper_id
 
     def new_upper(self) -> str:
@@ -141,19 +162,26 @@ class LayerStore:
         while True:
             lid = secrets.token_hex(4)
             try:
-                os.mkdir(self.layers_dir / lid, 0o755)
+                if self.subvolumes:
+                    create_subvolume(self.layers_dir, lid, self._upper_limit)
+                    os.mkdir(self.layer_path(lid), 0o755)
+                else:
+                    os.mkdir(self.layers_dir / lid, 0o755)
             except FileExistsError:
                 continue
-            os.chmod(self.layers_dir / lid, 0o755)  # umask-proof
+            os.chmod(self.layer_path(lid), 0o755)  # umask-proof
             return lid
 
     def is_empty(self, layer_id: str) -> bool:
         """True when a layer holds no entries at all."""
-        with os.scandir(self.layers_dir / layer_id) as it:
+        with os.scandir(self.layer_path(layer_id)) as it:
             return next(it, None) is None
 
     def remove_layer(self, layer_id: str) -> None:
         """Delete a layer directory (and its work dir)."""
+        if is_subvolume(self.layers_dir / layer_id):
+            with contextlib.suppress(OSError):
+                destroy_subvolume(self.layers_dir, layer_id)  # frees its blocks
         shutil.rmtree(self.layers_dir / layer_id, ignore_errors=True)
         shutil.rmtree(self.work_dir / layer_id, ignore_errors=True)
 
@@ -250,8 +278,10 @@ class LayerStore:
         tmp = self.layers_dir / f"tmp-{lid}"
         shutil.rmtree(tmp, ignore_errors=True)
         os.mkdir(tmp, 0o755)
-        srcs = [self.layers_dir / x for x in reversed(layer_ids_bottom_first)]
-        merge_layers(srcs, base_dir, tmp)
+        if self.subvolumes:
+            os.mkdir(tmp / "root", 0o755)
+        srcs = [self.layer_path(x) for x in reversed(layer_ids_bottom_first)]
+        merge_layers(srcs, base_dir, Path(f"{tmp}{self._inner}"))
         os.rename(tmp, self.layers_dir / lid)
         _fsync_dir(self.layers_dir)
         return lid

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import files, mounts
 from .errors import SandboxUnavailable
+from .volume import btrfs_unavailable
 
 __all__ = ["find_bwrap", "probe"]
 
@@ -34,12 +35,14 @@ def _one_line(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def probe(data_dir: Path, sandbox_uid: int = 60999) -> None:
+def probe(data_dir: Path, sandbox_uid: int = 60999, storage: str = "default") -> None:
     """Check root, bwrap, unprivileged user namespaces, overlayfs and openat2.
 
     Args:
         data_dir: The engine's data directory (a scratch mount is tried inside it).
         sandbox_uid: Host uid the sandboxes will run as.
+        storage: The engine's storage; ``btrfs`` also needs btrfs-progs, loop devices
+            and the btrfs module (the message names the fallback: the default storage).
 
     Raises:
         SandboxUnavailable: With one line naming the cause and the fix.
@@ -74,6 +77,9 @@ def probe(data_dir: Path, sandbox_uid: int = 60999) -> None:
         raise SandboxUnavailable(
             f"bwrap cannot create a sandbox ({detail}): check user namespaces and seccomp policy"
         )
+    why = btrfs_unavailable() if storage == "btrfs" else None
+    if why is not None:
+        raise SandboxUnavailable(f"--storage btrfs: {why}")
     data_dir = Path(data_dir)
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     scratch = data_dir / f".probe-{secrets.token_hex(4)}"

@@ -25,6 +25,10 @@ checked by polling, so a VM can overshoot by what it writes between two checks
 parallel); space freed by deleting a file from a frozen layer (after a fork) is not
 given back (overlay keeps the lower copy); files written through ``/dev/shm`` are
 memory (cgroup-limited), not disk; an upload counts once staged (see staging.py).
+
+With the btrfs storage (volume.py) the kernel also holds each upper to the budget
+(``EDQUOT``, no overshoot, nothing to walk around); these checks stay on top for the
+chain-wide figure and the ``payload_too_large`` answers.
 """
 
 from __future__ import annotations

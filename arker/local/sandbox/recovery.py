@@ -20,8 +20,31 @@ from .cgroups import VmCgroup
 from .errors import SandboxUnavailable
 from .layers import LayerStore, VmMeta
 from .mounting import Overlays, mount_dir
+from .volume import BtrfsVolume
 
-__all__ = ["Recovered", "release_data_dir", "start"]
+__all__ = ["STORAGES", "Recovered", "Storage", "release_data_dir", "start"]
+
+STORAGES = ("default", "btrfs")
+"""Where the layers live: directories on the data dir's filesystem, or a btrfs volume."""
+
+
+@dataclass(frozen=True)
+class Storage:
+    """The engine's storage choice.
+
+    Attributes:
+        kind: One of `STORAGES`.
+        size: Size of the btrfs image file in bytes (sparse; grown at start).
+        upper_limit: Bytes each VM's upper may hold (btrfs: kernel-enforced), 0: none.
+    """
+
+    kind: str = "default"
+    size: int = 32 << 30
+    upper_limit: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in STORAGES:
+            raise ValueError(f"unknown storage {self.kind!r}")
 
 
 @dataclass
@@ -49,6 +72,7 @@ def start(
     base: str,
     base_dir: Callable[[str], Path],
     background: Callable[[Callable[[], None]], None],
+    storage: Storage | None = None,
 ) -> Recovered:
     """Lock ``data_dir`` for this engine and clean up after any predecessor.
 
@@ -58,11 +82,16 @@ def start(
         base: The engine's default base image (built or checked now).
         base_dir: Directory of a base image, by name (for `Overlays`).
         background: The engine's background queue (for `Overlays`).
+        storage: Where the layers live (`Storage()` when None). With ``btrfs`` the
+            image ``<data_dir>/storage.btrfs`` is made or reused and mounted on
+            ``<data_dir>/engine/btrfs``, which then holds the store.
 
     Raises:
         SandboxUnavailable: Another running engine holds the data dir, or the base
-            image is missing (the data dir is released again).
+            image is missing, or the btrfs storage cannot be set up (the data dir
+            is released again).
     """
+    storage = Storage() if storage is None else storage
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)  # setuid files in layers must be unreachable
     root = data_dir / "engine"
@@ -78,9 +107,14 @@ def start(
     tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
     overlays: Overlays | None = None
     store: LayerStore | None = None
+    volume: BtrfsVolume | None = None
     try:
         mnt = mount_dir(data_dir, tag, sandbox_uid)
-        store = LayerStore(root)
+        if storage.kind == "btrfs":
+            volume = BtrfsVolume(data_dir / "storage.btrfs", root / "btrfs", storage.size)
+            store = LayerStore(volume.root, volume=volume, upper_limit=storage.upper_limit)
+        else:
+            store = LayerStore(root)
         overlays = Overlays(mnt, store, base_dir, background)
         overlays.clear_stale()
         base_dir(base)
@@ -92,7 +126,9 @@ def start(
         if overlays is not None:
             overlays.release()
         if store is not None:
-            store.close()
+            store.close()  # and the volume under it
+        elif volume is not None:
+            volume.close()
         os.close(lock_fd)
         raise
 

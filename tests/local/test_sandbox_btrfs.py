@@ -1,0 +1,217 @@
+"""The btrfs storage (``Engine(storage="btrfs")``): block-level copy-up, kernel quota, forks."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from arker.local.sandbox import Engine, Limits, SandboxUnavailable, volume
+from arker.local.sandbox.layers import FLATTEN_THRESHOLD
+
+BASE_VM = "01KQBYKEV5WJ7YB010603T1DCT_d8c0"
+MIB = 1 << 20
+BUDGET = 64 * MIB
+
+
+def out(engine: Engine, vm: str, cmd: str) -> str:
+    r = engine.run(vm, cmd, session="t", timeout=120)
+    assert r.exit_code == 0, (cmd, r.stderr)
+    return r.stdout.decode()
+
+
+def open_btrfs(data_dir: Path, budget: int) -> Engine:
+    """An engine on the btrfs storage (a 2 GiB image) with ``budget`` bytes per VM."""
+    reason = volume.btrfs_unavailable()
+    if reason:
+        pytest.skip(f"btrfs storage unavailable: {reason}")
+    eng = Engine(
+        data_dir,
+        network=False,
+        limits=Limits(disk_quota_bytes=budget),
+        storage="btrfs",
+        storage_size=2 << 30,
+    )
+    eng.ensure_base(BASE_VM)
+    return eng
+
+
+@pytest.fixture
+def btrfs_engine(sandbox_data_dir: Path) -> Iterator[Engine]:
+    """An engine on the btrfs storage with a 64 MiB disk quota per VM."""
+    eng = open_btrfs(sandbox_data_dir, BUDGET)
+    try:
+        yield eng
+    finally:
+        eng.close()
+
+
+def volume_used(engine: Engine) -> int:
+    """Bytes used on the engine's btrfs volume (after a sync)."""
+    os.sync()
+    st = os.statvfs(engine.data_dir / "engine" / "btrfs")
+    return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def image_bytes(engine: Engine) -> int:
+    """Host disk held by the (sparse) image file."""
+    return os.stat(engine.data_dir / "storage.btrfs").st_blocks * 512
+
+
+WRITE_200MIB = (
+    "python3 -c \"import os\nb=os.urandom(1<<20)\nf=open('big','wb')\n"
+    'for _ in range(200): f.write(b)"'
+)
+
+
+def test_two_byte_append_to_inherited_200mib_file_costs_about_a_block(
+    sandbox_data_dir: Path,
+) -> None:
+    eng = open_btrfs(sandbox_data_dir, 1 << 30)
+    try:
+        eng.fork(BASE_VM, "p")
+        out(eng, "p", WRITE_200MIB)
+        eng.fork("p", "c")
+        before = volume_used(eng)
+        out(eng, "c", "printf xy >> big")
+        grown = volume_used(eng) - before
+        assert grown < 4 * MIB, grown  # a block plus metadata, not 200 MiB
+        assert out(eng, "c", "stat -c %s big") == f"{200 * MIB + 2}\n"
+        assert out(eng, "p", "stat -c %s big") == f"{200 * MIB}\n"
+    finally:
+        eng.close()
+
+
+UNLINKED_WRITER = """python3 -c "
+import errno, os
+f = open('hidden', 'wb'); os.unlink('hidden')
+b = b'x' * (1 << 20); n = 0
+try:
+    while n < (512 << 20):
+        n += f.write(b); f.flush()
+    print('no error', n)
+except OSError as e:
+    print(errno.errorcode[e.errno], n)
+" """
+
+
+def test_vm_writing_past_its_budget_through_an_unlinked_open_file_gets_edquot(
+    btrfs_engine: Engine,
+) -> None:
+    btrfs_engine.fork(BASE_VM, "v")
+    out(btrfs_engine, "v", "true")
+    image_before = image_bytes(btrfs_engine)
+    r = btrfs_engine.run("v", UNLINKED_WRITER, session="t", timeout=120)
+    code, written = r.stdout.decode().split()
+    assert code == "EDQUOT", r.stdout
+    assert int(written) <= BUDGET
+    # The host disk held by the image did not grow past the budget (plus metadata).
+    assert image_bytes(btrfs_engine) - image_before < BUDGET + 32 * MIB
+
+
+def test_budget_holds_against_many_hard_links_and_deep_paths(btrfs_engine: Engine) -> None:
+    btrfs_engine.fork(BASE_VM, "v")
+    cmd = """python3 -c "
+import errno, os
+os.makedirs('d', exist_ok=True); os.chdir('d')
+for i in range(300):
+    os.mkdir('nested-directory-name-' * 2); os.chdir('nested-directory-name-' * 2)
+b = b'y' * (1 << 20)
+try:
+    for i in range(512):
+        with open(f'f{i}', 'wb') as f:
+            f.write(b)
+        os.link(f'f{i}', f'l{i}')
+    print('no error')
+except OSError as e:
+    print(errno.errorcode[e.errno])
+" """
+    r = btrfs_engine.run("v", cmd, session="t", timeout=120)
+    assert r.stdout.decode().split()[:1] == ["EDQUOT"], (r.stdout, r.stderr)
+
+
+def test_fork_isolation_and_restart_on_btrfs_storage(
+    btrfs_engine: Engine, sandbox_data_dir: Path
+) -> None:
+    btrfs_engine.fork(BASE_VM, "p")
+    out(btrfs_engine, "p", "echo one > a; mkdir d; echo in > d/x")
+    btrfs_engine.fork("p", "c")
+    out(btrfs_engine, "p", "echo parent > a; echo p > onlyp; rm d/x")
+    out(btrfs_engine, "c", "echo child > a; echo c > onlyc; rm -r d")
+    assert out(btrfs_engine, "p", "cat a; ls") == "parent\na\nd\nonlyp\n"
+    assert out(btrfs_engine, "c", "cat a; ls") == "child\na\nonlyc\n"
+    btrfs_engine.delete("p")
+    assert out(btrfs_engine, "c", "cat a") == "child\n"
+    btrfs_engine.close()
+    again = Engine(
+        sandbox_data_dir, network=False, limits=Limits(disk_quota_bytes=BUDGET), storage="btrfs"
+    )
+    try:
+        assert out(again, "c", "cat a onlyc") == "child\nc\n"
+        assert not again.exists("p")
+    finally:
+        again.close()
+
+
+def test_chain_past_the_flatten_threshold_keeps_every_file_on_btrfs(btrfs_engine: Engine) -> None:
+    vm = "g0"
+    btrfs_engine.fork(BASE_VM, vm)
+    for i in range(FLATTEN_THRESHOLD + 2):
+        out(btrfs_engine, vm, f"echo {i} > f{i}; ln -sf f{i} last; printf {i} >> log")
+        child = f"g{i + 1}"
+        btrfs_engine.fork(vm, child)
+        vm = child
+    n = FLATTEN_THRESHOLD + 2
+    assert out(btrfs_engine, vm, "cat f0 last; ls f* | wc -l") == f"0\n{n - 1}\n{n}\n"
+    assert out(btrfs_engine, vm, "cat log") == "".join(str(i) for i in range(n))
+
+
+def test_btrfs_storage_without_mkfs_is_a_clear_start_up_error(
+    sandbox_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(volume.shutil, "which", lambda name: None)
+    with pytest.raises(SandboxUnavailable, match=r"mkfs\.btrfs not found"):
+        Engine(sandbox_data_dir, network=False, storage="btrfs")
+
+
+def test_probe_names_the_missing_btrfs_tool_and_the_default_storage_fallback(
+    sandbox_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(volume.shutil, "which", lambda name: None)
+    monkeypatch.setattr("arker.local.sandbox.probe.find_bwrap", lambda: "/usr/bin/bwrap")
+    with pytest.raises(SandboxUnavailable) as ei:
+        Engine.probe(sandbox_data_dir, storage="btrfs")
+    assert "--storage btrfs: mkfs.btrfs not found" in str(ei.value)
+    assert "default storage" in str(ei.value)
+
+
+def test_serve_accepts_the_storage_flags() -> None:
+    from arker.local.cli import build_parser
+
+    args = build_parser().parse_args(["--storage", "btrfs", "--storage-size", "50G"])
+    assert (args.storage, args.storage_size) == ("btrfs", 50 << 30)
+    default = build_parser().parse_args([])
+    assert default.storage == "default"
+
+
+def test_deleting_a_vm_gives_its_blocks_back_to_the_volume_and_the_host(
+    btrfs_engine: Engine,
+) -> None:
+    btrfs_engine.fork(BASE_VM, "v")
+    before, image_before = volume_used(btrfs_engine), image_bytes(btrfs_engine)
+    out(btrfs_engine, "v", "head -c 48M /dev/urandom > blob")
+    assert volume_used(btrfs_engine) - before > 40 * MIB
+    btrfs_engine.delete("v")
+    btrfs_engine.gc(set())
+    os.sync()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (
+        volume_used(btrfs_engine) - before > 8 * MIB
+        or image_bytes(btrfs_engine) - image_before > 24 * MIB
+    ):
+        time.sleep(0.2)  # subvolume deletion and discards finish in the background
+    assert volume_used(btrfs_engine) - before < 8 * MIB
+    assert image_bytes(btrfs_engine) - image_before < 24 * MIB
