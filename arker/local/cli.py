@@ -70,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_bytes,
         default=ServerConfig.storage_size,
         metavar="BYTES",
-        help="size of the btrfs image (sparse, grown when larger; default: 32G)",
+        help="size of the btrfs image, sparse, grown when larger (default: 32G)",
     )
     actions = parser.add_subparsers(dest="action")
 
