@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from arker.local.sandbox import Engine
+from arker.local.sandbox import Engine, probe
 from arker.local.sandbox.probe import find_bwrap
 
 BASE = "base"
@@ -148,7 +148,7 @@ def main() -> None:
     args = ap.parse_args()
     data = Path(args.data_dir)
     shutil.rmtree(data, ignore_errors=True)
-    Engine.probe(data)
+    probe(data)
     eng = Engine(data, network=False)
     try:
         eng.ensure_base(BASE)

@@ -116,7 +116,7 @@ def serve(config: ServerConfig) -> int:
     """Run the server until SIGINT/SIGTERM; return the process exit status."""
     import uvicorn
 
-    from .sandbox import Engine, Limits, SandboxUnavailable
+    from .sandbox import Engine, Limits, SandboxUnavailable, probe
     from .sandbox.mounts import enter_private_mount_namespace
 
     logging.basicConfig(level=logging.INFO, format="arker serve: %(message)s", stream=sys.stderr)
@@ -127,7 +127,7 @@ def serve(config: ServerConfig) -> int:
     raise_open_file_limit()
     try:
         enter_private_mount_namespace()
-        Engine.probe(config.engine_dir)
+        probe(config.engine_dir, storage=config.storage)
     except (SandboxUnavailable, OSError) as exc:
         print(f"arker serve: sandbox unavailable: {exc}", file=sys.stderr, flush=True)
         return EXIT_SANDBOX_UNAVAILABLE
@@ -144,6 +144,8 @@ def serve(config: ServerConfig) -> int:
                 limits=Limits(
                     max_timeout_s=config.max_run_timeout, disk_quota_bytes=config.disk_quota
                 ),
+                storage=config.storage,
+                storage_size=config.storage_size,
             )
         except SandboxUnavailable as exc:
             print(f"arker serve: {exc}", file=sys.stderr, flush=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from arker.local.sandbox import Engine, SandboxError, SandboxUnavailable
+from arker.local.sandbox import Engine, SandboxError, SandboxUnavailable, probe
 from arker.local.sandbox.mounts import mounts_under
 from tests.kit.sandbox import put_file
 
@@ -230,7 +230,7 @@ def test_restart_persistence_and_close_unmounts(sandbox_data_dir: Path) -> None:
 
 
 def test_probe_passes_here(sandbox_data_dir: Path) -> None:
-    Engine.probe(sandbox_data_dir)
+    probe(sandbox_data_dir)
 
 
 def test_broken_session_state_does_not_brick_the_session(engine: Engine) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from arker.local.sandbox import Engine, Limits, SandboxUnavailable, volume
+from arker.local.sandbox import Engine, Limits, SandboxUnavailable, probe, volume
 from arker.local.sandbox.layers import FLATTEN_THRESHOLD
 
 BASE_VM = "01KQBYKEV5WJ7YB010603T1DCT_d8c0"
@@ -183,7 +183,7 @@ def test_probe_names_the_missing_btrfs_tool_and_the_default_storage_fallback(
     monkeypatch.setattr(volume.shutil, "which", lambda name: None)
     monkeypatch.setattr("arker.local.sandbox.probe.find_bwrap", lambda: "/usr/bin/bwrap")
     with pytest.raises(SandboxUnavailable) as ei:
-        Engine.probe(sandbox_data_dir, storage="btrfs")
+        probe(sandbox_data_dir, storage="btrfs")
     assert "--storage btrfs: mkfs.btrfs not found" in str(ei.value)
     assert "default storage" in str(ei.value)
 

@@ -11,6 +11,7 @@ from .errors import SandboxError, SandboxUnavailable
 from .limits import Limits
 from .mounts import enter_private_mount_namespace
 from .pipeline import RunOutcome
+from .probe import probe
 
 __all__ = [
     "Engine",
@@ -21,4 +22,5 @@ __all__ = [
     "build_debian_rootfs",
     "default_debian_rootfs",
     "enter_private_mount_namespace",
+    "probe",
 ]

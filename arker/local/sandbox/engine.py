@@ -37,9 +37,8 @@ from .errors import SandboxError, SandboxUnavailable
 from .gate import VmGate
 from .layers import VmMeta, check_vm_id
 from .limits import Limits
-from .pipeline import RunOutcome, RunPipeline
+from .pipeline import RunOutcome, RunPipeline, resource_error
 from .probe import find_bwrap
-from .probe import probe as _probe
 from .quota import DiskQuota
 from .session import session_name
 
@@ -142,15 +141,6 @@ class Engine:
     def mount_dir(self) -> Path:
         """Where the VMs' overlays are mounted (one directory per data dir)."""
         return self._overlays.root
-
-    @staticmethod
-    def probe(data_dir: Path, storage: str = "default") -> None:
-        """Check that this host can run the sandbox (on ``storage``).
-
-        Raises:
-            SandboxUnavailable: One line naming the cause and the fix.
-        """
-        _probe(data_dir, storage=storage)
 
     def ensure_base(self, vm_id: str) -> None:
         """Make sure the public base image VM ``vm_id`` exists (idempotent)."""
@@ -271,7 +261,10 @@ class Engine:
                     vm.usage = usage
 
                 # Fork and delete wait for this run: the chain cannot change under it.
-                budget = self._quota.start_run(vm.meta, vm.usage, record)
+                try:
+                    budget = self._quota.start_run(vm.meta, vm.usage, record)
+                except OSError as exc:  # e.g. EMFILE while measuring: this run's error
+                    raise resource_error("cannot start sandbox", exc) from None
                 return self._pipeline.run(
                     root_fd=root_fd,
                     base=vm.meta.base,
