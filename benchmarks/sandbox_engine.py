@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from arker.local.sandbox import Engine, probe
-from arker.local.sandbox.probe import find_bwrap
+from arker.local.sandbox import Engine
+from arker.local.sandbox.probe import find_bwrap, probe
 
 BASE = "base"
 

@@ -116,8 +116,9 @@ def serve(config: ServerConfig) -> int:
     """Run the server until SIGINT/SIGTERM; return the process exit status."""
     import uvicorn
 
-    from .sandbox import Engine, Limits, SandboxUnavailable, probe
+    from .sandbox import Engine, Limits, SandboxUnavailable
     from .sandbox.mounts import enter_private_mount_namespace
+    from .sandbox.probe import probe
 
     logging.basicConfig(level=logging.INFO, format="arker serve: %(message)s", stream=sys.stderr)
     # Installed first so that a SIGTERM at any later point still runs the cleanup.

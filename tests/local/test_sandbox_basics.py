@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from arker.local.sandbox import Engine, SandboxError, SandboxUnavailable, probe
+from arker.local.sandbox import Engine, SandboxError, SandboxUnavailable
 from arker.local.sandbox.mounts import mounts_under
+from arker.local.sandbox.probe import probe
 from tests.kit.sandbox import put_file
 
 BASE_VM = "01KQBYKEV5WJ7YB010603T1DCT_d8c0"

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from arker.local.sandbox import Engine, Limits, SandboxUnavailable, probe, volume
+from arker.local.sandbox import Engine, Limits, SandboxUnavailable, volume
 from arker.local.sandbox.layers import FLATTEN_THRESHOLD
+from arker.local.sandbox.probe import probe
 
 BASE_VM = "01KQBYKEV5WJ7YB010603T1DCT_d8c0"
 MIB = 1 << 20

@@ -11,7 +11,6 @@ from .errors import SandboxError, SandboxUnavailable
 from .limits import Limits
 from .mounts import enter_private_mount_namespace
 from .pipeline import RunOutcome
-from .probe import probe
 
 __all__ = [
     "Engine",
@@ -22,5 +21,4 @@ __all__ = [
     "build_debian_rootfs",
     "default_debian_rootfs",
     "enter_private_mount_namespace",
-    "probe",
 ]
