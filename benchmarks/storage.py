@@ -79,12 +79,19 @@ def overlay_append(top: Path, n: int, make_layer: Callable[[Path, str], Path]) -
     """``n`` writers stacking one lower layer holding the big file; returns their times."""
     lower = make_layer(top, "lower")
     write_file(lower / "big", 200 * MIB)
+    return _appends_over(top, lower, n, make_layer, "upper", "mnt")
+
+
+def _appends_over(
+    top: Path, lower: Path, n: int, make_layer: Callable[[Path, str], Path], tag: str, mnt: str
+) -> list[float]:
+    """``n`` overlays of a fresh upper over ``lower``, each appending 2 bytes to ``big``."""
     times = []
     for i in range(n):
-        upper = make_layer(top, f"upper{i}")
-        work = upper.parent / "work" if upper.name == "root" else top / f"work{i}"
+        upper = make_layer(top, f"{tag}{i}")
+        work = upper.parent / "work" if upper.name == "root" else top / f"work-{tag}{i}"
         work.mkdir()
-        target = top / f"mnt{i}"
+        target = top / f"{mnt}{i}"
         target.mkdir()
         mounts.mount_overlay(str(target), [str(lower)], str(upper), str(work))
         try:
@@ -173,20 +180,7 @@ def main() -> None:
 
 def overlay_append_more(top: Path, n: int) -> list[float]:
     """More writers over ``top``'s existing ``lower`` subvolume (disk measured apart)."""
-    lower = top / "lower" / "root"
-    times = []
-    for i in range(n):
-        upper = subvolume_layer(top, f"more{i}")
-        work = upper.parent / "work"
-        work.mkdir()
-        target = top / f"mmnt{i}"
-        target.mkdir()
-        mounts.mount_overlay(str(target), [str(lower)], str(upper), str(work))
-        try:
-            times.append(append_two_bytes(target / "big"))
-        finally:
-            mounts.umount(str(target))
-    return times
+    return _appends_over(top, top / "lower" / "root", n, subvolume_layer, "more", "mmnt")
 
 
 def engine_forks(data_dir: Path, storage: str, n: int) -> tuple[float, float]:
