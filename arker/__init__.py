@@ -32,13 +32,27 @@ from ._exceptions import (
     PermissionDeniedError,
     RateLimitError,
     ResponseValidationError,
+    RunCancelledError,
+    RunError,
+    RunFailedError,
     ServiceUnavailableError,
     UnsupportedError,
     VmBusyError,
 )
-from ._models import DirSyncResult, ForkResult, RunResult, VmList, VmSummary
+from ._models import (
+    DirSyncResult,
+    ForkResult,
+    OutputChunk,
+    RunResult,
+    RunStatus,
+    RunSummary,
+    Session,
+    VmList,
+    VmSummary,
+)
 from ._retry import RetryPolicy
 from ._version import __version__
+from .resources import RunHandle
 
 __all__ = [
     "ARKUNTU_ID",
@@ -59,14 +73,22 @@ __all__ = [
     "NotFoundError",
     "NotImplementedByServerError",
     "OutcomeUnknownError",
+    "OutputChunk",
     "PayloadTooLargeError",
     "PaymentRequiredError",
     "PermissionDeniedError",
     "RateLimitError",
     "ResponseValidationError",
     "RetryPolicy",
+    "RunCancelledError",
+    "RunError",
+    "RunFailedError",
+    "RunHandle",
     "RunResult",
+    "RunStatus",
+    "RunSummary",
     "ServiceUnavailableError",
+    "Session",
     "Sync",
     "Timeout",
     "UnsupportedError",

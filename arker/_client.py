@@ -20,7 +20,7 @@ from ._models import VmList
 from ._retry import RetryPolicy
 from ._transport import new_session
 from ._wire import SortOrder
-from .resources import RunsResource, SyncResource, VmsResource
+from .resources import RunsResource, SessionsResource, SyncResource, VmsResource
 
 __all__ = ["Arker"]
 
@@ -69,6 +69,7 @@ class Arker(BaseClient):
 
     vms: VmsResource
     runs: RunsResource
+    sessions: SessionsResource
     sync: SyncResource
 
     def __init__(
@@ -117,6 +118,7 @@ class Arker(BaseClient):
     def _attach_resources(self) -> None:
         self.vms = VmsResource(self)
         self.runs = RunsResource(self)
+        self.sessions = SessionsResource(self)
         self.sync = SyncResource(self)
 
     @property

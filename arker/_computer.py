@@ -7,7 +7,7 @@ from types import TracebackType
 from typing import Protocol
 
 from ._models import RunResult
-from .resources import RunsResource, SyncResource, VmsResource
+from .resources import RunHandle, RunsResource, SyncResource, VmsResource
 
 __all__ = ["Computer", "Sync"]
 
@@ -81,6 +81,24 @@ class Computer:
             self.id,
             command,
             session_id=0 if session_id is None else session_id,
+            timeout=timeout,
+            idempotency_key=idempotency_key,
+        )
+
+    def start(
+        self,
+        command: str,
+        *,
+        session_id: str | int | None = None,
+        timeout: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> RunHandle:
+        """Start a shell command and return at once, while it runs; see
+        `RunsResource.start`."""
+        return self._client.runs.start(
+            self.id,
+            command,
+            session_id=session_id,
             timeout=timeout,
             idempotency_key=idempotency_key,
         )

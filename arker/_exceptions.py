@@ -8,6 +8,9 @@ The tree::
     │   ├── APITimeoutError          connect or read timeout
     │   └── OutcomeUnknownError      the request may have been carried out; see its key
     ├── ResponseValidationError      the server answered something off-protocol
+    ├── RunError                     a run waited for ended without completing
+    │   ├── RunFailedError           state failed: the service could not run it
+    │   └── RunCancelledError        state cancelled
     └── APIStatusError               the server answered with an error envelope
         ├── BadRequestError              400 bad_request (status 0: refused before sending)
         │   └── UnsupportedError         400 unsupported_*
@@ -57,6 +60,9 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitError",
     "ResponseValidationError",
+    "RunCancelledError",
+    "RunError",
+    "RunFailedError",
     "ServiceUnavailableError",
     "UnsupportedError",
     "VmBusyError",
@@ -174,6 +180,68 @@ class ResponseValidationError(ArkerError):
 
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__("invalid_response", message, status)
+
+
+class RunError(ArkerError):
+    """A run ended without completing: ``RunHandle.wait`` (and ``runs.create`` with
+    callbacks) raise it. Its code is ``run_<state>``; it has no HTTP status.
+
+    Attributes:
+        run_id: The run's id.
+        state: Its final state (``failed``, ``cancelled``, or one a newer server added).
+        fail_reason: The service's explanation, for a failed run.
+        stdout: Standard output the run produced before it ended.
+        stderr: Standard error the run produced before it ended.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        run_id: str,
+        state: str,
+        fail_reason: str | None = None,
+        stdout: bytes = b"",
+        stderr: bytes = b"",
+    ) -> None:
+        super().__init__(f"run_{state}", message)
+        self.run_id = run_id
+        self.state = state
+        self.fail_reason = fail_reason
+        self.stdout = stdout
+        self.stderr = stderr
+
+    def __reduce__(self) -> tuple[object, ...]:
+        fields = (self.message, self.run_id, self.state, self.fail_reason, self.stdout, self.stderr)
+        return (_rebuild_run_error, (type(self), *fields))
+
+
+def _rebuild_run_error(
+    cls: type[RunError],
+    message: str,
+    run_id: str,
+    state: str,
+    fail_reason: str | None,
+    stdout: bytes,
+    stderr: bytes,
+) -> RunError:
+    return cls(
+        message,
+        run_id=run_id,
+        state=state,
+        fail_reason=fail_reason,
+        stdout=stdout,
+        stderr=stderr,
+    )
+
+
+class RunFailedError(RunError):
+    """The service could not start or finish the run (``state == "failed"``): see
+    ``fail_reason``. A command that exits non-zero is not this: it ``completed``."""
+
+
+class RunCancelledError(RunError):
+    """The run was cancelled (``DELETE`` of the run, from any client) before it ended."""
 
 
 class APIStatusError(ArkerError):

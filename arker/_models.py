@@ -5,13 +5,27 @@ from __future__ import annotations
 import base64
 import warnings
 from collections.abc import Iterator
+from typing import Literal
 
 from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, field_serializer
 
 from ._exceptions import ResponseValidationError
 from ._wire import ForkResponse, ListVmsResponse, RunResponse, VmSummaryWire, decode_content
+from ._wire_live import Run, RunState, is_terminal
+from ._wire_live import RunSummary as RunSummaryWire
+from ._wire_live import Session as SessionWire
 
-__all__ = ["DirSyncResult", "ForkResult", "RunResult", "VmList", "VmSummary"]
+__all__ = [
+    "DirSyncResult",
+    "ForkResult",
+    "OutputChunk",
+    "RunResult",
+    "RunStatus",
+    "RunSummary",
+    "Session",
+    "VmList",
+    "VmSummary",
+]
 
 
 class _PublicModel(BaseModel):
@@ -219,3 +233,140 @@ def _renamed(old: str, new: str) -> None:
         DeprecationWarning,
         stacklevel=3,
     )
+
+
+# --- live runs --------------------------------------------------------------------------
+
+
+class OutputChunk(_PublicModel):
+    """Bytes a running command wrote, in the order it wrote them to that stream.
+
+    Attributes:
+        stream: ``"stdout"`` or ``"stderr"``.
+        data: The bytes (never empty). A chunk may end inside a UTF-8 character or a
+            line: join a stream's chunks before decoding them.
+    """
+
+    stream: Literal["stdout", "stderr"]
+    data: bytes
+
+    @field_serializer("data", when_used="json")
+    def _bytes_as_base64(self, value: bytes) -> str:
+        return base64.b64encode(value).decode("ascii")
+
+
+class RunSummary(_PublicModel):
+    """A run without its output, as `RunsResource.list` lists it.
+
+    Attributes:
+        run_id: The run's id: pass it to ``client.runs.get``/``cancel`` from any process.
+        session_id: The session it runs in.
+        command: The command line, when the server reports it.
+        state: ``pending``, ``running``, ``completed``, ``failed`` or ``cancelled``
+            (a plain string: a newer server may add states).
+        exit_code: The command's exit status once it exited; ``None`` before, and
+            for failed or cancelled runs.
+        fail_reason: Why the service could not start or finish it (``failed`` runs).
+        started_at: When it started (UTC), if the server says.
+        completed_at: When it ended (UTC), if it has.
+    """
+
+    run_id: str
+    session_id: str | None = None
+    command: str | None = None
+    state: RunState
+    exit_code: int | None = None
+    fail_reason: str | None = None
+    started_at: AwareDatetime | None = None
+    completed_at: AwareDatetime | None = None
+
+    @property
+    def done(self) -> bool:
+        """True once the run has ended (``completed``, ``failed`` or ``cancelled``)."""
+        return is_terminal(self.state)
+
+    @classmethod
+    def from_wire(cls, wire: RunSummaryWire) -> RunSummary:
+        return cls.model_validate(wire.model_dump(include=set(cls.model_fields)))
+
+
+class RunStatus(RunSummary):
+    """A run with all its output so far (it grows while the run runs).
+
+    Attributes:
+        vm_id: The VM it runs in.
+        stdout: Standard output so far.
+        stderr: Standard error so far.
+        timed_out: The server killed it at its ``timeout``.
+        stdout_truncated: Standard output passed the server's per-run cap; bytes past
+            it were discarded.
+        stderr_truncated: The same for standard error.
+    """
+
+    vm_id: str
+    stdout: bytes = b""
+    stderr: bytes = b""
+    timed_out: bool = False
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    duration_ms: float | None = None
+    cwd: str | None = None
+
+    @field_serializer("stdout", "stderr", when_used="json")
+    def _bytes_as_base64(self, value: bytes) -> str:
+        return base64.b64encode(value).decode("ascii")
+
+    @classmethod
+    def from_run(cls, wire: Run, vm_id: str) -> RunStatus:
+        fields = wire.model_dump(include=set(cls.model_fields) - {"stdout", "stderr"})
+        return cls(
+            **{**fields, "vm_id": wire.vm_id or vm_id},
+            stdout=_decode_stream(wire.stdout, wire.stdout_encoding, "stdout"),
+            stderr=_decode_stream(wire.stderr, wire.stderr_encoding, "stderr"),
+        )
+
+    def to_result(self) -> RunResult:
+        """The `RunResult` of a run that ended ``completed`` (or was killed at its
+        ``timeout``: exit code 124, as in 0.1.0)."""
+        exit_code = self.exit_code
+        if exit_code is None and self.timed_out:
+            exit_code = 124
+        if exit_code is None:
+            raise ResponseValidationError(f"run {self.run_id}: {self.state} without an exit_code")
+        duration = self.duration_ms
+        if duration is None and self.started_at is not None and self.completed_at is not None:
+            duration = (self.completed_at - self.started_at).total_seconds() * 1000
+        return RunResult(
+            stdout=self.stdout,
+            stderr=self.stderr,
+            exit_code=exit_code,
+            duration_ms=duration or 0.0,
+            session_id=self.session_id or "",
+            cwd=self.cwd or "",
+            timed_out=self.timed_out,
+            stdout_truncated=self.stdout_truncated,
+            stderr_truncated=self.stderr_truncated,
+        )
+
+
+class Session(_PublicModel):
+    """A session: a shell of its own (working directory, environment) in one VM.
+
+    Attributes:
+        session_id: Its name: pass it as ``session_id`` to runs.
+        state: ``idle``, ``running`` (a run holds it) or ``pending``.
+        cwd: Its working directory as last reported (empty before its first run when
+            created without one).
+        env: Environment overrides it was created with.
+        started_at: When it started (UTC), if the server says.
+    """
+
+    session_id: str
+    state: str = "idle"
+    cwd: str = ""
+    env: dict[str, str] | None = None
+    started_at: AwareDatetime | None = None
+
+    @classmethod
+    def from_wire(cls, wire: SessionWire) -> Session:
+        return cls.model_validate(wire.model_dump(include=set(cls.model_fields)))

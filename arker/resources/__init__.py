@@ -1,7 +1,8 @@
-"""Resource classes: ``client.vms``, ``client.runs``, ``client.sync``."""
+"""Resource classes: ``client.vms``, ``client.runs``, ``client.sessions``, ``client.sync``."""
 
-from .runs import RunsResource
+from .runs import RunHandle, RunsResource
+from .sessions import SessionsResource
 from .sync import SyncResource
 from .vms import VmsResource
 
-__all__ = ["RunsResource", "SyncResource", "VmsResource"]
+__all__ = ["RunHandle", "RunsResource", "SessionsResource", "SyncResource", "VmsResource"]

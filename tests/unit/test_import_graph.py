@@ -126,7 +126,7 @@ def test_no_import_cycles_inside_the_package() -> None:
 def test_a_planted_lazy_import_cycle_is_found() -> None:
     graph = _graph()
     graph["arker._wire"] = graph["arker._wire"] | {"arker._models"}  # _models imports _wire
-    assert ["arker._models", "arker._wire"] in _cycles(graph)
+    assert any({"arker._models", "arker._wire"} <= set(c) for c in _cycles(graph))
 
 
 def test_the_server_never_imports_the_client_side() -> None:
