@@ -217,8 +217,11 @@ class OutputQuery(WireModel):
     limit: int = Field(default=OUTPUT_LIMIT_DEFAULT, ge=1, le=OUTPUT_LIMIT_MAX)
 
     def params(self) -> dict[str, str]:
-        """The query string's parameters."""
-        return {name: str(value) for name, value in self.model_dump().items()}
+        """The query string's parameters (a whole ``wait`` as an integer: ``20``)."""
+        return {
+            name: str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+            for name, value in self.model_dump().items()
+        }
 
 
 def _base64_bytes(value: Any) -> Any:

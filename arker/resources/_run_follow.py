@@ -15,6 +15,7 @@ since the last poll.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from typing import Literal
@@ -109,10 +110,11 @@ class Follower:
     # -- the extension -----------------------------------------------------------------
 
     def _long_poll(self) -> RunOutput:
-        wait = float(OUTPUT_WAIT_DEFAULT_S)
+        wait = OUTPUT_WAIT_DEFAULT_S
         remaining = self._remaining()
         if remaining is not None:
-            wait = min(wait, remaining)
+            # Whole seconds on the wire; the last poll may end up to a second late.
+            wait = min(wait, math.ceil(remaining))
         query = OutputQuery(
             stdout_offset=self.offsets["stdout"],
             stderr_offset=self.offsets["stderr"],

@@ -65,6 +65,9 @@ class RunHandle:
         self.vm_id = vm_id
         self.run_id = run_id
         self.session_id = session_id
+        # Bytes of each stream some stream() of this handle has yielded: wait() need
+        # not fetch them again to see the run end.
+        self._reached = {"stdout": 0, "stderr": 0}
 
     def stream(self, *, stdout_offset: int = 0, stderr_offset: int = 0) -> Iterator[OutputChunk]:
         """The run's output, chunk by chunk as the command writes it; the iteration
@@ -89,7 +92,13 @@ class RunHandle:
             stdout_offset=stdout_offset,
             stderr_offset=stderr_offset,
         )
-        return follower.chunks()
+        return self._tracked(follower)
+
+    def _tracked(self, follower: Follower) -> Iterator[OutputChunk]:
+        for chunk in follower.chunks():
+            reached = follower.offsets[chunk.stream]
+            self._reached[chunk.stream] = max(self._reached[chunk.stream], reached)
+            yield chunk
 
     def wait(self, timeout: float | None = None) -> RunResult:
         """Block until the run ends; its result.
@@ -107,7 +116,7 @@ class RunHandle:
             RunCancelledError: It was cancelled.
             TimeoutError: ``timeout`` passed first.
         """
-        return self._follow_to_end(None, None, timeout)
+        return self._follow_to_end(None, None, timeout, skip=self._reached)
 
     def status(self) -> RunStatus:
         """Its state and all its output so far (one request)."""
@@ -122,12 +131,19 @@ class RunHandle:
         on_stdout: ChunkCallback | None,
         on_stderr: ChunkCallback | None,
         timeout: float | None,
+        skip: dict[str, int] | None = None,
     ) -> RunResult:
-        """Follow the run to its end, handing each chunk to its callback, then read
-        the final run for its result."""
+        """Follow the run to its end (from the ``skip`` offsets), handing each chunk
+        to its callback, then read the final run for its result."""
         deadline = None if timeout is None else time.monotonic() + timeout
         follower = Follower(
-            self._client, self.vm_id, self.run_id, sleep=self._sleep, deadline=deadline
+            self._client,
+            self.vm_id,
+            self.run_id,
+            sleep=self._sleep,
+            stdout_offset=(skip or {}).get("stdout", 0),
+            stderr_offset=(skip or {}).get("stderr", 0),
+            deadline=deadline,
         )
         for chunk in follower.chunks():
             callback = on_stdout if chunk.stream == "stdout" else on_stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 
-from .._exceptions import ResponseValidationError, refused_before_sending
+from .._exceptions import ResponseValidationError, RunError, refused_before_sending
 from .._ids import new_ulid
 from .._models import RunResult, RunStatus, RunSummary
 from .._wire import RunRequest, RunResponse
@@ -108,6 +108,8 @@ class RunsResource(Resource):
         )
         try:
             return handle._follow_to_end(on_stdout, on_stderr, None)
+        except RunError:
+            raise  # it ended by itself
         except BaseException:
             # The caller stops waiting (a callback raised, Ctrl-C…): a blocking call
             # leaves no command running behind it.

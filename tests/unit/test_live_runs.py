@@ -325,3 +325,12 @@ def test_list_refuses_an_unknown_state_before_sending(client, rsps) -> None:
     with pytest.raises(BadRequestError):
         client.runs.list(VM, state="finished")
     assert not rsps.calls
+
+
+def test_create_does_not_cancel_a_run_that_failed_by_itself(client, rsps) -> None:
+    run = FakeRun([("stderr", b"boom")], final_state="failed", exit_code=None)
+    rsps.post(runs_url(client), status=202, json=BACKGROUND)
+    run.serve(rsps, client)
+    with pytest.raises(RunFailedError):
+        client.runs.create(VM, "x", on_stderr=lambda data: None)
+    assert "DELETE" not in [c.request.method for c in rsps.calls]

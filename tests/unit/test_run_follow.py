@@ -209,3 +209,34 @@ def test_stream_after_an_answer_cut_mid_body_has_no_gap_or_duplicate(loopback, m
     paths = [path for _, path, _ in loopback.requests]
     assert "stdout_offset=4" in paths[1] and "stdout_offset=4" in paths[2]
     assert all(requests.utils.urlparse(p).path.endswith("/output") for p in paths)
+
+
+def test_long_polls_ask_for_whole_seconds_of_wait_and_the_default_limit(client, rsps) -> None:
+    run = FakeRun([("stdout", b"x")])
+    run.serve(rsps, client)
+    list(client.runs.attach(VM, RUN).stream())
+    assert run.output_requests[0] == {
+        "stdout_offset": "0",
+        "stderr_offset": "0",
+        "wait": "20",
+        "limit": str(1 << 20),
+    }
+
+
+def test_wait_after_a_stream_asks_only_for_bytes_past_what_was_streamed(client, rsps) -> None:
+    run = FakeRun(list(WRITES))
+    run.serve(rsps, client)
+    handle = client.runs.attach(VM, RUN)
+    chunks = list(handle.stream())
+    streamed = len(run.output_requests)
+    result = handle.wait()
+    after = run.output_requests[streamed:]
+    assert after == [
+        {
+            "stdout_offset": str(len(_joined(chunks, "stdout"))),
+            "stderr_offset": str(len(_joined(chunks, "stderr"))),
+            "wait": "20",
+            "limit": str(1 << 20),
+        }
+    ]
+    assert result.stdout == _expected("stdout")
