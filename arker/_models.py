@@ -301,6 +301,8 @@ class RunStatus(RunSummary):
         stdout_truncated: Standard output passed the server's per-run cap; bytes past
             it were discarded.
         stderr_truncated: The same for standard error.
+        duration_ms: Server-measured wall time, once it ended (if the server says).
+        cwd: The working directory it ended in (if the server says).
     """
 
     vm_id: str
