@@ -1,16 +1,7 @@
 """The sandbox engine facade used by ``arker serve``: forkable VMs over overlayfs.
 
-Each job lives in its own module; the engine holds the VM table and wires them:
-
-* gate.py: per-VM admission (many runs and file operations, or one fork/delete);
-* mounting.py: each VM's overlay, mounted on first use inside the gate;
-* pipeline.py: one command's run (runner.py spawns bwrap, session.py keeps the
-  session state, cgroups.py the per-VM limits);
-* quota.py: the per-VM disk budget;
-* layers.py (with flatten.py): the on-disk layers and VM metadata, fork's chain work;
-* background.py: the queue for work that must not hold up an answer;
-* recovery.py: start-up (the data dir lock, cleanup after a crashed engine);
-* files.py and staging.py: file reads and staged uploads inside a VM.
+Each job lives in its own module (docs/architecture.md lists them); the engine holds
+the VM table and composes them.
 
 Concurrency: one lock guards the VM table; each VM's gate orders its operations. A
 VM's overlay is mounted on use, unmounted by fork (non-empty upper), delete, close,
@@ -37,6 +28,7 @@ from .errors import SandboxError, SandboxUnavailable
 from .gate import VmGate
 from .layers import VmMeta, check_vm_id
 from .limits import Limits
+from .live import LiveRegistry, LiveSink
 from .pipeline import RunOutcome, RunPipeline, resource_error
 from .probe import find_bwrap
 from .quota import DiskQuota
@@ -106,6 +98,7 @@ class Engine:
         self._pipeline = RunPipeline(
             bwrap=bwrap, sandbox_uid=sandbox_uid, network=network, limits=self.limits
         )
+        self._live = LiveRegistry()  # live runs' stop buttons, per VM
         self._closed = False
         self._background = BackgroundQueue("arker-sandbox-bg")
         self._bases = BaseImages(self.data_dir, sandbox_uid)
@@ -168,8 +161,7 @@ class Engine:
         """Create ``child_id`` as a copy-on-write copy of ``parent_id``.
 
         Constant time: the parent's upper is frozen into a shared read-only layer and
-        both get a new empty upper (no data moves; an empty upper is not even
-        frozen). Chains past the flatten threshold are merged by hard-linking.
+        both get a new empty upper (an empty one is not even frozen).
 
         Raises:
             SandboxError: ``not_found``, ``bad_request`` (child exists / bad id),
@@ -214,14 +206,14 @@ class Engine:
             self._schedule_sync()
 
     def delete(self, vm_id: str) -> None:
-        """Delete a VM; its forks keep working and shared layers stay.
+        """Delete a VM, stopping its live runs; its forks keep working, layers stay.
 
         Raises:
             SandboxError: ``not_found`` or ``vm_busy``.
         """
         self._check_open()
         vm = self._get(vm_id)
-        vm.gate.acquire_exclusive()
+        self._live.stop_then(vm_id, vm.gate.acquire_exclusive)
         try:
             # Detached in the background: tearing an overlay down syncs the whole
             # upper filesystem, which must not stall the request.
@@ -238,11 +230,20 @@ class Engine:
         self._schedule_sync()
         self._schedule_collect()  # behind the detached unmount on the background queue
 
-    def run(self, vm_id: str, command: str, *, session: str, timeout: float) -> RunOutcome:
+    def run(
+        self,
+        vm_id: str,
+        command: str,
+        *,
+        session: str,
+        timeout: float,
+        sink: LiveSink | None = None,
+    ) -> RunOutcome:
         """Run ``/bin/sh -c command`` as the VM user in session ``session``.
 
         ``timeout`` (seconds) is the caller's: the server's configuration holds the
-        default; the engine only caps it at ``Limits.max_timeout_s``.
+        default; the engine only caps it at ``Limits.max_timeout_s``. With ``sink``
+        (a live run) the output goes to its files and delete/close stop the run.
 
         Raises:
             SandboxError: ``not_found``, ``vm_busy`` (session busy), ``bad_request``.
@@ -253,6 +254,7 @@ class Engine:
         vm = self._get(vm_id)
         vm.gate.claim_session(name, session)
         try:
+            self._live.add(vm_id, sink)
             root_fd = self._enter(vm)
             try:
                 cgroup = self._cgroup(vm)
@@ -273,10 +275,12 @@ class Engine:
                     command=command,
                     limit=limit,
                     budget=budget,
+                    sink=sink,
                 )
             finally:
                 vm.gate.leave()
         finally:
+            self._live.remove(vm_id, sink)
             vm.gate.release_session(name)
 
     def open_read(self, vm_id: str, path: str) -> tuple[BinaryIO, int]:
@@ -355,6 +359,7 @@ class Engine:
             self._closed = True
             vms = list(self._vms.values())
         self._pipeline.kill_all()
+        self._live.cancel_all()
         deadline = time.monotonic() + 15.0
         for vm in vms:
             vm.gate.shut(deadline)

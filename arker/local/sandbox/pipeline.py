@@ -23,6 +23,7 @@ from .baseimage import HOST_BASE, VM_HOME, host_binds
 from .cgroups import VmCgroup
 from .errors import SandboxError
 from .limits import Limits
+from .live import LiveSink, run_streaming
 from .quota import RunBudget
 from .session import STATE_END, parse_state_cwd, session_state_path
 
@@ -133,6 +134,7 @@ class RunPipeline:
         command: str,
         limit: float,
         budget: RunBudget | None,
+        sink: LiveSink | None = None,
     ) -> RunOutcome:
         """Run ``command`` (checked by `check`) in the VM mounted at ``root_fd``.
 
@@ -144,6 +146,8 @@ class RunPipeline:
             command: The command.
             limit: Timeout in seconds (from `check`).
             budget: The quota's part, None without a quota.
+            sink: A live run's output files and stop button (live.py); None keeps
+                the output in memory, capped at ``Limits.max_output_bytes``.
 
         Raises:
             SandboxError: ``internal`` (cannot start, cannot join the cgroups),
@@ -179,6 +183,19 @@ class RunPipeline:
                 state_path=state,
             )
             try:
+                if sink is not None:
+                    raw = run_streaming(
+                        argv,
+                        uid=None if drop_in_argv else self._uid,
+                        pass_fds=(root_fd, info_w),
+                        info_w=info_w,
+                        info_r=info_r,
+                        timeout=max(limit - (time.monotonic() - start), 0.1),
+                        sink=sink,
+                        register=self._register,
+                        watch=None if budget is None else budget.exceeded,
+                    )
+                    break
                 raw = runner.run_bwrap(
                     argv,
                     uid=None if drop_in_argv else self._uid,

@@ -1,0 +1,112 @@
+"""Live runs in the sandbox engine: output to files as it comes, cancel, delete, caps."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from arker.local.sandbox import Engine, RunOutcome
+from arker.local.sandbox.live import LiveSink
+
+BASE_VM = "01KQBYKEV5WJ7YB010603T1DCT_d8c0"
+
+
+class _Live:
+    """One live run on a thread, its output in two files under ``tmp``."""
+
+    def __init__(self, engine: Engine, tmp: Path, cmd: str, vm: str, cap: int = 1 << 20):
+        self.out_path, self.err_path = tmp / "out", tmp / "err"
+        self._out = self.out_path.open("wb")
+        self._err = self.err_path.open("wb")
+        self.grew = threading.Event()
+        self.sink = LiveSink(self._out, self._err, cap, self.grew.set)
+        self.outcome: RunOutcome | None = None
+        self.error: BaseException | None = None
+
+        def body() -> None:
+            try:
+                self.outcome = engine.run(vm, cmd, session="live", timeout=120, sink=self.sink)
+            except BaseException as exc:
+                self.error = exc
+            finally:
+                self._out.close()
+                self._err.close()
+
+        self.thread = threading.Thread(target=body, daemon=True)
+        self.thread.start()
+
+    def wait_for(self, pred: Callable[[], bool], timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not pred():
+            assert time.monotonic() < deadline, "condition never held"
+            time.sleep(0.02)
+
+    def end(self, timeout: float = 30) -> RunOutcome:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "live run did not end"
+        assert self.error is None, self.error
+        assert self.outcome is not None
+        return self.outcome
+
+
+def _fork_vm(engine: Engine, name: str) -> str:
+    vm = f"01KQBYKEV5WJ7YB010603T1{name}_d8c0"
+    engine.fork(BASE_VM, vm)
+    return vm
+
+
+def test_output_reaches_the_file_while_the_command_still_runs(engine: Engine, tmp_path: Path):
+    vm = _fork_vm(engine, "AAAA")
+    live = _Live(engine, tmp_path, "echo first; sleep 30; echo never", vm)
+    live.wait_for(lambda: live.out_path.read_bytes() == b"first\n")
+    assert live.thread.is_alive()
+    live.sink.cancel()
+    outcome = live.end()
+    assert live.sink.cancelled and not outcome.timed_out
+    assert live.out_path.read_bytes() == b"first\n"
+
+
+def test_cancel_kills_a_setsid_daemon_of_the_run(engine: Engine, tmp_path: Path):
+    vm = _fork_vm(engine, "BBBB")
+    cmd = (
+        "setsid sh -c 'while :; do date +%s%N >> /home/user/beat; sleep 0.05; done' "
+        "</dev/null >/dev/null 2>&1 & echo started; sleep 600"
+    )
+    live = _Live(engine, tmp_path, cmd, vm)
+    live.wait_for(lambda: b"started" in live.out_path.read_bytes())
+    live.sink.cancel()
+    live.end()
+    size = engine.run(vm, "wc -c < /home/user/beat", session="s", timeout=30).stdout
+    time.sleep(0.5)
+    again = engine.run(vm, "wc -c < /home/user/beat", session="s", timeout=30).stdout
+    assert size == again, "the daemon kept writing after cancel"
+
+
+def test_a_daemon_that_closed_its_output_is_still_cancelled(engine: Engine, tmp_path: Path):
+    vm = _fork_vm(engine, "CCCC")
+    live = _Live(engine, tmp_path, "exec sleep 600 >/dev/null 2>&1", vm)
+    live.wait_for(lambda: live.sink.started)
+    time.sleep(0.3)
+    live.sink.cancel()
+    live.end(timeout=15)
+
+
+def test_delete_vm_ends_its_live_runs(engine: Engine, tmp_path: Path):
+    vm = _fork_vm(engine, "DDDD")
+    live = _Live(engine, tmp_path, "echo up; sleep 600", vm)
+    live.wait_for(lambda: b"up" in live.out_path.read_bytes())
+    engine.delete(vm)
+    live.end()
+    assert live.sink.cancelled
+
+
+def test_output_past_the_cap_is_discarded_and_flagged(engine: Engine, tmp_path: Path):
+    vm = _fork_vm(engine, "EEEE")
+    live = _Live(engine, tmp_path, "head -c 300000 /dev/zero; echo err >&2", vm, cap=100000)
+    outcome = live.end()
+    assert outcome.exit_code == 0
+    assert live.out_path.stat().st_size == 100000
+    assert outcome.stdout_truncated and not outcome.stderr_truncated
+    assert live.err_path.read_bytes() == b"err\n"
