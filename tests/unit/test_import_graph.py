@@ -19,6 +19,7 @@ SHARED = {
     "arker._paths",
     "arker._version",
     "arker._wire",
+    "arker._wire_live",
 }
 
 
