@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from .config import ServerConfig
 from .engine_api import EngineLike
 from .idempotency import Idempotency
+from .live_runs import LiveLimits, LiveRuns
 from .presign import Signer, load_or_create_secret
 from .store import Store
 from .sync import Sync
@@ -27,6 +28,7 @@ class Services:
     signer: Signer
     idempotency: Idempotency
     vm_files: VmFiles
+    live: LiveRuns
 
 
 def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Services:
@@ -42,4 +44,13 @@ def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Se
         signer=signer,
         idempotency=Idempotency(store),
         vm_files=VmFiles(engine),
+        live=_live_runs(config, engine),
     )
+
+
+def _live_runs(config: ServerConfig, engine: EngineLike) -> LiveRuns:
+    from .run_store import RunStore
+    from .sandbox.live import LiveSink  # the engine's own sink class
+
+    store = RunStore(config.db_path)
+    return LiveRuns(store, engine, LiveSink, config.data_dir / "runs", LiveLimits())
