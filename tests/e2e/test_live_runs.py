@@ -203,11 +203,12 @@ def test_sessions_keep_cwd_across_the_0_1_0_route_and_runs(api: Api, vm: str) ->
 
 def test_a_dev_server_in_one_session_answers_runs_in_another(api: Api, vm: str) -> None:
     port = 18000 + int(time.time() * 1000) % 2000
-    server = start(api, vm, f"cd /tmp && exec python3 -m http.server {port} --bind 127.0.0.1",
-                   session_id="srv")["run_id"]
+    server = start(
+        api, vm, f"cd /tmp && exec python3 -m http.server {port} --bind 127.0.0.1", session_id="srv"
+    )["run_id"]
     try:
         cmd = (
-            f"for i in $(seq 100); do python3 -c \"import urllib.request as u; "
+            f'for i in $(seq 100); do python3 -c "import urllib.request as u; '
             f"print(u.urlopen('http://127.0.0.1:{port}/').status)\" 2>/dev/null && break; "
             "sleep 0.1; done"
         )
@@ -284,4 +285,3 @@ def test_a_run_past_its_timeout_is_killed(api: Api, vm: str) -> None:
     ans = start(api, vm, "echo begin; sleep 600", timeout=1, time_to_background=60)
     assert ans["state"] == "completed" and ans["exit_code"] == 124
     assert ans["stdout"] == "begin\n"
-
