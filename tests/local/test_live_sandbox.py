@@ -110,3 +110,69 @@ def test_output_past_the_cap_is_discarded_and_flagged(engine: Engine, tmp_path: 
     assert live.out_path.stat().st_size == 100000
     assert outcome.stdout_truncated and not outcome.stderr_truncated
     assert live.err_path.read_bytes() == b"err\n"
+
+
+def test_fork_with_a_live_writer_neither_waits_nor_tears_a_file(engine: Engine, tmp_path: Path):
+    vm = _fork_vm(engine, "FFFF")
+    # Each line is written whole by one write(2): a consistent copy has only whole lines.
+    cmd = (
+        'exec python3 -c "import os\n'
+        "fd = os.open('/home/user/log', os.O_WRONLY | os.O_CREAT | os.O_APPEND)\n"
+        "i = 0\n"
+        "while True:\n"
+        "    os.write(fd, b'line %08d %s\\n' % (i, b'x' * 48)); i += 1\""
+    )
+    live = _Live(engine, tmp_path, cmd, vm)
+    live.wait_for(lambda: live.sink.started)
+    time.sleep(0.5)
+    child = "01KQBYKEV5WJ7YB010603T1GGGG_d8c0"
+    engine.fork(vm, child)  # would be vm_busy after busy_wait_s if it waited for the run
+    assert live.thread.is_alive(), "the parent's run stopped"
+    check = (
+        "wc -l < /home/user/log; wc -c < /home/user/log; "
+        "awk 'length($0) != 62 || $2 != sprintf(\"%08d\", NR - 1)' /home/user/log | wc -l"
+    )
+    seen = engine.run(child, check, session="c", timeout=60)
+    lines, size, bad = (int(x) for x in seen.stdout.split())
+    assert lines > 10 and size == 63 * lines, seen.stdout  # no torn last line
+    assert bad == 0, "a line out of order or torn in the copy"
+    # The child has no process: its copy does not grow.
+    again = engine.run(child, "wc -l < /home/user/log", session="c", timeout=60).stdout
+    assert int(again) == lines
+    # The parent carries on writing.
+    before = int(engine.run(vm, "wc -l < /home/user/log", session="p", timeout=60).stdout)
+    time.sleep(0.3)
+    assert int(engine.run(vm, "wc -l < /home/user/log", session="p", timeout=60).stdout) > before
+    live.sink.cancel()
+    live.end()
+
+
+def test_fork_copies_a_live_vm_at_one_instant(engine: Engine, tmp_path: Path):
+    vm = _fork_vm(engine, "HHHH")
+    # Each round writes round number i into f000..f199 in order: at any instant the
+    # files read i, ..., i, i-1, ..., i-1. A copy taken file by file while the writer
+    # runs would mix rounds further apart.
+    cmd = (
+        'exec python3 -c "import os\n'
+        "os.makedirs('/home/user/c', exist_ok=True)\n"
+        "fds = [os.open('/home/user/c/f%03d' % k, os.O_RDWR | os.O_CREAT) for k in range(200)]\n"
+        "i = 0\n"
+        "while True:\n"
+        "    i += 1\n"
+        "    for fd in fds: os.pwrite(fd, b'%08d' % i, 0)\""
+    )
+    live = _Live(engine, tmp_path, cmd, vm)
+    live.wait_for(lambda: live.sink.started)
+    time.sleep(0.5)
+    child = "01KQBYKEV5WJ7YB010603T1JJJJ_d8c0"
+    engine.fork(vm, child)
+    check = (
+        'python3 -c "import os\n'
+        "v = [int(open('/home/user/c/f%03d' % k).read()) for k in range(200)]\n"
+        'print(max(v) - min(v), all(a >= b for a, b in zip(v, v[1:])), min(v))"'
+    )
+    spread, ordered, low = engine.run(child, check, session="c", timeout=60).stdout.split()
+    assert int(low) > 0
+    assert (spread, ordered) in ((b"0", b"True"), (b"1", b"True")), "the copy mixes rounds"
+    live.sink.cancel()
+    live.end()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from . import files, recovery, staging
+from . import files, freeze, recovery, staging
 from .background import BackgroundQueue
 from .baseimage import DEBIAN_BASE, HOST_BASE, BaseImages
 from .cgroups import VmCgroup
@@ -160,20 +160,17 @@ class Engine:
     def fork(self, parent_id: str, child_id: str) -> None:
         """Create ``child_id`` as a copy-on-write copy of ``parent_id``.
 
-        Constant time: the parent's upper is frozen into a shared read-only layer and
-        both get a new empty upper (an empty one is not even frozen).
+        Constant time: the parent's upper is frozen into a shared layer, both get a new
+        empty upper. With live runs, the child gets a copy taken frozen (freeze.py).
 
         Raises:
             SandboxError: ``not_found``, ``bad_request`` (child exists / bad id),
-                ``vm_busy`` (parent kept running commands past ``busy_wait_s``).
+                ``vm_busy`` (other commands ran past ``busy_wait_s``).
         """
         check_vm_id(child_id)
         self._check_open()
         parent = self._get(parent_id)
-        with self._lock:
-            if child_id in self._vms:
-                raise SandboxError("bad_request", f"vm already exists: {child_id}")
-        parent.gate.acquire_exclusive()
+        parent.gate.acquire_exclusive(tolerated=lambda: self._live.count(parent_id))
         try:
             self._fork_locked(parent, child_id)
         except OSError as exc:
@@ -188,7 +185,10 @@ class Engine:
                 if child_id in self._vms:
                     raise SandboxError("bad_request", f"vm already exists: {child_id}")
             meta = parent.meta
-            if self._store.is_empty(meta.upper):
+            if self._live.count(parent.meta.vm_id):  # live runs go on (freeze.py)
+                base_dir = self._bases.path(meta.base)
+                child = freeze.fork_copy(self._store, meta, child_id, base_dir, parent.cgroup)
+            elif self._store.is_empty(meta.upper):
                 # Nothing to freeze: the parent keeps its (still empty) upper and mount.
                 child = self._store.branch(meta, child_id)
             else:
@@ -241,9 +241,8 @@ class Engine:
     ) -> RunOutcome:
         """Run ``/bin/sh -c command`` as the VM user in session ``session``.
 
-        ``timeout`` (seconds) is the caller's: the server's configuration holds the
-        default; the engine only caps it at ``Limits.max_timeout_s``. With ``sink``
-        (a live run) the output goes to its files and delete/close stop the run.
+        ``timeout`` (seconds) is the caller's, capped at ``Limits.max_timeout_s``. With
+        ``sink`` (a live run) the output goes to its files; delete and close stop it.
 
         Raises:
             SandboxError: ``not_found``, ``vm_busy`` (session busy), ``bad_request``.
@@ -254,8 +253,8 @@ class Engine:
         vm = self._get(vm_id)
         vm.gate.claim_session(name, session)
         try:
-            self._live.add(vm_id, sink)
             root_fd = self._enter(vm)
+            self._live.add(vm_id, sink)  # once entered: counted by the gate (fork)
             try:
                 cgroup = self._cgroup(vm)
 
@@ -278,9 +277,9 @@ class Engine:
                     sink=sink,
                 )
             finally:
+                self._live.remove(vm_id, sink)
                 vm.gate.leave()
         finally:
-            self._live.remove(vm_id, sink)
             vm.gate.release_session(name)
 
     def open_read(self, vm_id: str, path: str) -> tuple[BinaryIO, int]:
@@ -447,11 +446,6 @@ class Engine:
         """The VM's cgroups, created on its first run."""
         with self._lock:
             if vm.cgroup is None:
-                vm.cgroup = VmCgroup(
-                    self._tag,
-                    vm.meta.vm_id,
-                    self.sandbox_uid,
-                    self.limits.pids_max,
-                    self.limits.memory_max_bytes,
-                )
+                args = (self.sandbox_uid, self.limits.pids_max, self.limits.memory_max_bytes)
+                vm.cgroup = VmCgroup(self._tag, vm.meta.vm_id, *args)
             return vm.cgroup
