@@ -119,6 +119,17 @@ class LiveRuns:
         runs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         for row in store.fail_unfinished(RESTART_REASON):
             log.warning("run %s of vm %s was live at the last stop: failed", row.run_id, row.vm_id)
+            sizes = {}
+            for stream in ("out", "err"):  # what its files hold is what it said
+                with contextlib.suppress(OSError):
+                    sizes[stream] = self.output_path(row.run_id, stream).stat().st_size
+            store.update_run(
+                row.run_id,
+                stdout_size=sizes.get("out", 0),
+                stderr_size=sizes.get("err", 0),
+                stdout_truncated=sizes.get("out", 0) >= limits.output_cap,
+                stderr_truncated=sizes.get("err", 0) >= limits.output_cap,
+            )
 
     # --- starting -----------------------------------------------------------------------
 

@@ -176,3 +176,24 @@ def test_fork_copies_a_live_vm_at_one_instant(engine: Engine, tmp_path: Path):
     assert (spread, ordered) in ((b"0", b"True"), (b"1", b"True")), "the copy mixes rounds"
     live.sink.cancel()
     live.end()
+
+
+def test_a_vm_with_a_live_run_stays_mounted_past_the_mount_bound(engine: Engine, tmp_path: Path):
+    from arker.local.sandbox.mounts import mounts_under
+
+    engine._overlays._max_mounted = 1
+    vm = _fork_vm(engine, "KKKK")
+    live = _Live(engine, tmp_path, "while :; do echo x >> /home/user/t; sleep 0.05; done", vm)
+    live.wait_for(lambda: live.sink.started)
+    for i in range(4):  # other VMs used after it push it past the bound
+        other = f"01KQBYKEV5WJ7YB010603T1M{i:03d}_d8c0"
+        engine.fork(BASE_VM, other)
+        assert engine.run(other, "true", session="s", timeout=30).exit_code == 0
+    time.sleep(0.5)
+    assert vm in {Path(p).name for p in mounts_under(str(engine.mount_dir))}
+    assert live.thread.is_alive()
+    size = engine.run(vm, "wc -c < /home/user/t", session="p", timeout=30).stdout
+    time.sleep(0.3)
+    assert engine.run(vm, "wc -c < /home/user/t", session="p", timeout=30).stdout != size
+    live.sink.cancel()
+    live.end()
