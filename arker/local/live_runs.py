@@ -171,6 +171,13 @@ class LiveRuns:
         threading.Thread(target=self._body, args=(run,), name=f"run-{run_id}", daemon=True).start()
         return run_id
 
+    def forget_vms(self, existing: set[str]) -> None:
+        """Drop the records and output files of VMs not in ``existing`` (at start)."""
+        for vm_id in self.store.vm_ids() - existing:
+            for run_id in self.store.delete_runs_of_vm(vm_id):
+                for stream in ("out", "err"):
+                    self.output_path(run_id, stream).unlink(missing_ok=True)
+
     def output_path(self, run_id: str, stream: str) -> Path:
         """The file holding a run's ``out`` or ``err`` stream."""
         return self.runs_dir / f"{run_id}.{stream}"

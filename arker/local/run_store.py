@@ -182,6 +182,14 @@ class RunStore:
             )
         return [replace(_run(r), state="failed", fail_reason=reason) for r in rows]
 
+    def vm_ids(self) -> set[str]:
+        """The VMs that have runs or sessions recorded."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT vm_id FROM runs UNION SELECT vm_id FROM sessions"
+            ).fetchall()
+        return {r[0] for r in rows}
+
     def delete_runs_of_vm(self, vm_id: str) -> list[str]:
         """Forget the VM's runs (its output files are the caller's); return their ids."""
         with self._tx() as db:

@@ -44,13 +44,16 @@ def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Se
         signer=signer,
         idempotency=Idempotency(store),
         vm_files=VmFiles(engine),
-        live=_live_runs(config, engine),
+        live=_live_runs(config, store, engine),
     )
 
 
-def _live_runs(config: ServerConfig, engine: EngineLike) -> LiveRuns:
+def _live_runs(config: ServerConfig, store: Store, engine: EngineLike) -> LiveRuns:
     from .run_store import RunStore
     from .sandbox.live import LiveSink  # the engine's own sink class
 
-    store = RunStore(config.db_path)
-    return LiveRuns(store, engine, LiveSink, config.data_dir / "runs", LiveLimits())
+    runs = LiveRuns(
+        RunStore(config.db_path), engine, LiveSink, config.data_dir / "runs", LiveLimits()
+    )
+    runs.forget_vms(store.vm_ids())  # runs of VMs deleted before this start
+    return runs

@@ -144,3 +144,23 @@ def test_fork_of_a_vm_with_a_live_writer_answers_and_both_go_on(api: Api) -> Non
     assert int(api.run(vm, "wc -l < /home/user/w")["stdout"]) > n  # the parent goes on
     assert api.get(f"/api/v1/vms/{child}/runs").json()["runs"] == []
     api.delete(f"/api/v1/vms/{vm}/runs/{run_id}")
+
+
+def test_runs_of_a_deleted_vm_are_removed_at_the_next_start(
+    server: ArkerServer, api: Api, tmp_path: Path
+) -> None:
+    vm = str(api.fork()["vm_id"])
+    keep = str(api.fork()["vm_id"])
+    gone_run = start(api, vm, "echo bye", time_to_background=30)
+    kept_run = start(api, keep, "echo hi", time_to_background=30)
+    runs_dir = tmp_path / "data" / "runs"
+    assert (runs_dir / f"{gone_run}.out").read_bytes() == b"bye\n"
+    assert api.delete(f"/api/v1/vms/{vm}").status_code == 200
+    server.restart()
+    assert not (runs_dir / f"{gone_run}.out").exists()
+    assert not (runs_dir / f"{gone_run}.err").exists()
+    after = Api(server, server.api_key)
+    try:
+        assert get_run(after, keep, kept_run)["stdout"] == "hi\n"
+    finally:
+        after.close()
