@@ -28,6 +28,7 @@ from typing import Any, BinaryIO, Protocol
 
 from .._ids import new_ulid
 from .engine_api import EngineLike, LiveSinkLike, SandboxError
+from .engine_errors import engine_errors
 from .errors import ApiError
 from .run_store import RunRow, RunStore
 from .store import utc_now_iso
@@ -95,6 +96,7 @@ class LiveRuns:
         store: The run and session records.
         engine: The sandbox engine.
         new_sink: The engine's sink class (``arker.local.sandbox.live.LiveSink``).
+        check_command: The engine's check of a command (raises ``SandboxError``).
         runs_dir: Where output files go (created 0700).
         limits: The bounds.
     """
@@ -104,10 +106,12 @@ class LiveRuns:
         store: RunStore,
         engine: EngineLike,
         new_sink: SinkFactory,
+        check_command: Callable[[str], None],
         runs_dir: Path,
         limits: LiveLimits,
     ) -> None:
         self._new_sink = new_sink
+        self._check_command = check_command
         self.engine = engine
         self.store = store
         self.limits = limits
@@ -139,8 +143,8 @@ class LiveRuns:
         Raises:
             ApiError: ``rate_limited`` past a bound, ``bad_request`` for a bad command.
         """
-        if "\0" in command:
-            raise ApiError("bad_request", "command contains a NUL byte")
+        with engine_errors():
+            self._check_command(command)  # refused now rather than failed later
         run_id = new_ulid()
         row = RunRow(run_id, org_id, vm_id, session, command, "pending", utc_now_iso())
         run = LiveRun(

@@ -50,10 +50,11 @@ def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Se
 
 def _live_runs(config: ServerConfig, store: Store, engine: EngineLike) -> LiveRuns:
     from .run_store import RunStore
-    from .sandbox.live import LiveSink  # the engine's own sink class
+    from .sandbox.live import LiveSink  # the engine's own sink and command check
+    from .sandbox.pipeline import check_command
 
-    runs = LiveRuns(
-        RunStore(config.db_path), engine, LiveSink, config.data_dir / "runs", LiveLimits()
-    )
+    runs_dir = config.data_dir / "runs"
+    records = RunStore(config.db_path)
+    runs = LiveRuns(records, engine, LiveSink, check_command, runs_dir, LiveLimits())
     runs.forget_vms(store.vm_ids())  # runs of VMs deleted before this start
     return runs

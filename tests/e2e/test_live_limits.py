@@ -130,3 +130,54 @@ def test_followers_past_the_per_run_bound_are_rate_limited(api: Api, vm: str) ->
     for t in threads:
         t.join(30)
     assert statuses == [200] * 32
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"command": "echo \u0000"}, 400, "bad_request"),
+        ({"command": "x" * (200 * 1024)}, 413, "payload_too_large"),
+        ({"command": "true", "session_id": ""}, 400, "bad_request"),
+        ({"command": "true", "session_id": "s" * 300}, 400, "bad_request"),
+        ({"command": "true", "time_to_background": 301}, 400, "bad_request"),
+        ({"command": "true", "timeout": 0}, 400, "bad_request"),
+        ({"command": "true", "session_id": True}, 400, "bad_request"),
+        ({}, 400, "bad_request"),
+    ],
+    ids=["nul", "huge", "empty-session", "long-session", "ttb", "timeout", "bool-session", "none"],
+)
+def test_bad_start_requests_get_a_clear_error(
+    api: Api, vm: str, body: dict[str, Any], status: int, code: str
+) -> None:
+    r = api.post(f"/api/v1/vms/{vm}/runs", json=body)
+    assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
+    assert api.get(f"/api/v1/vms/{vm}/runs").json()["runs"] == []
+
+
+@pytest.mark.parametrize(
+    "query",
+    [{"stdout_offset": -1}, {"wait": 31}, {"limit": 0}, {"limit": 5 << 20}, {"wait": "x"}],
+    ids=["negative-offset", "long-wait", "zero-limit", "big-limit", "bad-wait"],
+)
+def test_bad_output_queries_are_bad_requests(api: Api, vm: str, query: dict[str, Any]) -> None:
+    run_id = start(api, vm, "echo x", time_to_background=30).json()["run_id"]
+    r = api.get(f"/api/v1/vms/{vm}/runs/{run_id}/output", params=query)
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "bad_request"), r.text
+
+
+def test_unknown_runs_and_sessions_are_not_found(api: Api, vm: str) -> None:
+    for path in (
+        f"/api/v1/vms/{vm}/runs/01ZZZZZZZZZZZZZZZZZZZZZZZZ",
+        f"/api/v1/vms/{vm}/runs/{'x' * 500}",
+        f"/api/v1/vms/{vm}/runs/nope/output",
+        f"/api/v1/vms/{vm}/sessions/nope",
+        "/api/v1/vms/01ZZZZZZZZZZZZZZZZZZZZZZZZ_loc0/runs",
+    ):
+        r = api.get(path)
+        assert (r.status_code, r.json()["error"]["code"]) == (404, "not_found"), path
+    r = api.delete(f"/api/v1/vms/{vm}/runs/nope")
+    assert r.status_code == 404
+    r = api.post(f"/api/v1/vms/{vm}/sessions", json={"cwd": "/no/such/dir"})
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "bad_request"), r.text
+    r = api.post(f"/api/v1/vms/{vm}/sessions", json={"env": {"1BAD": "x"}})
+    assert (r.status_code, r.json()["error"]["code"]) == (400, "bad_request"), r.text

@@ -27,7 +27,7 @@ from .live import LiveSink, run_streaming
 from .quota import RunBudget
 from .session import STATE_END, parse_state_cwd, session_state_path
 
-__all__ = ["RunOutcome", "RunPipeline", "bwrap_could_not_fork", "resource_error"]
+__all__ = ["RunOutcome", "RunPipeline", "bwrap_could_not_fork", "check_command", "resource_error"]
 
 # MAX_ARG_STRLEN is 128 KiB per argv string; the command travels as one.
 _MAX_COMMAND = 128 * 1024 - 1
@@ -75,6 +75,18 @@ class RunOutcome:
     stderr_truncated: bool
 
 
+def check_command(command: str) -> None:
+    """Refuse a command no sandbox can run.
+
+    Raises:
+        SandboxError: ``bad_request`` (NUL byte), ``payload_too_large`` (over 128 KiB).
+    """
+    if "\0" in command:
+        raise SandboxError("bad_request", "command contains a NUL byte")
+    if len(command.encode("utf-8", "surrogateescape")) > _MAX_COMMAND:
+        raise SandboxError("payload_too_large", "command longer than 128 KiB")
+
+
 def bwrap_could_not_fork(raw: runner.RawResult) -> bool:
     """bwrap gave up before the command started, for want of a process slot.
 
@@ -115,10 +127,7 @@ class RunPipeline:
             SandboxError: ``bad_request`` (NUL byte, timeout not positive),
                 ``payload_too_large`` (command over 128 KiB).
         """
-        if "\0" in command:
-            raise SandboxError("bad_request", "command contains a NUL byte")
-        if len(command.encode("utf-8", "surrogateescape")) > _MAX_COMMAND:
-            raise SandboxError("payload_too_large", "command longer than 128 KiB")
+        check_command(command)
         limit = float(timeout)
         if not limit > 0:
             raise SandboxError("bad_request", "timeout must be positive")
