@@ -247,6 +247,8 @@ class LiveRuns:
             run.waiters.append(entry)
         try:
             await asyncio.wait([fut], timeout=timeout)
+        except asyncio.CancelledError:  # the server stops: a retryable answer, not a 500
+            raise ApiError("unavailable", "the server is stopping; ask again") from None
         finally:
             with self._lock, contextlib.suppress(ValueError):
                 run.waiters.remove(entry)

@@ -164,3 +164,37 @@ def test_runs_of_a_deleted_vm_are_removed_at_the_next_start(
         assert get_run(after, keep, kept_run)["stdout"] == "hi\n"
     finally:
         after.close()
+
+
+def test_a_stopping_server_answers_its_waiting_requests_503_and_exits(
+    server: ArkerServer, api: Api
+) -> None:
+    import signal
+    import threading
+
+    vm = str(api.fork()["vm_id"])
+    run_id = start(api, vm, "sleep 600", session_id="a")
+    got: dict[str, Any] = {}
+
+    def waiting_start() -> None:
+        mine = api.fresh()
+        body = {"command": "sleep 600", "session_id": "b"}  # time_to_background: 300
+        got["start"] = mine.post(f"/api/v1/vms/{vm}/runs", json=body)
+
+    def follower() -> None:
+        mine = api.fresh()
+        path = f"/api/v1/vms/{vm}/runs/{run_id}/output"
+        got["follow"] = mine.get(path, params={"wait": 30})
+
+    threads = [threading.Thread(target=waiting_start), threading.Thread(target=follower)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)  # both are waiting in the server
+    # The harness SIGKILLs a server still up after 30 s: 0 means it stopped by itself.
+    assert server.stop(signal.SIGTERM) == 0
+    for t in threads:
+        t.join(30)
+    for name in ("start", "follow"):
+        r = got[name]
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "unavailable"), r.text
+    server.start()
