@@ -118,6 +118,7 @@ class LiveRuns:
         self.runs_dir = runs_dir
         self._engine = engine
         self._lock = threading.Lock()
+        self._turns = threading.Condition(self._lock)  # a run ended or was cancelled
         self._live: dict[str, LiveRun] = {}
         self._queues: dict[tuple[str, str], deque[str]] = {}
         runs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -207,6 +208,7 @@ class LiveRuns:
             run.cancel_requested = True
             run.cancel_reason = reason
             sink = run.sink
+            self._turns.notify_all()
         if sink is not None:
             sink.cancel()
         self._notify(run)
@@ -295,9 +297,9 @@ class LiveRuns:
                 loop.call_soon_threadsafe(_wake, fut)
 
     def _my_turn(self, run: LiveRun) -> bool:
-        with self._lock:
-            queue = self._queues.get((run.row.vm_id, run.row.session_id))
-            return queue is not None and bool(queue) and queue[0] == run.row.run_id
+        """Whether the run heads its session's queue (the caller holds the lock)."""
+        queue = self._queues.get((run.row.vm_id, run.row.session_id))
+        return queue is not None and bool(queue) and queue[0] == run.row.run_id
 
     def _body(self, run: LiveRun) -> None:
         try:
@@ -314,33 +316,32 @@ class LiveRuns:
         row = run.row
         with run.out_path.open("ab") as out, run.err_path.open("ab") as err:
             while True:
+                with self._turns:  # wait for the runs ahead of it in its session
+                    while not run.cancel_requested and not self._my_turn(run):
+                        self._turns.wait()
                 if run.cancel_requested:
                     return self._cancelled(run)
-                if self._my_turn(run):
-                    sink = self._new_sink(out, err, self.limits.output_cap, lambda: self._grew(run))
-                    with self._lock:
-                        run.sink = sink
-                    if run.cancel_requested:
-                        sink.cancel()
-                    try:
-                        outcome = self._engine.run(
-                            row.vm_id,
-                            row.command,
-                            session=row.session_id,
-                            timeout=run.timeout,
-                            sink=sink,
-                        )
-                    except SandboxError as exc:
-                        if exc.code == "vm_busy":  # a 0.1.0 run holds the session: wait
-                            time.sleep(0.05)
-                            continue
-                        if exc.code == "not_found":
-                            return {"state": "failed", "fail_reason": "the VM was deleted"}
-                        return {"state": "failed", "fail_reason": exc.message}
-                    finally:
-                        sink.close()
+                sink = self._new_sink(out, err, self.limits.output_cap, lambda: self._grew(run))
+                with self._lock:
+                    run.sink = sink
+                if run.cancel_requested:
+                    sink.cancel()
+                try:
+                    outcome = self._engine.run(
+                        row.vm_id,
+                        row.command,
+                        session=row.session_id,
+                        timeout=run.timeout,
+                        sink=sink,
+                    )
                     break
-                time.sleep(0.02)
+                except SandboxError as exc:
+                    if exc.code != "vm_busy":
+                        reason = "the VM was deleted" if exc.code == "not_found" else exc.message
+                        return {"state": "failed", "fail_reason": reason}
+                finally:
+                    sink.close()
+                time.sleep(0.05)  # a 0.1.0 run holds the session: try again soon
         if sink.cancelled:
             if run.cancel_requested:
                 return self._cancelled(run)
@@ -397,6 +398,7 @@ class LiveRuns:
                 if not queue:
                     del self._queues[key]
             run.ended.set()
+            self._turns.notify_all()
         self._notify(run)
 
 
