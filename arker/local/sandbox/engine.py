@@ -184,9 +184,8 @@ class Engine:
             with self._lock:
                 if child_id in self._vms:
                     raise SandboxError("bad_request", f"vm already exists: {child_id}")
-            meta = parent.meta
-            if self._live.count(parent.meta.vm_id):  # live runs go on (freeze.py)
-                base_dir = self._bases.path(meta.base)
+            meta, base_dir = parent.meta, self._bases.path(parent.meta.base)
+            if self._live.count(meta.vm_id):  # live runs go on (freeze.py)
                 child = freeze.fork_copy(self._store, meta, child_id, base_dir, parent.cgroup)
             elif self._store.is_empty(meta.upper):
                 # Nothing to freeze: the parent keeps its (still empty) upper and mount.
@@ -199,7 +198,6 @@ class Engine:
                 def committed(new_parent: VmMeta) -> None:
                     parent.meta = new_parent
 
-                base_dir = self._bases.path(meta.base)
                 child = self._store.freeze(meta, child_id, base_dir, committed)
             with self._lock:
                 self._vms[child_id] = self._new_vm(child)
@@ -261,7 +259,7 @@ class Engine:
                 def record(usage: int) -> None:
                     vm.usage = usage
 
-                # Fork and delete wait for this run: the chain cannot change under it.
+                # The chain cannot change under this run (fork waits or copies; delete waits).
                 try:
                     budget = self._quota.start_run(vm.meta, vm.usage, record)
                 except OSError as exc:  # e.g. EMFILE while measuring: this run's error
