@@ -285,3 +285,28 @@ def test_a_run_past_its_timeout_is_killed(api: Api, vm: str) -> None:
     ans = start(api, vm, "echo begin; sleep 600", timeout=1, time_to_background=60)
     assert ans["state"] == "completed" and ans["exit_code"] == 124
     assert ans["stdout"] == "begin\n"
+
+
+def test_a_pending_run_cancelled_never_runs(api: Api, vm: str) -> None:
+    first = start(api, vm, "sleep 600", session_id="q")["run_id"]
+    queued = start(api, vm, "echo ran > /home/user/queued", session_id="q")["run_id"]
+    assert get_run(api, vm, queued)["state"] == "pending"
+    assert api.delete(f"/api/v1/vms/{vm}/runs/{queued}").json()["cancelled"] is True
+    assert get_run(api, vm, queued)["state"] == "cancelled"
+    assert api.delete(f"/api/v1/vms/{vm}/runs/{first}").json()["cancelled"] is True
+    assert api.run(vm, "test -e /home/user/queued && echo yes || echo no")["stdout"] == "no\n"
+    # Cancelling a run that has ended says so.
+    assert api.delete(f"/api/v1/vms/{vm}/runs/{first}").json()["cancelled"] is False
+
+
+def test_deleting_a_session_cancels_its_running_and_queued_runs(api: Api, vm: str) -> None:
+    r = api.post(f"/api/v1/vms/{vm}/sessions", json={})
+    sid = r.json()["session_id"]
+    running = start(api, vm, "sleep 600", session_id=sid)["run_id"]
+    queued = start(api, vm, "echo never", session_id=sid)["run_id"]
+    wait_state(api, vm, running, "running")
+    assert api.get(f"/api/v1/vms/{vm}/sessions/{sid}").json()["state"] == "running"
+    assert api.delete(f"/api/v1/vms/{vm}/sessions/{sid}").json()["deleted"] is True
+    for run_id in (running, queued):
+        run = get_run(api, vm, run_id)
+        assert run["state"] == "cancelled" and run["fail_reason"], run
