@@ -39,6 +39,7 @@ from .config import BACKEND
 from .errors import ApiError, BodyLimitMiddleware, install_error_handlers
 from .openapi import API_ERRORS, RAW_BYTES, error_docs, openapi_document
 from .presign import READ_ROUTE, UPLOAD_ROUTE
+from .routes_live import live_router
 from .services import Services
 
 _TIMEOUT_CAP_S = 10**9
@@ -79,6 +80,7 @@ def create_app(services: Services) -> FastAPI:
         exempt_prefixes=("/api/v1/presigned/",),
     )
     s = services
+    app.include_router(live_router(services))  # live runs and sessions (routes_live.py)
 
     @app.get("/api/v1/health", response_model=HealthResponse, responses=error_docs())
     def health() -> JSONResponse:

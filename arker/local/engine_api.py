@@ -9,7 +9,7 @@ without importing the engine package.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 
 class SandboxError(Exception):
@@ -50,6 +50,21 @@ class RunOutcomeLike(Protocol):
     def stderr_truncated(self) -> bool: ...
 
 
+class LiveSinkLike(Protocol):
+    """A live run's output files and stop button (``arker.local.sandbox.live.LiveSink``)."""
+
+    @property
+    def started(self) -> bool: ...
+    @property
+    def cancelled(self) -> bool: ...
+    @property
+    def sizes(self) -> dict[str, int]: ...
+    @property
+    def truncated(self) -> dict[str, bool]: ...
+    def cancel(self) -> None: ...
+    def close(self) -> None: ...
+
+
 class StagedFileLike(Protocol):
     """An upload being staged inside a VM (see ``arker.local.sandbox.staging``)."""
 
@@ -75,7 +90,15 @@ class EngineLike(Protocol):
 
     def delete(self, vm_id: str) -> None: ...
 
-    def run(self, vm_id: str, command: str, *, session: str, timeout: float) -> RunOutcomeLike: ...
+    def run(
+        self,
+        vm_id: str,
+        command: str,
+        *,
+        session: str,
+        timeout: float,
+        sink: Any = None,  # a live run's LiveSink (made by the sandbox package)
+    ) -> RunOutcomeLike: ...
 
     def open_read(self, vm_id: str, path: str) -> tuple[BinaryIO, int]: ...
 
@@ -103,6 +126,7 @@ def sandbox_error_parts(exc: BaseException) -> tuple[str, str] | None:
 
 __all__ = [
     "EngineLike",
+    "LiveSinkLike",
     "RunOutcomeLike",
     "SandboxError",
     "StagedFileLike",

@@ -179,6 +179,9 @@ def serve(config: ServerConfig) -> int:
                 # with an error envelope. The speed comes from uvloop, picked up when
                 # installed (benchmarks/http_stack.py).
                 http="h11",
+                # Requests that wait (a live run's time_to_background, output
+                # followers, long runs) must not hold a stopping server for minutes.
+                timeout_graceful_shutdown=5,
             )
         )
         server.run(sockets=[sock])

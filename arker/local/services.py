@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from .config import ServerConfig
 from .engine_api import EngineLike
 from .idempotency import Idempotency
+from .live_runs import LiveLimits, LiveRuns
 from .presign import Signer, load_or_create_secret
 from .store import Store
 from .sync import Sync
@@ -27,6 +28,7 @@ class Services:
     signer: Signer
     idempotency: Idempotency
     vm_files: VmFiles
+    live: LiveRuns
 
 
 def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Services:
@@ -42,4 +44,17 @@ def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Se
         signer=signer,
         idempotency=Idempotency(store),
         vm_files=VmFiles(engine),
+        live=_live_runs(config, store, engine),
     )
+
+
+def _live_runs(config: ServerConfig, store: Store, engine: EngineLike) -> LiveRuns:
+    from .run_store import RunStore
+    from .sandbox.live import LiveSink  # the engine's own sink and command check
+    from .sandbox.pipeline import check_command
+
+    runs_dir = config.data_dir / "runs"
+    records = RunStore(config.db_path)
+    runs = LiveRuns(records, engine, LiveSink, check_command, runs_dir, LiveLimits())
+    runs.forget_vms(store.vm_ids())  # runs of VMs deleted before this start
+    return runs

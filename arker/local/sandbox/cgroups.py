@@ -1,4 +1,4 @@
-"""Per-VM cgroups (v1 ``pids`` and ``memory``), when the host allows them.
+"""Per-VM cgroups (v1 ``pids``, ``memory``, ``freezer``), when the host allows them.
 
 Every process of a VM's commands is accounted to the VM's groups from its first
 instruction (the spawn wrapper moves itself in before exec'ing bwrap), so the limits
@@ -16,6 +16,7 @@ from pathlib import Path
 __all__ = ["VmCgroup"]
 
 _CG_ROOT = Path("/sys/fs/cgroup")
+_CONTROLLERS = ("pids", "memory", "freezer")
 
 
 class VmCgroup:
@@ -39,6 +40,7 @@ class VmCgroup:
         for ctrl, settings in (
             ("pids", {"pids.max": str(pids_max)}),
             ("memory", {"memory.limit_in_bytes": str(memory_max)}),
+            ("freezer", {}),  # holds the VM still while a fork copies it (freeze.py)
         ):
             d = self._create(ctrl, f"arker-{tag}", vm_id, uid, settings)
             if d is not None:
@@ -91,7 +93,7 @@ class VmCgroup:
         ``--die-with-parent`` cannot cover a server killed between fork and bwrap's
         ``prctl``; the per-VM cgroups still name every such process.
         """
-        for ctrl in ("pids", "memory"):
+        for ctrl in _CONTROLLERS:
             hier = _CG_ROOT / ctrl
             for parent in {hier / cls._own_path(ctrl).lstrip("/"), hier}:
                 group = parent / f"arker-{tag}"
@@ -100,6 +102,8 @@ class VmCgroup:
                 for d in group.iterdir():
                     if not d.is_dir():
                         continue
+                    with contextlib.suppress(OSError):  # frozen tasks die only once thawed
+                        (d / "freezer.state").write_text("THAWED")
                     for _ in range(50):
                         try:
                             pids = (d / "cgroup.procs").read_text().split()
@@ -117,7 +121,7 @@ class VmCgroup:
     @classmethod
     def remove_groups(cls, tag: str) -> None:
         """Remove this engine's (empty) parent groups; used when the engine closes."""
-        for ctrl in ("pids", "memory"):
+        for ctrl in _CONTROLLERS:
             hier = _CG_ROOT / ctrl
             for parent in {hier / cls._own_path(ctrl).lstrip("/"), hier}:
                 with contextlib.suppress(OSError):
@@ -126,6 +130,10 @@ class VmCgroup:
     def has(self, ctrl: str) -> bool:
         """Whether the given controller's group exists."""
         return any(f"/{ctrl}/" in f for f in self.procs_files)
+
+    def group(self, ctrl: str) -> Path | None:
+        """The VM's group directory of controller ``ctrl``, if it has one."""
+        return next((d for d in self.dirs if f"/{ctrl}/" in str(d)), None)
 
     def remove(self) -> None:
         """Remove the groups (best effort; they must be empty)."""

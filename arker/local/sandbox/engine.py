@@ -1,16 +1,7 @@
 """The sandbox engine facade used by ``arker serve``: forkable VMs over overlayfs.
 
-Each job lives in its own module; the engine holds the VM table and wires them:
-
-* gate.py: per-VM admission (many runs and file operations, or one fork/delete);
-* mounting.py: each VM's overlay, mounted on first use inside the gate;
-* pipeline.py: one command's run (runner.py spawns bwrap, session.py keeps the
-  session state, cgroups.py the per-VM limits);
-* quota.py: the per-VM disk budget;
-* layers.py (with flatten.py): the on-disk layers and VM metadata, fork's chain work;
-* background.py: the queue for work that must not hold up an answer;
-* recovery.py: start-up (the data dir lock, cleanup after a crashed engine);
-* files.py and staging.py: file reads and staged uploads inside a VM.
+Each job lives in its own module (docs/architecture.md lists them); the engine holds
+the VM table and composes them.
 
 Concurrency: one lock guards the VM table; each VM's gate orders its operations. A
 VM's overlay is mounted on use, unmounted by fork (non-empty upper), delete, close,
@@ -29,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from . import files, recovery, staging
+from . import files, freeze, recovery, staging
 from .background import BackgroundQueue
 from .baseimage import DEBIAN_BASE, HOST_BASE, BaseImages
 from .cgroups import VmCgroup
@@ -37,6 +28,7 @@ from .errors import SandboxError, SandboxUnavailable
 from .gate import VmGate
 from .layers import VmMeta, check_vm_id
 from .limits import Limits
+from .live import LiveRegistry, LiveSink
 from .pipeline import RunOutcome, RunPipeline, resource_error
 from .probe import find_bwrap
 from .quota import DiskQuota
@@ -106,6 +98,7 @@ class Engine:
         self._pipeline = RunPipeline(
             bwrap=bwrap, sandbox_uid=sandbox_uid, network=network, limits=self.limits
         )
+        self._live = LiveRegistry()  # live runs' stop buttons, per VM
         self._closed = False
         self._background = BackgroundQueue("arker-sandbox-bg")
         self._bases = BaseImages(self.data_dir, sandbox_uid)
@@ -167,21 +160,17 @@ class Engine:
     def fork(self, parent_id: str, child_id: str) -> None:
         """Create ``child_id`` as a copy-on-write copy of ``parent_id``.
 
-        Constant time: the parent's upper is frozen into a shared read-only layer and
-        both get a new empty upper (no data moves; an empty upper is not even
-        frozen). Chains past the flatten threshold are merged by hard-linking.
+        Constant time: the parent's upper is frozen into a shared layer, both get a new
+        empty upper. With live runs, the child gets a copy taken frozen (freeze.py).
 
         Raises:
             SandboxError: ``not_found``, ``bad_request`` (child exists / bad id),
-                ``vm_busy`` (parent kept running commands past ``busy_wait_s``).
+                ``vm_busy`` (other commands ran past ``busy_wait_s``).
         """
         check_vm_id(child_id)
         self._check_open()
         parent = self._get(parent_id)
-        with self._lock:
-            if child_id in self._vms:
-                raise SandboxError("bad_request", f"vm already exists: {child_id}")
-        parent.gate.acquire_exclusive()
+        parent.gate.acquire_exclusive(tolerated=lambda: self._live.count(parent_id))
         try:
             self._fork_locked(parent, child_id)
         except OSError as exc:
@@ -195,8 +184,10 @@ class Engine:
             with self._lock:
                 if child_id in self._vms:
                     raise SandboxError("bad_request", f"vm already exists: {child_id}")
-            meta = parent.meta
-            if self._store.is_empty(meta.upper):
+            meta, base_dir = parent.meta, self._bases.path(parent.meta.base)
+            if self._live.count(meta.vm_id):  # live runs go on (freeze.py)
+                child = freeze.fork_copy(self._store, meta, child_id, base_dir, parent.cgroup)
+            elif self._store.is_empty(meta.upper):
                 # Nothing to freeze: the parent keeps its (still empty) upper and mount.
                 child = self._store.branch(meta, child_id)
             else:
@@ -207,21 +198,20 @@ class Engine:
                 def committed(new_parent: VmMeta) -> None:
                     parent.meta = new_parent
 
-                base_dir = self._bases.path(meta.base)
                 child = self._store.freeze(meta, child_id, base_dir, committed)
             with self._lock:
                 self._vms[child_id] = self._new_vm(child)
             self._schedule_sync()
 
     def delete(self, vm_id: str) -> None:
-        """Delete a VM; its forks keep working and shared layers stay.
+        """Delete a VM, stopping its live runs; its forks keep working, layers stay.
 
         Raises:
             SandboxError: ``not_found`` or ``vm_busy``.
         """
         self._check_open()
         vm = self._get(vm_id)
-        vm.gate.acquire_exclusive()
+        self._live.stop_then(vm_id, vm.gate.acquire_exclusive)
         try:
             # Detached in the background: tearing an overlay down syncs the whole
             # upper filesystem, which must not stall the request.
@@ -238,11 +228,19 @@ class Engine:
         self._schedule_sync()
         self._schedule_collect()  # behind the detached unmount on the background queue
 
-    def run(self, vm_id: str, command: str, *, session: str, timeout: float) -> RunOutcome:
+    def run(
+        self,
+        vm_id: str,
+        command: str,
+        *,
+        session: str,
+        timeout: float,
+        sink: LiveSink | None = None,
+    ) -> RunOutcome:
         """Run ``/bin/sh -c command`` as the VM user in session ``session``.
 
-        ``timeout`` (seconds) is the caller's: the server's configuration holds the
-        default; the engine only caps it at ``Limits.max_timeout_s``.
+        ``timeout`` (seconds) is the caller's, capped at ``Limits.max_timeout_s``. With
+        ``sink`` (a live run) the output goes to its files; delete and close stop it.
 
         Raises:
             SandboxError: ``not_found``, ``vm_busy`` (session busy), ``bad_request``.
@@ -254,13 +252,14 @@ class Engine:
         vm.gate.claim_session(name, session)
         try:
             root_fd = self._enter(vm)
+            self._live.add(vm_id, sink)  # once entered: counted by the gate (fork)
             try:
                 cgroup = self._cgroup(vm)
 
                 def record(usage: int) -> None:
                     vm.usage = usage
 
-                # Fork and delete wait for this run: the chain cannot change under it.
+                # The chain cannot change under this run (fork waits or copies; delete waits).
                 try:
                     budget = self._quota.start_run(vm.meta, vm.usage, record)
                 except OSError as exc:  # e.g. EMFILE while measuring: this run's error
@@ -273,8 +272,10 @@ class Engine:
                     command=command,
                     limit=limit,
                     budget=budget,
+                    sink=sink,
                 )
             finally:
+                self._live.remove(vm_id, sink)
                 vm.gate.leave()
         finally:
             vm.gate.release_session(name)
@@ -355,6 +356,7 @@ class Engine:
             self._closed = True
             vms = list(self._vms.values())
         self._pipeline.kill_all()
+        self._live.cancel_all()
         deadline = time.monotonic() + 15.0
         for vm in vms:
             vm.gate.shut(deadline)
@@ -442,11 +444,6 @@ class Engine:
         """The VM's cgroups, created on its first run."""
         with self._lock:
             if vm.cgroup is None:
-                vm.cgroup = VmCgroup(
-                    self._tag,
-                    vm.meta.vm_id,
-                    self.sandbox_uid,
-                    self.limits.pids_max,
-                    self.limits.memory_max_bytes,
-                )
+                args = (self.sandbox_uid, self.limits.pids_max, self.limits.memory_max_bytes)
+                vm.cgroup = VmCgroup(self._tag, vm.meta.vm_id, *args)
             return vm.cgroup

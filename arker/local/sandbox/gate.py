@@ -90,8 +90,11 @@ class VmGate:
         finally:
             self._cond.release()
 
-    def acquire_exclusive(self) -> None:
+    def acquire_exclusive(self, tolerated: Callable[[], int] = lambda: 0) -> None:
         """Have the VM alone: no operation in flight, none admitted until release.
+
+        ``tolerated()`` operations may stay in flight (a fork lets the VM's live runs
+        go on: they are frozen while it copies, see freeze.py).
 
         Raises:
             SandboxError: ``not_found`` (deleted), ``vm_busy`` (operations still in
@@ -104,7 +107,7 @@ class VmGate:
             if self._deleted:
                 raise SandboxError("not_found", f"vm not found: {self._vm_id}")
             self._exclusive = True
-            while self._active:
+            while self._active > tolerated():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     self._exclusive = False

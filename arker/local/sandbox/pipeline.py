@@ -23,10 +23,11 @@ from .baseimage import HOST_BASE, VM_HOME, host_binds
 from .cgroups import VmCgroup
 from .errors import SandboxError
 from .limits import Limits
+from .live import LiveSink, run_streaming
 from .quota import RunBudget
 from .session import STATE_END, parse_state_cwd, session_state_path
 
-__all__ = ["RunOutcome", "RunPipeline", "bwrap_could_not_fork", "resource_error"]
+__all__ = ["RunOutcome", "RunPipeline", "bwrap_could_not_fork", "check_command", "resource_error"]
 
 # MAX_ARG_STRLEN is 128 KiB per argv string; the command travels as one.
 _MAX_COMMAND = 128 * 1024 - 1
@@ -74,6 +75,18 @@ class RunOutcome:
     stderr_truncated: bool
 
 
+def check_command(command: str) -> None:
+    """Refuse a command no sandbox can run.
+
+    Raises:
+        SandboxError: ``bad_request`` (NUL byte), ``payload_too_large`` (over 128 KiB).
+    """
+    if "\0" in command:
+        raise SandboxError("bad_request", "command contains a NUL byte")
+    if len(command.encode("utf-8", "surrogateescape")) > _MAX_COMMAND:
+        raise SandboxError("payload_too_large", "command longer than 128 KiB")
+
+
 def bwrap_could_not_fork(raw: runner.RawResult) -> bool:
     """bwrap gave up before the command started, for want of a process slot.
 
@@ -114,10 +127,7 @@ class RunPipeline:
             SandboxError: ``bad_request`` (NUL byte, timeout not positive),
                 ``payload_too_large`` (command over 128 KiB).
         """
-        if "\0" in command:
-            raise SandboxError("bad_request", "command contains a NUL byte")
-        if len(command.encode("utf-8", "surrogateescape")) > _MAX_COMMAND:
-            raise SandboxError("payload_too_large", "command longer than 128 KiB")
+        check_command(command)
         limit = float(timeout)
         if not limit > 0:
             raise SandboxError("bad_request", "timeout must be positive")
@@ -133,6 +143,7 @@ class RunPipeline:
         command: str,
         limit: float,
         budget: RunBudget | None,
+        sink: LiveSink | None = None,
     ) -> RunOutcome:
         """Run ``command`` (checked by `check`) in the VM mounted at ``root_fd``.
 
@@ -144,6 +155,8 @@ class RunPipeline:
             command: The command.
             limit: Timeout in seconds (from `check`).
             budget: The quota's part, None without a quota.
+            sink: A live run's output files and stop button (live.py); None keeps
+                the output in memory, capped at ``Limits.max_output_bytes``.
 
         Raises:
             SandboxError: ``internal`` (cannot start, cannot join the cgroups),
@@ -179,6 +192,19 @@ class RunPipeline:
                 state_path=state,
             )
             try:
+                if sink is not None:
+                    raw = run_streaming(
+                        argv,
+                        uid=None if drop_in_argv else self._uid,
+                        pass_fds=(root_fd, info_w),
+                        info_w=info_w,
+                        info_r=info_r,
+                        timeout=max(limit - (time.monotonic() - start), 0.1),
+                        sink=sink,
+                        register=self._register,
+                        watch=None if budget is None else budget.exceeded,
+                    )
+                    break
                 raw = runner.run_bwrap(
                     argv,
                     uid=None if drop_in_argv else self._uid,
