@@ -25,11 +25,10 @@ from .engine_api import EngineLike
 from .engine_errors import engine_errors
 from .errors import ApiError
 from .idempotency import FinalError
+from .names import BASE_IMAGE_NAME, Names
 from .store import SYSTEM_ORG, Store, VmRow, utc_now_iso
 
 log = logging.getLogger("arker.local")
-
-BASE_IMAGE_NAME = "arkuntu"
 
 
 def summary(vm: VmRow) -> VmSummaryWire:
@@ -56,6 +55,7 @@ class Vms:
         self._store = store
         self._engine = engine
         self._config = config
+        self._names = Names(store)
 
     def ensure_base_image(self) -> None:
         """Create the public ``arkuntu`` image (engine layer and DB row) if missing."""
@@ -102,11 +102,12 @@ class Vms:
         return self._fork(org_id, source, req)
 
     def fork_by_name(self, org_id: str, req: ForkRequest) -> ForkResponse:
-        """Fork the VM named ``req.from_`` (own first, else public)."""
+        """Fork the VM named ``req.from_``, resolved by the rule of `arker.local.names`."""
         if not req.from_:
             raise ApiError("bad_request", "'from' is required: the name of the VM to fork")
-        source = self._store.find_by_name(org_id, req.from_)
-        if source is None and looks_like_vm_id(req.from_):
+        pinned = req.source_org_id is not None or req.source_org_name is not None
+        source = self._names.resolve(org_id, req.from_, req.source_org_id, req.source_org_name)
+        if source is None and not pinned and looks_like_vm_id(req.from_):
             # Be lenient with clients that send an id where a name is expected.
             return self.fork_by_id(org_id, req.from_, req)
         if source is None:
@@ -163,6 +164,7 @@ class Vms:
                 "unsupported_region",
                 f"region {req.region!r} is not served here; this server serves {REGION!r}",
             )
+        self._names.check_new_name(org_id, req.name)
         child_id = f"{new_ulid()}_{REGION_SUFFIX}"
         # Engine first, DB row second: the row is the commit point, and an engine
         # layer without a row is garbage that start-up GC removes.
