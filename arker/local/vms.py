@@ -42,6 +42,11 @@ def summary(vm: VmRow) -> VmSummaryWire:
     )
 
 
+def may_use(vm: VmRow | None, org_id: str, *, fork: bool = False) -> bool:
+    """The visibility rule: an org uses only its own VMs, and may fork a public one."""
+    return vm is not None and (vm.org_id == org_id or (fork and vm.is_public))
+
+
 class Vms:
     """VM operations; every method is blocking (routes run them in the thread pool).
 
@@ -83,7 +88,7 @@ class Vms:
             ApiError: 404 ``not_found`` when absent or owned by someone else.
         """
         vm = self._store.get_vm(vm_id)
-        if vm is None or vm.org_id != org_id:
+        if vm is None or not may_use(vm, org_id):
             raise ApiError("not_found", f"vm not found: {vm_id}")
         return vm
 
@@ -97,7 +102,7 @@ class Vms:
     def fork_by_id(self, org_id: str, source_id: str, req: ForkRequest) -> ForkResponse:
         """Fork ``source_id`` (own or public) into a new VM of ``org_id``."""
         source = self._store.get_vm(source_id)
-        if source is None or not (source.org_id == org_id or source.is_public):
+        if source is None or not may_use(source, org_id, fork=True):
             raise ApiError("not_found", f"vm not found: {source_id}")
         return self._fork(org_id, source, req)
 
