@@ -166,6 +166,9 @@ class ForkRequest(RequestModel):
     name: str | None = Field(default=None, max_length=256)
     region: str | None = Field(default=None, max_length=64)
     from_: str | None = Field(default=None, alias="from", max_length=256)
+    # (ext) by-name route: pin the org whose public VM ``from`` names (platform fields).
+    source_org_id: str | None = Field(default=None, max_length=128)
+    source_org_name: str | None = Field(default=None, max_length=256)
 
 
 class ForkResponse(Envelope):

@@ -5,9 +5,13 @@ without a known key *before its body is read* (FastAPI parses and validates a JS
 body before it runs any dependency, so without the middleware an anonymous caller
 could make the server parse megabytes of JSON and would learn validation details
 before hearing 401), and the `require_org` dependency hands the org id to the routes.
+The middleware also answers 404 to a request with a body aimed at a VM the org may
+not use (`vms.may_use`), unread: another org's VM is never worth parsing a body for.
 """
 
 from __future__ import annotations
+
+import re
 
 import anyio.to_thread
 from fastapi import Request
@@ -15,8 +19,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import ApiError, envelope
 from .store import Store
+from .vms import may_use
 
 _STATE_KEY = "arker_org_id"
+_VM_ROUTE = re.compile(r"^/api/v1/vms/([^/]+)/(run|sync|fork)$")
 
 
 def _org_for_header(header: str, store: Store) -> str:
@@ -27,6 +33,22 @@ def _org_for_header(header: str, store: Store) -> str:
     org_id = store.org_for_key(token)
     if org_id is None:
         raise ApiError("unauthorized", "unknown API key")
+    return org_id
+
+
+def _check_target(path: str, org_id: str, store: Store) -> None:
+    """404 for a VM route whose VM ``org_id`` may not use (read before any body)."""
+    match = _VM_ROUTE.match(path)
+    if match is None:
+        return
+    vm_id, action = match.groups()
+    if not may_use(store.get_vm(vm_id), org_id, fork=action == "fork"):
+        raise ApiError("not_found", f"vm not found: {vm_id}")
+
+
+def _org_and_target(header: str, path: str, store: Store) -> str:
+    org_id = _org_for_header(header, store)
+    _check_target(path, org_id, store)
     return org_id
 
 
@@ -71,9 +93,20 @@ class RequireKeyMiddleware:
                     header = value.decode("latin-1")
                     break
             try:
-                org_id = await anyio.to_thread.run_sync(_org_for_header, header, self.store)
+                org_id = await anyio.to_thread.run_sync(
+                    _org_and_target, header, scope["path"], self.store
+                )
             except ApiError as exc:
-                await envelope(exc.code, exc.message, exc.status)(scope, receive, send)
+                # The body stays unread: the connection cannot carry another request.
+                closing = {"connection": "close"} if _has_body(scope) else None
+                await envelope(exc.code, exc.message, exc.status, closing)(scope, receive, send)
                 return
             scope.setdefault("state", {})[_STATE_KEY] = org_id
         await self.app(scope, receive, send)
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length" and value not in (b"0", b"")):
+            return True
+    return False

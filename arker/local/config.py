@@ -28,6 +28,27 @@ def default_data_dir() -> Path:
 
 
 @dataclass(frozen=True)
+class FrontLimits:
+    """What the HTTP front allows one connection and one client (see ``front.py``).
+
+    Attributes:
+        head_timeout_s: From a connection's start (or its last answer) to a complete
+            request head; a client dripping header bytes is cut off at this.
+        body_idle_s: Longest wait for the next byte of a request body.
+        keep_alive_s: An idle keep-alive connection is closed after this.
+        per_client: Open connections per client (an address; on loopback, an address
+            and the peer's uid, so each VM is a client of its own).
+        total_share: At most this share of the open-file limit goes to connections.
+    """
+
+    head_timeout_s: float = 10.0
+    body_idle_s: float = 30.0
+    keep_alive_s: float = 5.0
+    per_client: int = 64
+    total_share: float = 0.5
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Everything `create_app` and the start-up sequence need to know.
 
@@ -46,6 +67,7 @@ class ServerConfig:
         storage: Where VM layers live: ``default`` (directories in the data dir) or
             ``btrfs`` (a loop-mounted image in the data dir, kernel-enforced quota).
         storage_size: Size of the btrfs image file (sparse; grown at start if smaller).
+        front: Deadlines and connection caps of the HTTP front.
     """
 
     data_dir: Path
@@ -62,6 +84,7 @@ class ServerConfig:
     disk_quota: int = 10 << 30
     storage: str = "default"
     storage_size: int = 32 << 30
+    front: FrontLimits = FrontLimits()
 
     @property
     def db_path(self) -> Path:

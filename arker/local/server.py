@@ -125,7 +125,7 @@ def serve(config: ServerConfig) -> int:
     signal.signal(signal.SIGTERM, _raise_shutdown)
     config = dataclasses.replace(config, data_dir=prepare_data_dir(config.data_dir))
     data_dir = config.data_dir
-    raise_open_file_limit()
+    open_files = raise_open_file_limit()
     try:
         enter_private_mount_namespace()
         probe(config.engine_dir, storage=config.storage)
@@ -160,6 +160,7 @@ def serve(config: ServerConfig) -> int:
         store.expire_idempotent(datetime.now(timezone.utc) - timedelta(seconds=config.upload_ttl_s))
 
         from .app import create_app
+        from .front import ClientCaps, guarded_protocol
 
         app = create_app(services)
         sock = bind_socket(config.host, config.port)
@@ -168,6 +169,8 @@ def serve(config: ServerConfig) -> int:
         print(f"export ARKER_BASE_URL={url}", flush=True)
         print(f"export ARKER_CONTROL_URL={url}", flush=True)
         print(f"export ARKER_API_KEY={api_key}", flush=True)
+        limits = config.front
+        caps = ClientCaps(limits.per_client, max(16, int(open_files * limits.total_share)))
         server = uvicorn.Server(
             uvicorn.Config(
                 app,
@@ -177,8 +180,10 @@ def serve(config: ServerConfig) -> int:
                 # h11, even when httptools is installed: httptools refuses a request
                 # with an unknown method in plain text, before the app could answer
                 # with an error envelope. The speed comes from uvloop, picked up when
-                # installed (benchmarks/http_stack.py).
-                http="h11",
+                # installed (benchmarks/http_stack.py). The guarded subclass adds the
+                # deadlines and connection caps uvicorn lacks (front.py).
+                http=guarded_protocol(limits, caps),
+                timeout_keep_alive=int(limits.keep_alive_s) or 1,
                 # Requests that wait (a live run's time_to_background, output
                 # followers, long runs) must not hold a stopping server for minutes.
                 timeout_graceful_shutdown=5,

@@ -203,6 +203,12 @@ class Store:
             )
             return org_id
 
+    def org_id_named(self, name: str) -> str | None:
+        """The id of the org called ``name``, or None (never creates one)."""
+        with self._lock:
+            row = self._db.execute("SELECT id FROM orgs WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
     def add_key(self, org_id: str, api_key: str) -> None:
         """Register ``api_key`` for ``org_id`` (idempotent; a key maps to one org)."""
         with self._tx() as db:
@@ -246,15 +252,46 @@ class Store:
             ).fetchone()
         return _vm(row) if row else None
 
-    def find_by_name(self, org_id: str, name: str) -> VmRow | None:
-        """Newest VM named ``name`` that ``org_id`` owns, else the newest public one."""
+    def find_own(self, org_id: str, name: str) -> VmRow | None:
+        """Newest VM named ``name`` that ``org_id`` owns, public or not."""
         with self._lock:
             row = self._db.execute(
-                f"SELECT {_VM_COLUMNS} FROM vms WHERE name = ? AND (org_id = ? OR is_public = 1)"
-                " ORDER BY org_id = ? DESC, created_at DESC LIMIT 1",
-                (name, org_id, org_id),
+                f"SELECT {_VM_COLUMNS} FROM vms WHERE name = ? AND org_id = ?"
+                " ORDER BY created_at DESC, id DESC LIMIT 1",
+                (name, org_id),
             ).fetchone()
         return _vm(row) if row else None
+
+    def find_public(self, name: str, publisher: str | None) -> VmRow | None:
+        """Newest public VM named ``name`` of ``publisher``.
+
+        With ``publisher`` None: of the name's earliest publisher, the org whose oldest
+        public VM of that name is the oldest of all (so a later org never shadows it).
+        """
+        where = "name = ? AND is_public = 1"
+        with self._lock:
+            if publisher is None:
+                first = self._db.execute(
+                    f"SELECT org_id FROM vms WHERE {where} ORDER BY created_at, id LIMIT 1",
+                    (name,),
+                ).fetchone()
+                if first is None:
+                    return None
+                publisher = str(first[0])
+            row = self._db.execute(
+                f"SELECT {_VM_COLUMNS} FROM vms WHERE {where} AND org_id = ?"
+                " ORDER BY created_at DESC, id DESC LIMIT 1",
+                (name, publisher),
+            ).fetchone()
+        return _vm(row) if row else None
+
+    def names_of_org(self, org_id: str) -> set[str]:
+        """Every VM name ``org_id`` uses."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT name FROM vms WHERE org_id = ? AND name IS NOT NULL", (org_id,)
+            ).fetchall()
+        return {str(r[0]) for r in rows}
 
     def delete_vm(self, vm_id: str) -> None:
         """Remove a VM row and its uploads: the commit point of a delete."""

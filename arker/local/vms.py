@@ -25,11 +25,10 @@ from .engine_api import EngineLike
 from .engine_errors import engine_errors
 from .errors import ApiError
 from .idempotency import FinalError
+from .names import BASE_IMAGE_NAME, Names
 from .store import SYSTEM_ORG, Store, VmRow, utc_now_iso
 
 log = logging.getLogger("arker.local")
-
-BASE_IMAGE_NAME = "arkuntu"
 
 
 def summary(vm: VmRow) -> VmSummaryWire:
@@ -41,6 +40,11 @@ def summary(vm: VmRow) -> VmSummaryWire:
         region=vm.region,
         created_at=datetime.fromisoformat(vm.created_at),
     )
+
+
+def may_use(vm: VmRow | None, org_id: str, *, fork: bool = False) -> bool:
+    """The visibility rule: an org uses only its own VMs, and may fork a public one."""
+    return vm is not None and (vm.org_id == org_id or (fork and vm.is_public))
 
 
 class Vms:
@@ -56,6 +60,7 @@ class Vms:
         self._store = store
         self._engine = engine
         self._config = config
+        self._names = Names(store)
 
     def ensure_base_image(self) -> None:
         """Create the public ``arkuntu`` image (engine layer and DB row) if missing."""
@@ -83,7 +88,7 @@ class Vms:
             ApiError: 404 ``not_found`` when absent or owned by someone else.
         """
         vm = self._store.get_vm(vm_id)
-        if vm is None or vm.org_id != org_id:
+        if vm is None or not may_use(vm, org_id):
             raise ApiError("not_found", f"vm not found: {vm_id}")
         return vm
 
@@ -97,16 +102,17 @@ class Vms:
     def fork_by_id(self, org_id: str, source_id: str, req: ForkRequest) -> ForkResponse:
         """Fork ``source_id`` (own or public) into a new VM of ``org_id``."""
         source = self._store.get_vm(source_id)
-        if source is None or not (source.org_id == org_id or source.is_public):
+        if source is None or not may_use(source, org_id, fork=True):
             raise ApiError("not_found", f"vm not found: {source_id}")
         return self._fork(org_id, source, req)
 
     def fork_by_name(self, org_id: str, req: ForkRequest) -> ForkResponse:
-        """Fork the VM named ``req.from_`` (own first, else public)."""
+        """Fork the VM named ``req.from_``, resolved by the rule of `arker.local.names`."""
         if not req.from_:
             raise ApiError("bad_request", "'from' is required: the name of the VM to fork")
-        source = self._store.find_by_name(org_id, req.from_)
-        if source is None and looks_like_vm_id(req.from_):
+        pinned = req.source_org_id is not None or req.source_org_name is not None
+        source = self._names.resolve(org_id, req.from_, req.source_org_id, req.source_org_name)
+        if source is None and not pinned and looks_like_vm_id(req.from_):
             # Be lenient with clients that send an id where a name is expected.
             return self.fork_by_id(org_id, req.from_, req)
         if source is None:
@@ -163,6 +169,7 @@ class Vms:
                 "unsupported_region",
                 f"region {req.region!r} is not served here; this server serves {REGION!r}",
             )
+        self._names.check_new_name(org_id, req.name)
         child_id = f"{new_ulid()}_{REGION_SUFFIX}"
         # Engine first, DB row second: the row is the commit point, and an engine
         # layer without a row is garbage that start-up GC removes.

@@ -188,7 +188,7 @@ def test_read_errors(engine: Engine) -> None:
     assert ei.value.code == "bad_request"
     with pytest.raises(SandboxError) as ei:
         put_file(engine, BASE_VM, "/home/user", b"x")
-    assert ei.value.code == "bad_request"
+    assert ei.value.code == "conflict"  # a directory is in the way
     with pytest.raises(SandboxError) as ei:
         engine.open_read("NOPE", "/home/user/x")
     assert ei.value.code == "not_found"

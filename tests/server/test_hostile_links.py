@@ -141,8 +141,10 @@ def test_links_in_the_vm_never_reach_host_files(
         "/home/user/d/etc/passwd",
         "/home/user/h",
     ]
-    r = api.sync(vm, {"op": "delete", "paths": deletes})
-    assert r.status_code == 200, r.text
+    for path in deletes:
+        # Links resolve inside the VM, where the VM user may not delete /etc/passwd.
+        r = api.sync(vm, {"op": "delete", "paths": [path]})
+        assert r.status_code in (200, 403, 409), (path, r.text)
 
     after = {p: _fingerprint(p) for p in watched}
     assert after == before, (listing, before, after)

@@ -362,7 +362,7 @@ def test_commit_needs_write_permission_on_the_target_directory(api: Api, vm: str
     assert requests.put(url, data=data, timeout=60).status_code == 200
     commit = {"path": "/home/user/ro/f", "size": len(data), "upload_id": upload_id}
     error = api.write(vm, commit)[0]["error"]
-    assert error["code"] == "bad_request" and "permission denied" in error["message"]
+    assert error["code"] == "forbidden" and "permission denied" in error["message"]
     assert api.run(vm, "ls -A /home/user/ro")["stdout"] == ""
     api.run(vm, "chmod 755 /home/user/ro")
     assert api.write(vm, commit)[0]["written"] is True  # still staged: a retry works

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from . import files, freeze, recovery, staging
+from . import files, freeze, manifest, recovery, staging
 from .background import BackgroundQueue
 from .baseimage import DEBIAN_BASE, HOST_BASE, BaseImages
 from .cgroups import VmCgroup
@@ -291,6 +291,16 @@ class Engine:
         """
         with self._inside(vm_id) as (_, root_fd):
             return files.open_read(root_fd, path)
+
+    def manifest(self, vm_id: str, path: str, cap: int) -> tuple[list[manifest.Entry], bool]:
+        """The VM's regular files under ``path``, walked from the host (manifest.py)."""
+        with self._inside(vm_id) as (_, root_fd), files.as_fs_user(*[self.sandbox_uid] * 2):
+            return manifest.walk(root_fd, path, cap)
+
+    def delete_files(self, vm_id: str, paths: list[str]) -> list[str]:
+        """Unlink ``paths`` in order as the VM user; return those that existed."""
+        with self._inside(vm_id) as (_, root_fd), files.as_fs_user(*[self.sandbox_uid] * 2):
+            return [p for p in paths if files.unlink(root_fd, p)]
 
     def check_room(self, vm_id: str, size: int) -> None:
         """Refuse (``payload_too_large``) a ``size``-byte file the VM has no room for."""

@@ -5,7 +5,8 @@ by the host's normal path walk (``/home/user/pw -> /etc/passwd`` would read the
 host's file). Every lookup here starts from an ``O_PATH`` handle on the VM's merged
 overlay root and uses ``RESOLVE_IN_ROOT`` (absolute links and ``..`` stay inside),
 ``RESOLVE_NO_MAGICLINKS`` (no ``/proc/self/fd`` tricks) and ``RESOLVE_NO_XDEV`` (never
-leave the overlay mount).
+leave the overlay mount). Every failure maps to its wire code through the one errno
+table (`arker.local.fs_errors`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,19 @@ import stat
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from ..fs_errors import fs_error
 from .errors import SandboxError
 
-__all__ = ["as_fs_user", "commit_state", "open_read", "openat2", "read_small", "target_dir"]
+__all__ = [
+    "RESOLVE_NO_SYMLINKS_BENEATH",
+    "as_fs_user",
+    "commit_state",
+    "open_read",
+    "openat2",
+    "read_small",
+    "target_dir",
+    "unlink",
+]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
@@ -29,8 +40,14 @@ _libc.syscall.restype = ctypes.c_long
 _SYS_OPENAT2 = 437
 RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
 _RESOLVE = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV
+RESOLVE_NO_SYMLINKS_BENEATH = (
+    RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV
+)
+"""For walks that must not follow any link at all: ELOOP on a symlink anywhere."""
 
 
 class _OpenHow(ctypes.Structure):
@@ -41,14 +58,15 @@ class _OpenHow(ctypes.Structure):
     ]
 
 
-def openat2(root_fd: int, path: str, flags: int, mode: int = 0) -> int:
-    """Open ``path`` relative to ``root_fd`` treating it as ``/`` (RESOLVE_IN_ROOT).
+def openat2(root_fd: int, path: str, flags: int, mode: int = 0, resolve: int = _RESOLVE) -> int:
+    """Open ``path`` relative to ``root_fd`` treating it as ``/`` (RESOLVE_IN_ROOT), or
+    with the ``resolve`` flags given.
 
     Raises:
         OSError: With the kernel's errno (ENOENT, ELOOP, EXDEV, ...).
     """
     rel = path.lstrip("/") or "."
-    how = _OpenHow(flags | os.O_CLOEXEC, mode, _RESOLVE)
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
     raw = rel.encode("utf-8", "surrogateescape")
     for _ in range(16):
         fd = _libc.syscall(
@@ -111,9 +129,7 @@ def open_read(root_fd: int, path: str) -> tuple[BinaryIO, int]:
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.EXDEV):
             raise _not_found(path) from None
-        if exc.errno == errno.ELOOP:
-            raise SandboxError("bad_request", f"too many symbolic links: {path}") from None
-        raise SandboxError("internal", f"cannot open {path}: {exc.strerror}") from None
+        raise fs_error(exc, f"cannot open {path}") from None
     try:
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
@@ -224,14 +240,12 @@ def target_dir(root_fd: int, path: str, uid: int, gid: int) -> tuple[int, str]:
     try:
         dir_fd = _ensure_dirs(root_fd, parts[:-1], uid, gid)
     except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            raise SandboxError("bad_request", f"permission denied: {path}") from None
         if exc.errno in (errno.ENOTDIR, errno.EEXIST):
-            raise SandboxError("bad_request", f"parent is not a directory: {path}") from None
+            raise SandboxError("conflict", f"parent is not a directory: {path}") from None
         # ENOENT after mkdir said EEXIST means a dangling symlink in the path.
         if exc.errno in (errno.EXDEV, errno.ELOOP, errno.ENOENT):
             raise SandboxError("bad_request", f"cannot resolve parent of {path}") from None
-        raise SandboxError("internal", f"cannot create parents of {path}: {exc}") from None
+        raise fs_error(exc, f"cannot create parents of {path}") from None
     try:
         real_dir = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
     finally:
@@ -240,10 +254,44 @@ def target_dir(root_fd: int, path: str, uid: int, gid: int) -> tuple[int, str]:
         try:
             st = os.stat(name, dir_fd=real_dir, follow_symlinks=False)
             if stat.S_ISDIR(st.st_mode):
-                raise SandboxError("bad_request", f"path is a directory: {path}")
+                raise SandboxError("conflict", f"path is a directory: {path}")
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            raise fs_error(exc, f"cannot write {path}") from None
     except BaseException:
         os.close(real_dir)
         raise
     return real_dir, name
+
+
+def unlink(root_fd: int, path: str) -> bool:
+    """Remove the file ``path`` of the VM; False when it is absent. Call with the VM
+    user's fs identity: the VM user's permissions decide.
+
+    The parent is resolved inside the VM (links in it stay inside); the name itself is
+    removed, never followed.
+
+    Raises:
+        SandboxError: by the errno table: a directory at ``path`` or a file in the way
+            of its parent (``conflict``), a read-only place (``forbidden``), a name too
+            long (``bad_request``).
+    """
+    parts = [p for p in path.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        raise SandboxError("bad_request", f"invalid path: {path}")
+    try:
+        dir_fd = _open_dir(root_fd, "/".join(parts[:-1]) or "/")
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise fs_error(exc, f"cannot delete {path}") from None
+    try:
+        os.unlink(parts[-1], dir_fd=dir_fd)
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise fs_error(exc, f"cannot delete {path}") from None
+    finally:
+        os.close(dir_fd)

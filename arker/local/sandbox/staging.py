@@ -22,12 +22,12 @@ it costs disk until the chain is deleted.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import re
 import stat
 from collections.abc import Callable, Iterator, Sequence
 
+from ..fs_errors import fs_error
 from . import files
 from .errors import SandboxError
 
@@ -65,12 +65,6 @@ def _staging_dir(root_fd: int, *, create: bool) -> int:
         os.close(fd)
         raise SandboxError("internal", f"{STAGING_DIR} in the VM is not the server's")
     return fd
-
-
-def _os_error(exc: OSError, what: str) -> SandboxError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return SandboxError("payload_too_large", f"{what}: no space left on the server")
-    return SandboxError("internal", f"{what}: {exc.strerror}")
 
 
 class StagedFile:
@@ -111,11 +105,11 @@ class StagedFile:
                     finally:
                         os.close(sdir)
                 except OSError as exc:
-                    raise _os_error(exc, "cannot open the staged upload") from None
+                    raise fs_error(exc, "cannot open the staged upload") from None
                 self._generation = generation
             yield self._fd
         except OSError as exc:
-            raise _os_error(exc, "cannot write the staged upload") from None
+            raise fs_error(exc, "cannot write the staged upload") from None
         finally:
             self._leave()
 
@@ -197,7 +191,7 @@ def commit(root_fd: int, name: str, path: str, size: int, mode: int, uid: int, g
             real_dir, target = files.target_dir(root_fd, path, uid, gid)
             allowed = os.access(".", os.W_OK | os.X_OK, dir_fd=real_dir, effective_ids=True)
         if not allowed:
-            raise SandboxError("bad_request", f"permission denied: {path}")
+            raise SandboxError("forbidden", f"permission denied: {path}")
         os.fchown(fd, uid, gid)
         # Never hand the VM a setuid/setgid file from the host side.
         os.fchmod(fd, mode & 0o1777)
@@ -205,10 +199,10 @@ def commit(root_fd: int, name: str, path: str, size: int, mode: int, uid: int, g
         try:
             os.rename(name, target, src_dir_fd=sdir, dst_dir_fd=real_dir)
         except IsADirectoryError:
-            raise SandboxError("bad_request", f"path is a directory: {path}") from None
+            raise SandboxError("conflict", f"path is a directory: {path}") from None
         os.fsync(real_dir)
     except OSError as exc:
-        raise _os_error(exc, f"cannot write {path}") from None
+        raise fs_error(exc, f"cannot write {path}") from None
     finally:
         for handle in (fd, real_dir, sdir):
             if handle >= 0:
