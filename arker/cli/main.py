@@ -162,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "the server does not offer this (no such route)",
             )
         sys.stderr.write(error_line(code, message) + "\n")
-        return EXIT_ERROR
+        return EXIT_USAGE if code == "usage" else EXIT_ERROR
     except OSError as exc:
         if parsed.debug:
             raise
