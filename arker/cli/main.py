@@ -144,8 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["ARKER_LOG"] = "debug"
     ctx = Context(parsed)
     try:
-        code: int = parsed.func(ctx, parsed)
-        return code
+        status: int = parsed.func(ctx, parsed)
+        return status
     except KeyboardInterrupt:
         sys.stderr.write("\narker: interrupted\n")
         return EXIT_INTERRUPTED

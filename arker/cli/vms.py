@@ -16,7 +16,7 @@ from .output import error_line, human_size, print_json, relative_time, table
 if TYPE_CHECKING:
     from .main import Parser
 
-__all__ = ["register"]
+__all__ = ["diff_lines", "register"]
 
 
 def register(actions: argparse._SubParsersAction[Parser]) -> None:
@@ -172,12 +172,18 @@ def diff_vm(ctx: Context, args: argparse.Namespace) -> int:
     if ctx.json:
         print_json(changes)
         return 0
+    for line in diff_lines(changes):
+        ctx.out(line)
+    return 0
+
+
+def diff_lines(changes: Any) -> list[str]:
+    """A fork diff as ``git status --short`` prints one: ``A``/``M``/``D``, two spaces,
+    the path (sizes of what is there now), sorted by path."""
     lines = []
     for field, mark in _DIFF_MARKS:
         for entry in getattr(changes, field, []):
             size = getattr(entry, "size", None)
             suffix = f"  ({human_size(size)})" if size is not None and mark != "D" else ""
             lines.append((entry.path, f"{mark}  {entry.path}{suffix}"))
-    for _, line in sorted(lines):
-        ctx.out(line)
-    return 0
+    return [line for _, line in sorted(lines)]
