@@ -5,8 +5,8 @@ one line and an exit status.
 anything else is parsed; the other commands never import the server.
 
 Exit statuses: 0 success; 1 an error (one line on stderr: ``arker: <code>: <message>``);
-2 bad usage; 130 interrupted (Ctrl-C); ``run`` and ``logs -f`` exit with the
-command's own status.
+2 bad usage; 130 interrupted (Ctrl-C); 141 stdout closed early; ``run`` and ``logs -f``
+exit with the command's own status.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ __all__ = ["main"]
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, the status of tools the signal kills
 
 _DESCRIPTION = """\
 Arker virtual computers from the shell. Configuration as in the SDK: ARKER_API_KEY,
@@ -153,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `arker ls | head`: the reader left; say nothing more to it.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_ERROR
+        return EXIT_BROKEN_PIPE
     except ArkerError as exc:
         code, message = exc.code, exc.message
         if route_missing(exc):
