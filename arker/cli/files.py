@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 from .._exceptions import ConfigurationError
 from .context import CliError, Context
 from .output import human_size, print_json
+from .parsing import command
 
 if TYPE_CHECKING:
     from .._streams import ProgressCallback
-    from .main import Parser
+    from .parsing import Parser
 
 __all__ = ["Location", "parse_location", "register"]
 
@@ -55,8 +56,6 @@ def parse_location(text: str) -> Location:
 
 
 def register(actions: argparse._SubParsersAction[Parser]) -> None:
-    from .main import command
-
     cp = command(
         actions,
         "cp",

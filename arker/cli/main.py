@@ -16,17 +16,17 @@ import contextlib
 import os
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
 
 from .._exceptions import ArkerError
 from .._version import __version__
+from . import files, runs, shell, vms
 from .context import Context, route_missing
 from .output import error_line
+from .parsing import EXIT_USAGE, Parser, add_common
 
 __all__ = ["main"]
 
 EXIT_ERROR = 1
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, the status of tools the signal kills
 
@@ -42,66 +42,13 @@ examples:
 """
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse with one-line usage errors (exit status 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        sys.stderr.write(error_line("usage", f"{message} (see: {self.prog} --help)") + "\n")
-        raise SystemExit(EXIT_USAGE)
-
-
-def _common(parser: argparse.ArgumentParser, top: bool) -> None:
-    """Flags every command takes, before or after its name (``arker --json ls`` and
-    ``arker ls --json``); a subcommand's copy must not reset the top level's value."""
-
-    def default(value: object) -> object:
-        return value if top else argparse.SUPPRESS
-
-    group = parser.add_argument_group("common options")
-    group.add_argument(
-        "--json", action="store_true", default=default(False), help="print JSON for scripts"
-    )
-    group.add_argument(
-        "--debug",
-        action="store_true",
-        default=default(False),
-        help="log every HTTP request to stderr",
-    )
-    group.add_argument("--api-key", default=default(None), help="API key (default: $ARKER_API_KEY)")
-    group.add_argument(
-        "--base-url", default=default(None), help="regional API host (default: $ARKER_BASE_URL)"
-    )
-    group.add_argument(
-        "--control-url",
-        default=default(None),
-        help="control host for list and fork-by-name (default: $ARKER_CONTROL_URL)",
-    )
-
-
-def command(
-    actions: argparse._SubParsersAction[Parser], name: str, summary: str, example: str
-) -> Parser:
-    """A subcommand parser with the common flags and an example in its help."""
-    parser: Parser = actions.add_parser(
-        name,
-        help=summary,
-        description=summary,
-        epilog=f"example:\n{example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _common(parser, top=False)
-    return parser
-
-
 def build_parser() -> Parser:
-    from . import files, runs, shell, vms
-
     parser = Parser(
         prog="arker",
         description=_DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _common(parser, top=True)
+    add_common(parser, top=True)
     parser.add_argument("--version", action="version", version=f"arker {__version__}")
     actions = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     vms.register(actions)

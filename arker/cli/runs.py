@@ -11,11 +11,12 @@ from typing import TYPE_CHECKING, Any
 from .._exceptions import APIStatusError, ArkerError, NotImplementedByServerError
 from .context import CliError, Context, route_missing
 from .output import print_json
+from .parsing import command
 
 if TYPE_CHECKING:
     from .._models import RunResult
     from ..resources import RunHandle
-    from .main import Parser
+    from .parsing import Parser
 
 __all__ = ["command_line", "register"]
 
@@ -23,8 +24,6 @@ EXIT_TIMED_OUT = 124
 
 
 def register(actions: argparse._SubParsersAction[Parser]) -> None:
-    from .main import command
-
     run = command(
         actions,
         "run",

@@ -8,16 +8,15 @@ from urllib.parse import quote
 
 from .._exceptions import ArkerError
 from .context import CliError, Context, route_missing
+from .parsing import command
 
 if TYPE_CHECKING:
-    from .main import Parser
+    from .parsing import Parser
 
 __all__ = ["register"]
 
 
 def register(actions: argparse._SubParsersAction[Parser]) -> None:
-    from .main import command
-
     shell = command(
         actions,
         "shell",

@@ -12,16 +12,15 @@ from .._exceptions import ArkerError
 from .._wire import SORT_KEYS
 from .context import CliError, Context
 from .output import error_line, human_size, print_json, relative_time, table
+from .parsing import command
 
 if TYPE_CHECKING:
-    from .main import Parser
+    from .parsing import Parser
 
 __all__ = ["diff_lines", "register"]
 
 
 def register(actions: argparse._SubParsersAction[Parser]) -> None:
-    from .main import command
-
     ls = command(
         actions,
         "ls",
