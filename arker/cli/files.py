@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._exceptions import ConfigurationError
+from .._exceptions import BadRequestError, ConfigurationError, ResponseValidationError
 from .context import CliError, Context
 from .output import human_size, print_json
 from .parsing import command
@@ -110,7 +110,15 @@ def _download(ctx: Context, args: argparse.Namespace, src: Location, dest: str) 
     if args.recursive:
         if dest == "-":
             raise CliError("usage", "a directory cannot go to stdout")
-        result = sync.pull_dir(vm_id, src.path, dest, delete=args.delete)
+        try:
+            result = sync.pull_dir(vm_id, src.path, dest, delete=args.delete)
+        except ResponseValidationError as exc:
+            # The dir sync lists a file given as the directory as lying outside it.
+            if "outside" not in exc.message:
+                raise
+            raise CliError("usage", f"{src} is a file: copy it without -r") from None
+        if not result.transferred and not result.skipped:
+            _check_is_directory(ctx, vm_id, src)
         return _dir_report(ctx, result, dest)
     if dest == "-":
         sync.read_to(vm_id, src.path, sys.stdout.buffer)
@@ -119,9 +127,32 @@ def _download(ctx: Context, args: argparse.Namespace, src: Location, dest: str) 
     target = Path(dest)
     if dest.endswith(("/", os.sep)) or target.is_dir():
         target = target / posixpath.basename(src.path.rstrip("/"))
+    if not target.parent.is_dir():
+        raise CliError("local_error", f"no such directory: {target.parent}")
     with _progress(ctx, args, posixpath.basename(src.path)) as bar:
-        size = sync.read_to(vm_id, src.path, target, progress=bar)
+        try:
+            size = sync.read_to(vm_id, src.path, target, progress=bar)
+        except BadRequestError as exc:
+            if _is_directory(exc):
+                raise CliError(exc.code, f"{exc.message} (use cp -r)", exc.status) from None
+            raise
     return _file_report(ctx, target, size, str(target))
+
+
+def _is_directory(exc: BadRequestError) -> bool:
+    return "is a directory" in exc.message
+
+
+def _check_is_directory(ctx: Context, vm_id: str, src: Location) -> None:
+    """An empty pull: say so if ``src`` is no directory at all (the dir sync finds no
+    files either way). Reading a directory is refused at once, without a transfer."""
+    try:
+        ctx.client.sync.read(vm_id, src.path)
+    except BadRequestError as exc:
+        if _is_directory(exc):
+            return
+        raise
+    raise CliError("usage", f"{src} is a file: copy it without -r")
 
 
 @contextmanager

@@ -333,3 +333,30 @@ def test_serve_keeps_its_own_flags(target: Target) -> None:
     assert done.returncode == 0
     for flag in ("--storage", "--disk-quota", "--no-network", "--base", "--data-dir"):
         assert flag in done.stdout.decode()
+
+
+def test_cp_of_a_directory_without_r_says_to_use_r(target: Target, vm: VM, tmp_path: Path) -> None:
+    run_arker(target, "run", vm[0], "--", "mkdir -p d && echo x > d/f")
+    down = run_arker(target, "cp", f"{vm[0]}:/home/user/d", str(tmp_path / "d"))
+    assert down.returncode == 1
+    assert one_error_line(down).endswith("(use cp -r)")
+    up = run_arker(target, "cp", str(tmp_path), f"{vm[0]}:/home/user/x")
+    assert up.returncode == 2
+    assert one_error_line(up).endswith("is a directory: use cp -r")
+
+
+def test_cp_r_of_a_file_or_of_nothing_is_an_error(target: Target, vm: VM, tmp_path: Path) -> None:
+    run_arker(target, "run", vm[0], "--", "echo x > f")
+    a_file = run_arker(target, "cp", "-r", f"{vm[0]}:/home/user/f", str(tmp_path / "a"))
+    assert a_file.returncode == 2
+    assert one_error_line(a_file).endswith("is a file: copy it without -r")
+    missing = run_arker(target, "cp", "-r", f"{vm[0]}:/home/user/none", str(tmp_path / "b"))
+    assert missing.returncode == 1
+    assert one_error_line(missing).startswith("arker: not_found: ")
+
+
+def test_cp_into_a_missing_local_directory_names_it(target: Target, vm: VM, tmp_path: Path) -> None:
+    run_arker(target, "run", vm[0], "--", "echo x > f")
+    done = run_arker(target, "cp", f"{vm[0]}:/home/user/f", str(tmp_path / "no" / "f"))
+    assert done.returncode == 1
+    assert one_error_line(done) == f"arker: local_error: no such directory: {tmp_path / 'no'}"
