@@ -99,3 +99,19 @@ def test_diff_without_sdk_support_is_a_clear_error() -> None:
     with pytest.raises(CliError) as err:
         diff_vm(_context(SimpleNamespace()), argparse.Namespace(vm=VM_ID, path="/home/user"))
     assert err.value.code == "unsupported_operation"
+
+
+def test_cp_shows_a_progress_bar_only_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("tqdm")
+    from arker.cli.files import _progress
+    from arker.progress import ProgressBar
+
+    ctx = _context(SimpleNamespace())
+    quiet = argparse.Namespace(quiet=False)
+    with _progress(ctx, quiet, "f") as bar:
+        assert bar is None  # stderr is captured here, not a terminal
+    monkeypatch.setattr(Context, "stderr_is_terminal", property(lambda self: True))
+    with _progress(ctx, quiet, "f") as bar:
+        assert isinstance(bar, ProgressBar)
+    with _progress(ctx, argparse.Namespace(quiet=True), "f") as bar:
+        assert bar is None
