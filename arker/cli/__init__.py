@@ -1,0 +1,1 @@
+"""The ``arker`` command line, built on the SDK (one module per command group)."""
