@@ -67,6 +67,9 @@ def _refusal(refused: HandshakeRefused, base_url: str, vm: str) -> Exception:
         "method not allowed",
         "not implemented",
     )
+    # A server with a WebSocket stack but no terminal route closes the upgrade before
+    # accepting it, which uvicorn answers as a bare 403 with no error envelope.
+    no_route = no_route or (refused.status == 403 and not code and not message.strip())
     if no_route:
         return CliError(
             "unsupported_operation",
