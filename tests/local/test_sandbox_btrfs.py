@@ -178,7 +178,7 @@ def test_btrfs_storage_without_mkfs_is_a_clear_start_up_error(
         Engine(sandbox_data_dir, network=False, storage="btrfs")
 
 
-def test_probe_names_the_missing_btrfs_tool_and_the_default_storage_fallback(
+def test_probe_names_the_missing_btrfs_tool_and_the_directory_storage_fallback(
     sandbox_data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(volume.shutil, "which", lambda name: None)
@@ -186,7 +186,7 @@ def test_probe_names_the_missing_btrfs_tool_and_the_default_storage_fallback(
     with pytest.raises(SandboxUnavailable) as ei:
         probe(sandbox_data_dir, storage="btrfs")
     assert "--storage btrfs: mkfs.btrfs not found" in str(ei.value)
-    assert "default storage" in str(ei.value)
+    assert "--storage dir" in str(ei.value)
 
 
 def test_serve_accepts_the_storage_flags() -> None:
@@ -195,7 +195,7 @@ def test_serve_accepts_the_storage_flags() -> None:
     args = build_parser().parse_args(["--storage", "btrfs", "--storage-size", "50G"])
     assert (args.storage, args.storage_size) == ("btrfs", 50 << 30)
     default = build_parser().parse_args([])
-    assert default.storage == "default"
+    assert default.storage == "auto"
 
 
 def test_deleting_a_vm_gives_its_blocks_back_to_the_volume_and_the_host(
