@@ -131,13 +131,16 @@ class LayerStore:
         for d in (self.layers_dir, self.work_dir, self.vms_dir):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Mount options name layers as /proc/self/fd/<fd>/<id>: short whatever the
-        # data dir's path length, so deep chains fit the 4 KiB option page.
+        # data dir's path length, so deep chains fit the 4 KiB option page; and a VM
+        # reading its /proc/self/mountinfo learns no host path from them.
         self._layers_fd = os.open(self.layers_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._work_fd = os.open(self.work_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def close(self) -> None:
         """Release the directory handle (and unmount the btrfs volume, if any)."""
-        with contextlib.suppress(OSError):
-            os.close(self._layers_fd)
+        for fd in (self._layers_fd, self._work_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
         if self._volume is not None:
             self._volume.close()
 
@@ -156,6 +159,12 @@ class LayerStore:
         if self.subvolumes:
             return self.layers_dir / upper_id / "work"
         return self.work_dir / upper_id
+
+    def work_ref(self, upper_id: str) -> str:
+        """Short path naming `work_path` for overlay mount options (no host path)."""
+        if self.subvolumes:
+            return f"/proc/self/fd/{self._layers_fd}/{upper_id}/work"
+        return f"/proc/self/fd/{self._work_fd}/{upper_id}"
 
     def new_upper(self) -> str:
         """Create an empty upper owned by root (it becomes the VM's ``/``)."""

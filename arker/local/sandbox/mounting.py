@@ -172,10 +172,17 @@ class Overlays:
         work = self._store.work_path(meta.upper)
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(mode=0o700)
-        lowers = [self._store.layer_ref(x) for x in reversed(meta.layers)]
-        lowers.append(str(self._base_dir(meta.base)))
         try:
-            mounts.mount_overlay(str(target), lowers, self._store.layer_ref(meta.upper), str(work))
+            # The options name every directory through a descriptor, never by host
+            # path: the VM sees them in its /proc/self/mountinfo.
+            base_fd = os.open(self._base_dir(meta.base), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                lowers = [self._store.layer_ref(x) for x in reversed(meta.layers)]
+                lowers.append(f"/proc/self/fd/{base_fd}")
+                upper = self._store.layer_ref(meta.upper)
+                mounts.mount_overlay(str(target), lowers, upper, self._store.work_ref(meta.upper))
+            finally:
+                os.close(base_fd)
         except OSError as exc:
             raise resource_error(f"cannot mount vm {meta.vm_id}", exc) from None
         try:
