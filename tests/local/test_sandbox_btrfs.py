@@ -244,3 +244,22 @@ except OSError as e:
         assert int(made) < 100_000
     finally:
         eng.close()
+
+
+def test_copy_up_of_a_big_base_image_file_is_a_clone(sandbox_data_dir: Path) -> None:
+    eng = open_btrfs(sandbox_data_dir, 1 << 30)
+    eng.close()
+    source = sandbox_data_dir / "engine" / "base" / "host"
+    (source / "big").write_bytes(os.urandom(64 * MIB))  # the base changed: copied again
+    os.chmod(source / "big", 0o666)
+    eng = open_btrfs(sandbox_data_dir, 1 << 30)
+    try:
+        eng.fork(BASE_VM, "v")
+        out(eng, "v", "true")
+        before = volume_used(eng)
+        out(eng, "v", "printf xy >> /big")
+        assert volume_used(eng) - before < 8 * MIB  # a block plus metadata, not 64 MiB
+        assert out(eng, "v", "stat -c %s /big") == f"{64 * MIB + 2}\n"
+        assert (source / "big").stat().st_size == 64 * MIB
+    finally:
+        eng.close()

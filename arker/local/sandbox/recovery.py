@@ -23,6 +23,7 @@ from .layers import LayerStore, VmMeta
 from .mounting import Overlays, mount_dir
 from .storage import Storage, resolve
 from .volume import IMAGE_NAME, BtrfsVolume
+from .volume_bases import VolumeBases
 
 __all__ = ["Recovered", "Storage", "release_data_dir", "start"]
 
@@ -69,7 +70,8 @@ def start(
         storage: Where the layers live (`Storage()` when None; ``auto`` is resolved
             by `storage.resolve` and logged in one line). With ``btrfs`` the image
             ``<data_dir>/storage.btrfs`` is made or reused and mounted on
-            ``<data_dir>/engine/btrfs``, which then holds the store.
+            ``<data_dir>/engine/btrfs``, which then holds the store and a copy of
+            each base image (volume_bases.py).
 
     Raises:
         SandboxUnavailable: Another running engine holds the data dir, or the base
@@ -99,11 +101,13 @@ def start(
         if kind == "btrfs":
             volume = BtrfsVolume(data_dir / IMAGE_NAME, root / "btrfs", storage.size)
             store = LayerStore(volume.root, volume=volume, upper_limit=storage.upper_limit)
+            lowest: Callable[[str], Path] = VolumeBases(volume.root, base_dir)
         else:
             store = LayerStore(root)
-        overlays = Overlays(mnt, store, base_dir, background)
+            lowest = base_dir
+        overlays = Overlays(mnt, store, lowest, background)
         overlays.clear_stale()
-        base_dir(base)
+        lowest(base)
         # --die-with-parent cannot cover an engine killed between fork and bwrap's prctl.
         VmCgroup.kill_stale(tag)
         store.clean_temp()
