@@ -263,3 +263,32 @@ def test_copy_up_of_a_big_base_image_file_is_a_clone(sandbox_data_dir: Path) -> 
         assert (source / "big").stat().st_size == 64 * MIB
     finally:
         eng.close()
+
+
+MANY_UNLINKED_WRITER = """python3 -c "
+import errno, os
+held = []; b = b'x' * (1 << 20); n = 0
+try:
+    while n < (512 << 20):
+        f = open('hidden', 'wb'); os.unlink('hidden'); held.append(f)
+        for _ in range(4):  # 4 MiB a file: under the per-file size cap
+            n += f.write(b); f.flush()
+    print('no error', n)
+except OSError as e:
+    print(errno.errorcode[e.errno], n)
+" """
+
+
+def test_the_kernel_limit_counts_the_layers_a_vm_inherited(btrfs_engine: Engine) -> None:
+    btrfs_engine.fork(BASE_VM, "p")
+    out(btrfs_engine, "p", "head -c 40M /dev/urandom > inherited")
+    btrfs_engine.fork("p", "c")
+    r = btrfs_engine.run("c", MANY_UNLINKED_WRITER, session="t", timeout=120)
+    code, written = r.stdout.decode().split()
+    assert code == "EDQUOT", r.stdout
+    # What the 40 MiB it inherited leave of the 64 MiB budget (plus 1 MiB of slack).
+    assert 16 * MIB < int(written) <= BUDGET - 40 * MIB + 2 * MIB
+    # The parent's new upper is held the same way.
+    r = btrfs_engine.run("p", MANY_UNLINKED_WRITER, session="t", timeout=120)
+    code, written = r.stdout.decode().split()
+    assert code == "EDQUOT" and int(written) <= BUDGET - 40 * MIB + 2 * MIB

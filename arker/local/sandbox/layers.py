@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .errors import SandboxError
 from .flatten import merge_layers
-from .volume import BtrfsVolume, create_subvolume, destroy_subvolume, is_subvolume
+from .volume import BtrfsVolume, create_subvolume, destroy_subvolume, is_subvolume, set_limit
 
 __all__ = [
     "FLATTEN_THRESHOLD",
@@ -124,6 +124,7 @@ class LayerStore:
         self._volume = volume
         self.subvolumes = volume is not None
         self._upper_limit = upper_limit
+        self._limits: dict[str, int] = {}  # upper id -> the kernel limit last set
         self._inner = "/root" if volume is not None else ""
         self.layers_dir = root / "layers"
         self.work_dir = root / "work"
@@ -181,6 +182,20 @@ class LayerStore:
             os.chmod(self.layer_path(lid), 0o755)  # umask-proof
             return lid
 
+    def limit_upper(self, upper_id: str, limit: int) -> None:
+        """Set an upper's kernel byte limit (btrfs storage; a no-op on directories).
+
+        Raises:
+            SandboxError: ``unavailable`` when the kernel refuses.
+        """
+        if not self.subvolumes or self._limits.get(upper_id) == limit:
+            return
+        try:
+            set_limit(self.layers_dir / upper_id, limit)
+        except OSError as exc:
+            raise SandboxError("unavailable", f"cannot set the disk limit: {exc}") from None
+        self._limits[upper_id] = limit
+
     def is_empty(self, layer_id: str) -> bool:
         """True when a layer holds no entries at all."""
         with os.scandir(self.layer_path(layer_id)) as it:
@@ -188,6 +203,7 @@ class LayerStore:
 
     def remove_layer(self, layer_id: str) -> None:
         """Delete a layer directory (and its work dir)."""
+        self._limits.pop(layer_id, None)
         if is_subvolume(self.layers_dir / layer_id):
             with contextlib.suppress(OSError):
                 destroy_subvolume(self.layers_dir, layer_id)  # frees its blocks

@@ -169,7 +169,7 @@ class BtrfsVolume:
                     finally:
                         os.close(fd)
                     _run("mkfs.btrfs", "-q", str(image))
-                opts = "loop,noatime,discard=sync,commit=5"
+                opts = "loop,nosuid,nodev,noatime,discard=sync,commit=5"
                 _run("mount", "-t", "btrfs", "-o", opts, str(image), str(mountpoint))
                 os.chmod(mountpoint, 0o700)
                 self.simple_quotas = self._enable_quotas()
