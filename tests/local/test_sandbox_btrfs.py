@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -292,3 +293,26 @@ def test_the_kernel_limit_counts_the_layers_a_vm_inherited(btrfs_engine: Engine)
     r = btrfs_engine.run("p", MANY_UNLINKED_WRITER, session="t", timeout=120)
     code, written = r.stdout.decode().split()
     assert code == "EDQUOT" and int(written) <= BUDGET - 40 * MIB + 2 * MIB
+
+
+def test_flatten_on_btrfs_clones_a_hard_linked_file_once_for_all_its_names(
+    btrfs_engine: Engine, sandbox_data_dir: Path
+) -> None:
+    vm = "h0"
+    btrfs_engine.fork(BASE_VM, vm)
+    out(
+        btrfs_engine,
+        vm,
+        "mkdir L; head -c 64K /dev/urandom > L/f; for i in $(seq 300); do ln L/f L/n$i; done",
+    )
+    for i in range(FLATTEN_THRESHOLD + 1):  # forks past the threshold: the chain is merged
+        out(btrfs_engine, vm, f"echo {i} > g")
+        child = f"h{i + 1}"
+        btrfs_engine.fork(vm, child)
+        vm = child
+    assert out(btrfs_engine, vm, "stat -c %h L/f; cmp L/f L/n300 && echo same") == "301\nsame\n"
+    store = sandbox_data_dir / "engine" / "btrfs"
+    layers = json.loads((store / "vms" / f"{vm}.json").read_text())["layers"]
+    merged = [store / "layers" / lid / "root" / "home" / "user" / "L" for lid in layers]
+    inodes = {os.lstat(d / n).st_ino for d in merged if d.is_dir() for n in os.listdir(d)}
+    assert len(inodes) == 1, f"{len(inodes)} inodes for one hard-linked file"
