@@ -4,8 +4,9 @@ Starts its own `arker serve` per storage (root + bubblewrap; btrfs also needs
 btrfs-progs and loop devices), then builds a chain: each step writes a small file in
 the newest VM, forks it and continues in the child, so every fork freezes a layer and
 the chain crosses the flatten threshold again and again. Prints per storage the
-median, p95 and max fork latency (ms), max/median, and the median of the last 50 forks
-over the first 50 (near 1: no growth with depth). It prints, it does not assert::
+median, p95 and max fork latency (ms), max/median, the median of the last 50 forks
+over the first 50 (near 1: no growth with depth), and where the slowest forks were.
+It prints, it does not assert::
 
     python benchmarks/fork_chain.py [--depth 500] [--storages dir,btrfs]
 """
@@ -62,6 +63,8 @@ def main() -> None:
         tail = statistics.median(ms[-50:])
         p95 = ms_sorted[int(len(ms) * 0.95) - 1]
         rows.append((storage, median, p95, max(ms), max(ms) / median, tail / head))
+        slowest = sorted(range(len(ms)), key=lambda i: ms[i])[-6:]
+        print(f"{storage}: slowest forks (depth: ms):", [(i, round(ms[i], 1)) for i in slowest])
     print(f"fork chain, {args.depth} deep")
     print(f"{'storage':<8} {'median':>8} {'p95':>8} {'max':>8} {'max/med':>8} {'last/first':>10}")
     for storage, median, p95, worst, spike, growth in rows:
