@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=parse_bytes,
         default=ServerConfig.storage_size,
         metavar="BYTES",
-        help="the most the btrfs image may grow to; it is sparse, starts at 1G and grows "
+        help="the most the btrfs image may grow to; it is sparse, starts at 4G and grows "
         "as it fills (default: 32G)",
     )
     actions = parser.add_subparsers(dest="action")

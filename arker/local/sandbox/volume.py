@@ -53,7 +53,7 @@ log = logging.getLogger("arker.local")
 IMAGE_NAME = "storage.btrfs"
 """The image file's name in the data dir."""
 
-INITIAL_SIZE = 1 << 30
+INITIAL_SIZE = 4 << 30
 """Size of a new image (sparse), before it grows."""
 
 GROW_CHECK_S = 1.0
