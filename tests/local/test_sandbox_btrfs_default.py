@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -131,5 +132,22 @@ def test_the_image_starts_small_and_grows_as_it_fills_up_to_its_size(tmp_path: P
         assert st.f_blocks * st.f_frsize > 900 * MIB  # btrfs was resized, not just the file
         assert not vol.grow_if_needed()  # at its limit
         assert image.stat().st_size == 1 << 30
+    finally:
+        vol.close()
+
+
+def test_the_watcher_grows_the_image_of_a_mounted_volume_by_itself(tmp_path: Path) -> None:
+    needs_btrfs()
+    image = tmp_path / "img.btrfs"
+    vol = volume.BtrfsVolume(image, tmp_path / "mnt", 1 << 30, initial=256 * MIB)
+    try:
+        with open(vol.root / "fill", "wb") as fh:
+            for _ in range(160):  # past half of the 256 MiB image
+                fh.write(os.urandom(MIB))
+            os.fsync(fh.fileno())
+        deadline = time.monotonic() + 30
+        while image.stat().st_size == 256 * MIB and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert image.stat().st_size == 512 * MIB
     finally:
         vol.close()
