@@ -12,10 +12,12 @@ from arker.testing import ArkerServer
 
 
 @contextmanager
-def local_server(data_root: str | None = None) -> Iterator[tuple[ArkerServer, Arker]]:
+def local_server(
+    data_root: str | None = None, extra_args: tuple[str, ...] = ()
+) -> Iterator[tuple[ArkerServer, Arker]]:
     """A fresh server on a temporary data dir, and a client for it; both closed after."""
     with tempfile.TemporaryDirectory(prefix="arker-bench-", dir=data_root) as tmp:
-        server = ArkerServer(Path(tmp) / "data")
+        server = ArkerServer(Path(tmp) / "data", extra_args=extra_args)
         server.start()
         client = Arker(server.api_key, base_url=server.base_url, control_url=server.control_url)
         try:

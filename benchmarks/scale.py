@@ -15,6 +15,7 @@ the server lives in a private mount namespace). Latency independent of the VM co
 keeps the ratios near 1. It prints, it does not assert::
 
     python benchmarks/scale.py [--counts 1,1000,3000] [--samples 20] [--workers 2]
+                               [--storage auto|btrfs|dir]
 """
 
 from __future__ import annotations
@@ -78,12 +79,14 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=20, help="round trips per op and step")
     parser.add_argument("--workers", type=int, default=2, help="clients creating the VMs")
     parser.add_argument("--data-root", default="/var/tmp", help="where the data dir goes")
+    parser.add_argument("--storage", default="auto", help="the server's --storage")
     args = parser.parse_args()
     counts = sorted({int(c) for c in args.counts.split(",")})
     results: dict[int, dict[str, float]] = {}
     extra: dict[int, tuple[int, int, float]] = {}
     payload = os.urandom(1024)
-    with local_server(args.data_root) as (server, client):
+    print(f"storage: {args.storage}")
+    with local_server(args.data_root, ("--storage", args.storage)) as (server, client):
 
         def make_client() -> Arker:
             return Arker(server.api_key, base_url=server.base_url, control_url=server.control_url)

@@ -129,7 +129,7 @@ def main() -> None:
         times = overlay_append(ext4, n, plain_layer)
         rows["overlay-ext4"] = (statistics.median(times), tree_bytes(ext4 / "upper0"))
 
-        vol = BtrfsVolume(top / "img", top / "btrfs", 8 << 30)
+        vol = BtrfsVolume(top / "img", top / "btrfs", 8 << 30, initial=8 << 30)
         try:
             ob = vol.root / "ob"
             ob.mkdir()

@@ -59,18 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--storage",
-        choices=("default", "btrfs"),
+        choices=("auto", "dir", "btrfs"),
         default=ServerConfig.storage,
-        help="where VM layers live: directories in the data dir, or a btrfs image there "
-        "(block-level copy-on-write, quota enforced by the kernel; needs btrfs-progs and "
-        "loop devices) (default: %(default)s)",
+        help="where VM layers live: a btrfs image in the data dir (block-level "
+        "copy-on-write, quota enforced by the kernel; needs root, btrfs-progs and loop "
+        "devices), or directories in the data dir; auto picks btrfs when the host can and "
+        "the data dir has no VMs on directories (default: %(default)s)",
     )
     parser.add_argument(
         "--storage-size",
         type=parse_bytes,
         default=ServerConfig.storage_size,
         metavar="BYTES",
-        help="size of the btrfs image, sparse, grown when larger (default: 32G)",
+        help="the most the btrfs image may grow to; it is sparse, starts at 4G and grows "
+        "as it fills (default: 32G)",
     )
     actions = parser.add_subparsers(dest="action")
 

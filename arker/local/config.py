@@ -64,9 +64,10 @@ class ServerConfig:
         max_body_bytes: Largest JSON request body accepted (413 beyond).
         upload_ttl_s: Unfinished uploads older than this are dropped at start.
         disk_quota: Disk budget per VM in bytes (0: none); see the sandbox engine.
-        storage: Where VM layers live: ``default`` (directories in the data dir) or
-            ``btrfs`` (a loop-mounted image in the data dir, kernel-enforced quota).
-        storage_size: Size of the btrfs image file (sparse; grown at start if smaller).
+        storage: Where VM layers live: ``auto`` (btrfs where the host can, else
+            directories), ``dir`` (directories in the data dir) or ``btrfs`` (a
+            loop-mounted image in the data dir, kernel-enforced quota).
+        storage_size: The most the btrfs image file may grow to (sparse, starts small).
         front: Deadlines and connection caps of the HTTP front.
     """
 
@@ -82,7 +83,7 @@ class ServerConfig:
     max_body_bytes: int = 32 * 1024 * 1024
     upload_ttl_s: float = 24 * 3600.0
     disk_quota: int = 10 << 30
-    storage: str = "default"
+    storage: str = "auto"
     storage_size: int = 32 << 30
     front: FrontLimits = FrontLimits()
 

@@ -81,3 +81,44 @@ def test_a_small_append_to_a_big_inherited_file_costs_about_a_block(
     assert client.runs.create(parent, "wc -c < ~/big").stdout_text.strip() == str(50 * 2**20)
     client.vms.delete(child)
     client.vms.delete(parent)
+
+
+def _storage_lines(server: ArkerServer) -> list[str]:
+    log = server.log_path.read_text(errors="replace")
+    return [ln for ln in log.splitlines() if ln.startswith("arker serve: storage:")]
+
+
+def test_a_plain_arker_serve_keeps_a_data_dir_made_on_directories_and_starts_new_ones_on_btrfs(
+    tmp_path: Path,
+) -> None:
+    if volume.btrfs_unavailable():
+        pytest.skip(f"btrfs storage unavailable: {volume.btrfs_unavailable()}")
+    for sub in ("old", "new"):
+        (tmp_path / sub).mkdir()
+    # A data dir as arker made them before btrfs was the default: VMs on directories.
+    old = start_server(tmp_path / "old" / "data", extra_args=("--storage", "dir"))
+    try:
+        with Arker(old.api_key, base_url=old.base_url, control_url=old.control_url) as c:
+            vm = c.vms.fork("arkuntu").vm_id
+            c.sync.write(vm, "/home/user/kept.txt", b"from before")
+        old.stop()
+        old.extra_args = ()  # the default: --storage auto
+        old.start()
+        assert len(_storage_lines(old)) == 1 and "stay on it" in _storage_lines(old)[0]
+        with Arker(old.api_key, base_url=old.base_url, control_url=old.control_url) as c:
+            assert c.sync.read(vm, "/home/user/kept.txt") == b"from before"
+            child = c.vms.fork(vm).vm_id
+            assert c.runs.create(child, "cat /home/user/kept.txt").stdout == b"from before"
+        assert not (old.data_dir / "storage.btrfs").exists()
+    finally:
+        old.stop()
+    new = start_server(tmp_path / "new" / "data")
+    try:
+        (line,) = _storage_lines(new)
+        assert line.startswith("arker serve: storage: btrfs"), line
+        assert (new.data_dir / "storage.btrfs").is_file()
+        with Arker(new.api_key, base_url=new.base_url, control_url=new.control_url) as c:
+            vm = c.vms.fork("arkuntu").vm_id
+            assert c.runs.create(vm, "echo on btrfs").stdout == b"on btrfs\n"
+    finally:
+        new.stop()

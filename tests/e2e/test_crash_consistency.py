@@ -1,8 +1,9 @@
 """Crash consistency: SIGKILL `arker serve` in the middle of operations, then check.
 
-Each trial starts one operation in a thread (a presigned upload, a chunked upload, a
-fork, a run or a delete), kills the server with SIGKILL after a random short delay
-(seeded: ``ARKER_CRASH_SEED``), starts it again on the same data dir and checks:
+It runs on both storages (btrfs and directories). Each trial starts one operation in
+a thread (a presigned upload, a chunked upload, a fork, a run or a delete), kills the
+server with SIGKILL after a random short delay (seeded: ``ARKER_CRASH_SEED``), starts
+it again on the same data dir and checks:
 
 * no partial file is visible: each target file is absent or one complete version
   (sync read + sha256);
@@ -37,6 +38,7 @@ import requests
 
 from arker import Arker, NotFoundError
 from arker.local.sandbox.layers import FLATTEN_THRESHOLD
+from arker.local.sandbox.volume import btrfs_unavailable
 from arker.testing import ArkerServer, start_server
 
 pytestmark = pytest.mark.e2e
@@ -78,11 +80,18 @@ class Crasher:
 
     @property
     def engine_root(self) -> Path:
-        return self.server.data_dir / "engine"
+        """Where the running server's store is, seen from this process."""
+        root = self.server.data_dir / "engine"
+        if not (self.server.data_dir / "storage.btrfs").exists():
+            return root
+        # The btrfs volume is mounted in the server's private mount namespace only:
+        # reach it through the server's root.
+        return Path(f"/proc/{self.server.pid}/root{root.resolve()}/btrfs")
 
     @property
     def tag(self) -> str:
-        return hashlib.sha256(str(self.engine_root.resolve()).encode()).hexdigest()[:8]
+        root = self.server.data_dir / "engine"
+        return hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
 
     def marker(self) -> str:
         return f"{MARK}=crash-{os.getpid()}-{self.generation}"
@@ -238,11 +247,18 @@ class Crasher:
                 self.client.vms.delete(vm_id)
 
 
-@pytest.fixture(scope="module")
-def crasher(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Crasher]:
+@pytest.fixture(scope="module", params=["btrfs", "dir"])
+def crasher(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Crasher]:
+    storage: str = request.param
+    if storage == "btrfs" and btrfs_unavailable():
+        pytest.skip(f"btrfs storage unavailable: {btrfs_unavailable()}")
     os.environ[MARK] = "crash-setup"
     try:
-        server = start_server(tmp_path_factory.mktemp("crash") / "data")
+        server = start_server(
+            tmp_path_factory.mktemp("crash") / "data", extra_args=("--storage", storage)
+        )
     finally:
         os.environ.pop(MARK, None)
     try:

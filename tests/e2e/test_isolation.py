@@ -114,9 +114,9 @@ def test_setuid_binary_made_in_a_vm_is_harmless(
     # Inside, it does not make anyone root (the VM's mounts are nosuid).
     assert sh(arker_client, vm, f"/home/user/{name} -p -c 'id -u'") == "1000\n"
     # On the host, the file belongs to the unprivileged sandbox uid, never to root.
-    hits = [
-        p for p in Path(arker_server.data_dir).rglob(name) if p.is_file() and not p.is_symlink()
-    ]
+    # Through the server's root: a btrfs volume is mounted in its mount namespace only.
+    data_dir = Path(f"/proc/{arker_server.pid}/root{Path(arker_server.data_dir).resolve()}")
+    hits = [p for p in data_dir.rglob(name) if p.is_file() and not p.is_symlink()]
     assert hits, "the VM's file should exist in its layer on the host"
     for p in hits:
         st = p.stat()

@@ -45,6 +45,16 @@ def server_fds(pid: int) -> int:
     return len(list(Path(f"/proc/{pid}/fd").iterdir()))
 
 
+def limit_leaving_free(pid: int, free: int) -> int:
+    """The open-file limit under which only ``free`` descriptor numbers are unused."""
+    used = {int(p.name) for p in Path(f"/proc/{pid}/fd").iterdir()}
+    limit, unused = 0, 0
+    while unused < free or limit in used:
+        unused += limit not in used
+        limit += 1
+    return limit
+
+
 def server_mounts(pid: int) -> int:
     return len(Path(f"/proc/{pid}/mountinfo").read_text().splitlines())
 
@@ -167,8 +177,9 @@ def test_running_out_of_descriptors_fails_that_run_only(crowd: Crowd) -> None:
     client = client_for(crowd.server, max_retries=0)
     try:
         client.runs.create(vm, "true")  # mounted, and the connection is open
-        # Room for the run's info pipe, not for the command's output pipes.
-        tight = server_fds(pid) + 3
+        # Room for the run's info pipe, not for the command's output pipes: the limit
+        # caps descriptor numbers, so it leaves three free numbers under it.
+        tight = limit_leaving_free(pid, 3)
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (tight, NOFILE))
         try:
             with pytest.raises(ArkerError) as caught:

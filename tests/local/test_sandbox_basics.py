@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import threading
@@ -202,9 +203,10 @@ def test_read_errors(engine: Engine) -> None:
 
 
 def _overlay_mounts(data_dir: Path) -> list[str]:
-    """This data dir's overlays (other engines may run on the same host)."""
+    """This data dir's overlays, by mount point (other engines may run on the same host)."""
+    tag = hashlib.sha256(str((data_dir / "engine").resolve()).encode()).hexdigest()[:8]
     with open("/proc/self/mountinfo") as fh:
-        return [ln for ln in fh if " - overlay " in ln and f"{data_dir}/" in ln]
+        return [ln for ln in fh if " - overlay " in ln and f"/{tag}/" in ln.split()[4]]
 
 
 def test_restart_persistence_and_close_unmounts(sandbox_data_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -178,7 +179,7 @@ def test_btrfs_storage_without_mkfs_is_a_clear_start_up_error(
         Engine(sandbox_data_dir, network=False, storage="btrfs")
 
 
-def test_probe_names_the_missing_btrfs_tool_and_the_default_storage_fallback(
+def test_probe_names_the_missing_btrfs_tool_and_the_directory_storage_fallback(
     sandbox_data_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(volume.shutil, "which", lambda name: None)
@@ -186,7 +187,7 @@ def test_probe_names_the_missing_btrfs_tool_and_the_default_storage_fallback(
     with pytest.raises(SandboxUnavailable) as ei:
         probe(sandbox_data_dir, storage="btrfs")
     assert "--storage btrfs: mkfs.btrfs not found" in str(ei.value)
-    assert "default storage" in str(ei.value)
+    assert "--storage dir" in str(ei.value)
 
 
 def test_serve_accepts_the_storage_flags() -> None:
@@ -195,7 +196,7 @@ def test_serve_accepts_the_storage_flags() -> None:
     args = build_parser().parse_args(["--storage", "btrfs", "--storage-size", "50G"])
     assert (args.storage, args.storage_size) == ("btrfs", 50 << 30)
     default = build_parser().parse_args([])
-    assert default.storage == "default"
+    assert default.storage == "auto"
 
 
 def test_deleting_a_vm_gives_its_blocks_back_to_the_volume_and_the_host(
@@ -216,3 +217,102 @@ def test_deleting_a_vm_gives_its_blocks_back_to_the_volume_and_the_host(
         time.sleep(0.2)  # subvolume deletion and discards finish in the background
     assert volume_used(btrfs_engine) - before < 8 * MIB
     assert image_bytes(btrfs_engine) - image_before < 24 * MIB
+
+
+def test_empty_files_count_against_the_budget_so_the_kernel_stops_an_inode_flood(
+    sandbox_data_dir: Path,
+) -> None:
+    # Simple quotas charge each file's metadata (about 380 bytes an empty file, measured
+    # with a 50 MiB budget: EDQUOT after ~138,000 files), so no separate file budget.
+    eng = open_btrfs(sandbox_data_dir, 4 * MIB)
+    try:
+        eng.fork(BASE_VM, "v")
+        cmd = """python3 -c "
+import errno, os
+n = 0
+try:
+    for i in range(400000):
+        if i % 1000 == 0:
+            os.mkdir(f'd{i // 1000}')
+        os.close(os.open(f'd{i // 1000}/f{i}', os.O_CREAT | os.O_WRONLY)); n += 1
+    print('no-error', n)
+except OSError as e:
+    print(errno.errorcode[e.errno], n)
+" """
+        r = eng.run("v", cmd, session="t", timeout=300)
+        code, made = r.stdout.decode().split()
+        assert code in ("EDQUOT", "ENOSPC"), (r.stdout, r.stderr)
+        assert int(made) < 100_000
+    finally:
+        eng.close()
+
+
+def test_copy_up_of_a_big_base_image_file_is_a_clone(sandbox_data_dir: Path) -> None:
+    eng = open_btrfs(sandbox_data_dir, 1 << 30)
+    eng.close()
+    source = sandbox_data_dir / "engine" / "base" / "host"
+    (source / "big").write_bytes(os.urandom(64 * MIB))  # the base changed: copied again
+    os.chmod(source / "big", 0o666)
+    eng = open_btrfs(sandbox_data_dir, 1 << 30)
+    try:
+        eng.fork(BASE_VM, "v")
+        out(eng, "v", "true")
+        before = volume_used(eng)
+        out(eng, "v", "printf xy >> /big")
+        assert volume_used(eng) - before < 8 * MIB  # a block plus metadata, not 64 MiB
+        assert out(eng, "v", "stat -c %s /big") == f"{64 * MIB + 2}\n"
+        assert (source / "big").stat().st_size == 64 * MIB
+    finally:
+        eng.close()
+
+
+MANY_UNLINKED_WRITER = """python3 -c "
+import errno, os
+held = []; b = b'x' * (1 << 20); n = 0
+try:
+    while n < (512 << 20):
+        f = open('hidden', 'wb'); os.unlink('hidden'); held.append(f)
+        for _ in range(4):  # 4 MiB a file: under the per-file size cap
+            n += f.write(b); f.flush()
+    print('no error', n)
+except OSError as e:
+    print(errno.errorcode[e.errno], n)
+" """
+
+
+def test_the_kernel_limit_counts_the_layers_a_vm_inherited(btrfs_engine: Engine) -> None:
+    btrfs_engine.fork(BASE_VM, "p")
+    out(btrfs_engine, "p", "head -c 40M /dev/urandom > inherited")
+    btrfs_engine.fork("p", "c")
+    r = btrfs_engine.run("c", MANY_UNLINKED_WRITER, session="t", timeout=120)
+    code, written = r.stdout.decode().split()
+    assert code == "EDQUOT", r.stdout
+    # What the 40 MiB it inherited leave of the 64 MiB budget (plus 1 MiB of slack).
+    assert 16 * MIB < int(written) <= BUDGET - 40 * MIB + 2 * MIB
+    # The parent's new upper is held the same way.
+    r = btrfs_engine.run("p", MANY_UNLINKED_WRITER, session="t", timeout=120)
+    code, written = r.stdout.decode().split()
+    assert code == "EDQUOT" and int(written) <= BUDGET - 40 * MIB + 2 * MIB
+
+
+def test_flatten_on_btrfs_clones_a_hard_linked_file_once_for_all_its_names(
+    btrfs_engine: Engine, sandbox_data_dir: Path
+) -> None:
+    vm = "h0"
+    btrfs_engine.fork(BASE_VM, vm)
+    out(
+        btrfs_engine,
+        vm,
+        "mkdir L; head -c 64K /dev/urandom > L/f; for i in $(seq 300); do ln L/f L/n$i; done",
+    )
+    for i in range(FLATTEN_THRESHOLD + 1):  # forks past the threshold: the chain is merged
+        out(btrfs_engine, vm, f"echo {i} > g")
+        child = f"h{i + 1}"
+        btrfs_engine.fork(vm, child)
+        vm = child
+    assert out(btrfs_engine, vm, "stat -c %h L/f; cmp L/f L/n300 && echo same") == "301\nsame\n"
+    store = sandbox_data_dir / "engine" / "btrfs"
+    layers = json.loads((store / "vms" / f"{vm}.json").read_text())["layers"]
+    merged = [store / "layers" / lid / "root" / "home" / "user" / "L" for lid in layers]
+    inodes = {os.lstat(d / n).st_ino for d in merged if d.is_dir() for n in os.listdir(d)}
+    assert len(inodes) == 1, f"{len(inodes)} inodes for one hard-linked file"

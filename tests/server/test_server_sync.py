@@ -290,8 +290,12 @@ def test_other_orgs_cannot_touch_a_vm(api: Api, other: Api, vm: str) -> None:
 
 
 def _staged_files(arker_server: Any) -> set[Path]:
-    """Staged upload files anywhere in the server's layers (seen from the host)."""
-    return set(Path(arker_server.data_dir).glob("engine/**/.arker-uploads/*"))
+    """Staged upload files anywhere in the server's layers (seen from the host).
+
+    Through the server's root: a btrfs volume is mounted in its mount namespace only.
+    """
+    data_dir = Path(f"/proc/{arker_server.pid}/root{Path(arker_server.data_dir).resolve()}")
+    return set(data_dir.glob("engine/**/.arker-uploads/*"))
 
 
 def test_a_staged_upload_is_out_of_the_vm_users_reach(api: Api, vm: str, arker_server: Any) -> None:

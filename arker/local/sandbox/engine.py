@@ -110,9 +110,7 @@ class Engine:
         self._tag = state.tag
         self._store = state.store
         self._overlays = state.overlays
-        self._quota = DiskQuota(
-            self.limits.disk_quota_bytes, self.limits.max_file_bytes, self._store.layer_path
-        )
+        self._quota = DiskQuota.of(self.limits, self._store)
         # Fork metadata and frozen layers are made durable soon after (coalesced).
         self._schedule_sync = self._background.coalescing(self._store.syncfs)
         # Removing a deeply forked VM's layers is many rmtrees: done after the answer,

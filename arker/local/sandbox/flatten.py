@@ -63,15 +63,27 @@ def _copy_user_xattrs(src: str, dst: str) -> None:
             os.setxattr(dst, name, os.getxattr(src, name, follow_symlinks=False))
 
 
-def _link(src: str, dst: str) -> None:
+def _link(src: str, dst: str, copies: dict[tuple[int, int], str]) -> None:
     try:
         os.link(src, dst, follow_symlinks=False)
     except OSError as exc:
         if exc.errno not in (errno.EMLINK, errno.EXDEV):
             raise
         # The inode hit the filesystem's link limit, or (btrfs storage) lives in
-        # another subvolume: copy this one name instead, a reflink when possible.
+        # another subvolume: copy it instead, a reflink when possible; once per inode
+        # (``copies``: source inode -> its copy), its other names link to the copy.
         st = os.lstat(src)
+        key = (st.st_dev, st.st_ino)
+        first = copies.get(key) if st.st_nlink > 1 else None
+        if first is not None:
+            try:
+                os.link(first, dst, follow_symlinks=False)
+                return
+            except OSError as again:
+                if again.errno != errno.EMLINK:
+                    raise
+        if st.st_nlink > 1:
+            copies[key] = dst
         if stat.S_ISLNK(st.st_mode):
             os.symlink(os.readlink(src), dst)
         elif not stat.S_ISREG(st.st_mode):
@@ -86,7 +98,13 @@ def _link(src: str, dst: str) -> None:
         os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
 
 
-def _merge_dir(srcs: list[str], out: str, base: Path | None, base_visible: bool) -> None:
+def _merge_dir(
+    srcs: list[str],
+    out: str,
+    base: Path | None,
+    base_visible: bool,
+    copies: dict[tuple[int, int], str],
+) -> None:
     """Merge directory ``srcs`` (topmost first) into ``out`` with overlay semantics.
 
     ``base_visible`` says whether the base layer's directory at this path will be
@@ -111,7 +129,7 @@ def _merge_dir(srcs: list[str], out: str, base: Path | None, base_visible: bool)
                     os.mknod(dst, stat.S_IFCHR | 0o000, 0)
                 continue
             if not stat.S_ISDIR(st.st_mode):
-                _link(entry.path, dst)
+                _link(entry.path, dst, copies)
                 continue
             chain = [entry.path]
             hides = _is_opaque(entry.path)
@@ -134,7 +152,7 @@ def _merge_dir(srcs: list[str], out: str, base: Path | None, base_visible: bool)
             child_base_visible = base_visible and not hides and below is not None and _isdir(below)
             if base_visible and hides and below is not None and _lexists(below):
                 os.setxattr(dst, _OPAQUE, b"y")
-            _merge_dir(chain, dst, below, child_base_visible)
+            _merge_dir(chain, dst, below, child_base_visible, copies)
             os.chown(dst, st.st_uid, st.st_gid)
             os.chmod(dst, stat.S_IMODE(st.st_mode))
             _copy_user_xattrs(entry.path, dst)
@@ -145,7 +163,9 @@ def merge_layers(srcs_top_first: list[Path], base_dir: Path | None, out: Path) -
     """Flatten layers into ``out`` (an existing empty directory).
 
     Regular files, symlinks and special files are hard links to the originals (layers
-    are immutable, so sharing inodes is safe); directories are recreated with their
-    owner, mode, times and non-overlay xattrs.
+    are immutable, so sharing inodes is safe); where that cannot be (btrfs: another
+    subvolume) each inode is cloned once and its other names are links to the clone.
+    Directories are recreated with their owner, mode, times and non-overlay xattrs.
     """
-    _merge_dir([str(p) for p in srcs_top_first], str(out), base_dir, base_dir is not None)
+    srcs = [str(p) for p in srcs_top_first]
+    _merge_dir(srcs, str(out), base_dir, base_dir is not None, {})

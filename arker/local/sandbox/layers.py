@@ -33,7 +33,7 @@ from pathlib import Path
 
 from .errors import SandboxError
 from .flatten import merge_layers
-from .volume import BtrfsVolume, create_subvolume, destroy_subvolume, is_subvolume
+from .volume import BtrfsVolume, create_subvolume, destroy_subvolume, is_subvolume, set_limit
 
 __all__ = [
     "FLATTEN_THRESHOLD",
@@ -124,6 +124,7 @@ class LayerStore:
         self._volume = volume
         self.subvolumes = volume is not None
         self._upper_limit = upper_limit
+        self._limits: dict[str, int] = {}  # upper id -> the kernel limit last set
         self._inner = "/root" if volume is not None else ""
         self.layers_dir = root / "layers"
         self.work_dir = root / "work"
@@ -131,13 +132,16 @@ class LayerStore:
         for d in (self.layers_dir, self.work_dir, self.vms_dir):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Mount options name layers as /proc/self/fd/<fd>/<id>: short whatever the
-        # data dir's path length, so deep chains fit the 4 KiB option page.
+        # data dir's path length, so deep chains fit the 4 KiB option page; and a VM
+        # reading its /proc/self/mountinfo learns no host path from them.
         self._layers_fd = os.open(self.layers_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._work_fd = os.open(self.work_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
 
     def close(self) -> None:
         """Release the directory handle (and unmount the btrfs volume, if any)."""
-        with contextlib.suppress(OSError):
-            os.close(self._layers_fd)
+        for fd in (self._layers_fd, self._work_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
         if self._volume is not None:
             self._volume.close()
 
@@ -157,6 +161,12 @@ class LayerStore:
             return self.layers_dir / upper_id / "work"
         return self.work_dir / upper_id
 
+    def work_ref(self, upper_id: str) -> str:
+        """Short path naming `work_path` for overlay mount options (no host path)."""
+        if self.subvolumes:
+            return f"/proc/self/fd/{self._layers_fd}/{upper_id}/work"
+        return f"/proc/self/fd/{self._work_fd}/{upper_id}"
+
     def new_upper(self) -> str:
         """Create an empty upper owned by root (it becomes the VM's ``/``)."""
         while True:
@@ -172,6 +182,20 @@ class LayerStore:
             os.chmod(self.layer_path(lid), 0o755)  # umask-proof
             return lid
 
+    def limit_upper(self, upper_id: str, limit: int) -> None:
+        """Set an upper's kernel byte limit (btrfs storage; a no-op on directories).
+
+        Raises:
+            SandboxError: ``unavailable`` when the kernel refuses.
+        """
+        if not self.subvolumes or self._limits.get(upper_id) == limit:
+            return
+        try:
+            set_limit(self.layers_dir / upper_id, limit)
+        except OSError as exc:
+            raise SandboxError("unavailable", f"cannot set the disk limit: {exc}") from None
+        self._limits[upper_id] = limit
+
     def is_empty(self, layer_id: str) -> bool:
         """True when a layer holds no entries at all."""
         with os.scandir(self.layer_path(layer_id)) as it:
@@ -179,6 +203,7 @@ class LayerStore:
 
     def remove_layer(self, layer_id: str) -> None:
         """Delete a layer directory (and its work dir)."""
+        self._limits.pop(layer_id, None)
         if is_subvolume(self.layers_dir / layer_id):
             with contextlib.suppress(OSError):
                 destroy_subvolume(self.layers_dir, layer_id)  # frees its blocks

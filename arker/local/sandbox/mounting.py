@@ -5,8 +5,11 @@ its private upper. It is mounted at ``<mount dir>/<vm id>`` and used through an
 ``O_PATH`` handle (bwrap's ``--bind-fd``, the file operations' ``openat2``).
 
 Only the `MAX_MOUNTED` most recently used VMs stay mounted; past that, the least
-recently used idle ones are evicted (detached at once, their handle closed on the
-background queue). Every mount costs on every sandbox start of every VM (bwrap and
+recently used idle ones are evicted (detached at once, their handle closed by a small
+pool of teardown threads: closing the last handle makes overlay sync its upper
+filesystem, on btrfs a transaction commit, so closes done one after another on the
+engine's queue fell behind a burst of new VMs, holding descriptors; concurrent closes
+share commits). Every mount costs on every sandbox start of every VM (bwrap and
 ``unshare(CLONE_NEWNS)`` copy and walk the whole mount table), and a handle kept per
 VM would run the server out of descriptors: an idle VM holds neither.
 Fork, delete and close unmount as before.
@@ -20,6 +23,7 @@ import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import mounts
@@ -35,6 +39,9 @@ __all__ = ["MAX_MOUNTED", "Overlays", "mount_dir"]
 # the bound. 16 keeps the mount table's share of a run under ~1-2 ms.
 MAX_MOUNTED = 16
 """How many VMs stay mounted when idle (least recently used are evicted past it)."""
+
+TEARDOWN_THREADS = 4
+"""Threads closing evicted overlays' handles."""
 
 
 def mount_dir(data_dir: Path, tag: str, sandbox_uid: int) -> Path:
@@ -95,6 +102,7 @@ class Overlays:
         self._recent: OrderedDict[str, Callable[[], bool]] = OrderedDict()
         # VM id -> set once its evicted overlay is gone (a re-mount waits for it).
         self._evicting: dict[str, threading.Event] = {}
+        self._teardown = ThreadPoolExecutor(TEARDOWN_THREADS, thread_name_prefix="arker-teardown")
 
     def clear_stale(self) -> None:
         """At start-up: remove what an engine that died in the host namespace left.
@@ -131,7 +139,7 @@ class Overlays:
                         del self._recent[victim]
 
     def evict(self, meta: VmMeta, root_fd: int) -> None:
-        """Unmount an idle VM's overlay: detach now, finish on the background queue.
+        """Unmount an idle VM's overlay: detach now, finish on the teardown pool.
 
         Its mount point and handle go away, so an idle VM holds neither; mounting it
         again first waits for this teardown (it reuses the same upper and work dir).
@@ -159,7 +167,10 @@ class Overlays:
                         del self._evicting[meta.vm_id]
                 done.set()
 
-        self._background(finish)
+        try:
+            self._teardown.submit(finish)
+        except RuntimeError:  # closing: the pool is gone
+            finish()
 
     def mount(self, meta: VmMeta) -> int:
         """Mount the VM's overlay; return an ``O_PATH`` handle on its root."""
@@ -172,10 +183,17 @@ class Overlays:
         work = self._store.work_path(meta.upper)
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(mode=0o700)
-        lowers = [self._store.layer_ref(x) for x in reversed(meta.layers)]
-        lowers.append(str(self._base_dir(meta.base)))
         try:
-            mounts.mount_overlay(str(target), lowers, self._store.layer_ref(meta.upper), str(work))
+            # The options name every directory through a descriptor, never by host
+            # path: the VM sees them in its /proc/self/mountinfo.
+            base_fd = os.open(self._base_dir(meta.base), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                lowers = [self._store.layer_ref(x) for x in reversed(meta.layers)]
+                lowers.append(f"/proc/self/fd/{base_fd}")
+                upper = self._store.layer_ref(meta.upper)
+                mounts.mount_overlay(str(target), lowers, upper, self._store.work_ref(meta.upper))
+            finally:
+                os.close(base_fd)
         except OSError as exc:
             raise resource_error(f"cannot mount vm {meta.vm_id}", exc) from None
         try:
@@ -233,6 +251,7 @@ class Overlays:
 
     def close(self) -> None:
         """Unmount whatever is left, remove the empty mount points and the directory."""
+        self._teardown.shutdown(wait=True)
         for stale in mounts.mounts_under(str(self.root)):
             with contextlib.suppress(OSError):
                 mounts.umount(stale)
@@ -245,5 +264,6 @@ class Overlays:
 
     def release(self) -> None:
         """Undo `clear_stale`'s private bind mount (also after a failed start)."""
+        self._teardown.shutdown(wait=True)
         with contextlib.suppress(OSError):
             mounts.umount(str(self.root))

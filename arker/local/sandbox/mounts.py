@@ -17,6 +17,7 @@ __all__ = [
     "is_mountpoint",
     "make_private_bind",
     "mount_overlay",
+    "mount_source",
     "mounts_under",
     "umount",
 ]
@@ -167,7 +168,8 @@ def _unescape(field: str) -> str:
     return "".join(out)
 
 
-def _mountinfo() -> list[tuple[str, str]]:
+def _mountinfo() -> list[tuple[str, str, str]]:
+    """(mount point, filesystem type, source) of each mount in this namespace."""
     rows = []
     with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as fh:
         for line in fh:
@@ -176,18 +178,26 @@ def _mountinfo() -> list[tuple[str, str]]:
                 continue
             sep = parts.index("-") if "-" in parts else -1
             fstype = parts[sep + 1] if 0 <= sep < len(parts) - 1 else ""
-            rows.append((_unescape(parts[4]), fstype))
+            source = _unescape(parts[sep + 2]) if 0 <= sep < len(parts) - 2 else ""
+            rows.append((_unescape(parts[4]), fstype, source))
     return rows
 
 
 def is_mountpoint(path: str) -> bool:
     """Whether ``path`` is a mount point in this process's namespace."""
     real = os.path.realpath(path)
-    return any(mp == real for mp, _ in _mountinfo())
+    return any(mp == real for mp, _, _ in _mountinfo())
+
+
+def mount_source(path: str, fstype: str) -> str | None:
+    """The source (e.g. the loop device) of the ``fstype`` mount on ``path``, or None."""
+    real = os.path.realpath(path)
+    found = [src for mp, fs, src in _mountinfo() if mp == real and fs == fstype]
+    return found[-1] if found else None
 
 
 def mounts_under(prefix: str, fstype: str | None = None) -> list[str]:
     """Mount points strictly below ``prefix``, deepest first (unmount order)."""
     real = os.path.realpath(prefix).rstrip("/") + "/"
-    found = [mp for mp, fs in _mountinfo() if mp.startswith(real) and (fstype in (None, fs))]
+    found = [mp for mp, fs, _ in _mountinfo() if mp.startswith(real) and (fstype in (None, fs))]
     return sorted(set(found), key=lambda p: p.count("/"), reverse=True)

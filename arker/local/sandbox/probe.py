@@ -35,14 +35,15 @@ def _one_line(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def probe(data_dir: Path, sandbox_uid: int = 60999, storage: str = "default") -> None:
+def probe(data_dir: Path, sandbox_uid: int = 60999, storage: str = "auto") -> None:
     """Check root, bwrap, unprivileged user namespaces, overlayfs and openat2.
 
     Args:
         data_dir: The engine's data directory (a scratch mount is tried inside it).
         sandbox_uid: Host uid the sandboxes will run as.
-        storage: The engine's storage; ``btrfs`` also needs btrfs-progs, loop devices
-            and the btrfs module (the message names the fallback: the default storage).
+        storage: The engine's storage; an explicit ``btrfs`` also needs btrfs-progs,
+            loop devices and the btrfs module (the message names the fallback:
+            ``--storage dir``); ``auto`` falls back by itself (storage.py).
 
     Raises:
         SandboxUnavailable: With one line naming the cause and the fix.

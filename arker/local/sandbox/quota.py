@@ -26,9 +26,13 @@ parallel); space freed by deleting a file from a frozen layer (after a fork) is 
 given back (overlay keeps the lower copy); files written through ``/dev/shm`` are
 memory (cgroup-limited), not disk; an upload counts once staged (see staging.py).
 
-With the btrfs storage (volume.py) the kernel also holds each upper to the budget
-(``EDQUOT``, no overshoot, nothing to walk around); these checks stay on top for the
-chain-wide figure and the ``payload_too_large`` answers.
+With the btrfs storage (volume.py) the kernel also holds each upper to a byte limit
+(``EDQUOT``, no overshoot, nothing to walk around). At the start of every run that
+limit is set to what the VM's frozen layers leave of the budget (plus the slack), so
+the kernel holds the whole VM, inherited layers included, to the budget as this
+module measures them (``st_blocks``: a cloned file counts whole, so the figure is
+never under what the kernel charges). These checks stay on top for the
+``payload_too_large`` answers.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import SandboxError
-from .layers import VmMeta
+from .layers import LayerStore, VmMeta
+from .limits import Limits
 
 __all__ = ["DiskQuota", "RunBudget", "tree_bytes"]
 
@@ -142,16 +147,29 @@ class DiskQuota:
         quota_bytes: The budget per VM; 0 (or less) disables the quota.
         max_file_bytes: Largest single file a VM may take in.
         layer_path: Host directory of a layer id.
+        kernel_limit: Sets the kernel's byte limit of an upper (btrfs storage), called
+            with the upper's id and its room at each run's start; None: no kernel limit.
     """
 
     def __init__(
-        self, quota_bytes: int, max_file_bytes: int, layer_path: Callable[[str], Path]
+        self,
+        quota_bytes: int,
+        max_file_bytes: int,
+        layer_path: Callable[[str], Path],
+        kernel_limit: Callable[[str, int], None] | None = None,
     ) -> None:
         self.quota_bytes = quota_bytes
         self._max_file_bytes = max_file_bytes
         self._layer_path = layer_path
+        self._kernel_limit = kernel_limit
         self._lock = threading.Lock()
         self._frozen: dict[str, int] = {}  # frozen layers are immutable
+
+    @classmethod
+    def of(cls, limits: Limits, store: LayerStore) -> DiskQuota:
+        """The quota of an engine's limits over its store (kernel limits on btrfs)."""
+        kernel = store.limit_upper if store.subvolumes else None
+        return cls(limits.disk_quota_bytes, limits.max_file_bytes, store.layer_path, kernel)
 
     def usage(self, meta: VmMeta) -> int:
         """Bytes (allocated blocks) of the VM's layer chain, the quota's measure."""
@@ -200,6 +218,9 @@ class DiskQuota:
         if quota <= 0:
             return None
         frozen = self._frozen_bytes(meta)
+        if self._kernel_limit is not None:
+            # The inherited layers count too: the upper gets only what they leave.
+            self._kernel_limit(meta.upper, max(quota - frozen, 0) + _SLACK)
 
         def measure() -> int:
             return frozen + self._upper_bytes(meta)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,31 +21,13 @@ from .cgroups import VmCgroup
 from .errors import SandboxUnavailable
 from .layers import LayerStore, VmMeta
 from .mounting import Overlays, mount_dir
-from .volume import BtrfsVolume
+from .storage import Storage, resolve
+from .volume import IMAGE_NAME, BtrfsVolume
+from .volume_bases import VolumeBases
 
-__all__ = ["STORAGES", "Recovered", "Storage", "release_data_dir", "start"]
+__all__ = ["Recovered", "Storage", "release_data_dir", "start"]
 
-STORAGES = ("default", "btrfs")
-"""Where the layers live: directories on the data dir's filesystem, or a btrfs volume."""
-
-
-@dataclass(frozen=True)
-class Storage:
-    """The engine's storage choice.
-
-    Attributes:
-        kind: One of `STORAGES`.
-        size: Size of the btrfs image file in bytes (sparse; grown at start).
-        upper_limit: Bytes each VM's upper may hold (btrfs: kernel-enforced), 0: none.
-    """
-
-    kind: str = "default"
-    size: int = 32 << 30
-    upper_limit: int = 0
-
-    def __post_init__(self) -> None:
-        if self.kind not in STORAGES:
-            raise ValueError(f"unknown storage {self.kind!r}")
+log = logging.getLogger("arker.local")
 
 
 @dataclass
@@ -57,6 +40,7 @@ class Recovered:
         store: The layers and VM metadata.
         overlays: The VMs' mounts.
         vms: Every VM on disk.
+        storage: The storage in use (``btrfs`` or ``dir``: ``auto`` resolved).
     """
 
     lock_fd: int
@@ -64,6 +48,7 @@ class Recovered:
     store: LayerStore
     overlays: Overlays
     vms: dict[str, VmMeta]
+    storage: str = "dir"
 
 
 def start(
@@ -82,9 +67,11 @@ def start(
         base: The engine's default base image (built or checked now).
         base_dir: Directory of a base image, by name (for `Overlays`).
         background: The engine's background queue (for `Overlays`).
-        storage: Where the layers live (`Storage()` when None). With ``btrfs`` the
-            image ``<data_dir>/storage.btrfs`` is made or reused and mounted on
-            ``<data_dir>/engine/btrfs``, which then holds the store.
+        storage: Where the layers live (`Storage()` when None; ``auto`` is resolved
+            by `storage.resolve` and logged in one line). With ``btrfs`` the image
+            ``<data_dir>/storage.btrfs`` is made or reused and mounted on
+            ``<data_dir>/engine/btrfs``, which then holds the store and a copy of
+            each base image (volume_bases.py).
 
     Raises:
         SandboxUnavailable: Another running engine holds the data dir, or the base
@@ -104,24 +91,28 @@ def start(
         raise SandboxUnavailable(
             f"data dir {data_dir} is used by another running engine: stop it first"
         ) from None
+    kind, note = resolve(data_dir, storage)
     tag = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
     overlays: Overlays | None = None
     store: LayerStore | None = None
     volume: BtrfsVolume | None = None
     try:
         mnt = mount_dir(data_dir, tag, sandbox_uid)
-        if storage.kind == "btrfs":
-            volume = BtrfsVolume(data_dir / "storage.btrfs", root / "btrfs", storage.size)
+        if kind == "btrfs":
+            volume = BtrfsVolume(data_dir / IMAGE_NAME, root / "btrfs", storage.size)
             store = LayerStore(volume.root, volume=volume, upper_limit=storage.upper_limit)
+            lowest: Callable[[str], Path] = VolumeBases(volume.root, base_dir)
         else:
             store = LayerStore(root)
-        overlays = Overlays(mnt, store, base_dir, background)
+            lowest = base_dir
+        overlays = Overlays(mnt, store, lowest, background)
         overlays.clear_stale()
-        base_dir(base)
+        lowest(base)
         # --die-with-parent cannot cover an engine killed between fork and bwrap's prctl.
         VmCgroup.kill_stale(tag)
         store.clean_temp()
-        return Recovered(lock_fd, tag, store, overlays, store.load_all())
+        log.info("%s", note)
+        return Recovered(lock_fd, tag, store, overlays, store.load_all(), kind)
     except BaseException:
         if overlays is not None:
             overlays.release()
