@@ -72,6 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="BYTES",
         help="size of the btrfs image, sparse, grown when larger (default: 32G)",
     )
+    for flag, default, what in (
+        ("--runs-per-org", ServerConfig.runs_per_org, "one organisation (429 beyond)"),
+        ("--runs-per-vm", ServerConfig.runs_per_vm, "one VM, across its sessions (429 beyond)"),
+        ("--runs-total", ServerConfig.runs_total, "the whole server (503 beyond)"),
+    ):
+        parser.add_argument(
+            flag,
+            type=_positive_int,
+            default=default,
+            metavar="N",
+            help=f"commands {what} may run at once (default: %(default)s)",
+        )
     actions = parser.add_subparsers(dest="action")
 
     keys = actions.add_parser("keys", help="manage API keys")
@@ -106,6 +118,16 @@ def parse_bytes(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"negative size: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
     return value
 
 
@@ -144,6 +166,9 @@ def serve_main(argv: Sequence[str]) -> int:
         disk_quota=args.disk_quota,
         storage=args.storage,
         storage_size=args.storage_size,
+        runs_per_org=args.runs_per_org,
+        runs_per_vm=args.runs_per_vm,
+        runs_total=args.runs_total,
     )
     return serve(config)
 

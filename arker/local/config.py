@@ -46,6 +46,10 @@ class ServerConfig:
         storage: Where VM layers live: ``default`` (directories in the data dir) or
             ``btrfs`` (a loop-mounted image in the data dir, kernel-enforced quota).
         storage_size: Size of the btrfs image file (sparse; grown at start if smaller).
+        runs_per_org: Commands one organisation may run at once (429 beyond).
+        runs_per_vm: Commands one VM may run at once, across its sessions (429 beyond).
+        runs_total: Commands the server may run at once (503 beyond); also the number
+            of threads that wait on runs, apart from the pool serving other requests.
     """
 
     data_dir: Path
@@ -62,6 +66,11 @@ class ServerConfig:
     disk_quota: int = 10 << 30
     storage: str = "default"
     storage_size: int = 32 << 30
+    # A 2-core laptop: a share is mostly waiting (sleeps, network, builds queue on the
+    # CPU cgroups anyway); three organisations at their share still fit in the total.
+    runs_per_org: int = 16
+    runs_per_vm: int = 8
+    runs_total: int = 48
 
     @property
     def db_path(self) -> Path:

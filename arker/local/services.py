@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .config import ServerConfig
 from .engine_api import EngineLike
 from .idempotency import Idempotency
 from .presign import Signer, load_or_create_secret
+from .run_slots import RunSlots
 from .store import Store
 from .sync import Sync
 from .uploads import Uploads
@@ -27,6 +29,9 @@ class Services:
     signer: Signer
     idempotency: Idempotency
     vm_files: VmFiles
+    run_slots: RunSlots
+    run_pool: ThreadPoolExecutor
+    """The threads that wait on runs (one per slot): never the pool serving requests."""
 
 
 def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Services:
@@ -42,4 +47,8 @@ def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Se
         signer=signer,
         idempotency=Idempotency(store),
         vm_files=VmFiles(engine),
+        run_slots=RunSlots(
+            per_org=config.runs_per_org, per_vm=config.runs_per_vm, total=config.runs_total
+        ),
+        run_pool=ThreadPoolExecutor(config.runs_total, thread_name_prefix="arker-run"),
     )
