@@ -84,6 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="N",
             help=f"commands {what} may run at once (default: %(default)s)",
         )
+    parser.add_argument(
+        "--vm-uid-base",
+        type=_positive_int,
+        default=ServerConfig.vm_uid_base,
+        metavar="UID",
+        help="each VM runs as its own host uid from this one up (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--vm-uids",
+        type=int,
+        default=ServerConfig.vm_uids,
+        metavar="N",
+        help="how many host uids the VMs may use (default: %(default)s; 0: all VMs run as one uid)",
+    )
     actions = parser.add_subparsers(dest="action")
 
     keys = actions.add_parser("keys", help="manage API keys")
@@ -169,6 +183,8 @@ def serve_main(argv: Sequence[str]) -> int:
         runs_per_org=args.runs_per_org,
         runs_per_vm=args.runs_per_vm,
         runs_total=args.runs_total,
+        vm_uid_base=args.vm_uid_base,
+        vm_uids=args.vm_uids,
     )
     return serve(config)
 

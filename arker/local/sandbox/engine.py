@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import files, recovery, staging
+from . import vm_uids as uid_table
 from .background import BackgroundQueue
 from .baseimage import DEBIAN_BASE, HOST_BASE, BaseImages
 from .cgroups import VmCgroup
@@ -67,6 +68,8 @@ class Engine:
             rootfs built by ``build_debian_rootfs(default_debian_rootfs(data_dir))``).
         busy_wait_s: How long fork/delete wait for running commands before ``vm_busy``.
         storage: ``"default"``, or ``"btrfs"``: a ``storage_size`` image (volume.py).
+        vm_uids: (first uid, how many): each VM's processes run as a host uid of
+            this range (`vm_uids`); None or a count of 0: all run as ``sandbox_uid``.
 
     Raises:
         SandboxUnavailable: bwrap missing, debian rootfs absent, or the data dir is in
@@ -84,6 +87,7 @@ class Engine:
         busy_wait_s: float = 2.0,
         storage: str = "default",
         storage_size: int = recovery.Storage.size,
+        vm_uids: tuple[int, int] | None = None,
     ) -> None:
         if base not in (HOST_BASE, DEBIAN_BASE):
             raise ValueError(f"unknown base {base!r}")
@@ -128,6 +132,8 @@ class Engine:
         for vm_id, meta in state.vms.items():
             self._vms[vm_id] = self._new_vm(meta)
         try:
+            dirs = (self.data_dir / "engine", self._store.layers_dir, self._overlays.root)
+            self._uids = uid_table.start(*dirs, sandbox_uid, vm_uids, set(self._vms))
             self._collect_layers()
         except BaseException:
             self._overlays.release()
@@ -233,6 +239,8 @@ class Engine:
             vm.gate.mark_deleted()
             if vm.cgroup is not None:
                 vm.cgroup.remove()
+            if self._uids is not None:
+                self._uids.release(vm_id)
         finally:
             vm.gate.release_exclusive()
         self._schedule_sync()
@@ -273,6 +281,7 @@ class Engine:
                     command=command,
                     limit=limit,
                     budget=budget,
+                    ids=None if self._uids is None else self._uids.ids(vm_id),
                 )
             finally:
                 vm.gate.leave()
@@ -320,7 +329,8 @@ class Engine:
             SandboxError: ``not_found`` (VM or staged file), ``bad_request``.
         """
         with self._inside(vm_id) as (vm, root_fd):
-            staging.commit(root_fd, name, path, size, mode, self.sandbox_uid, self.sandbox_uid)
+            uid = self._uid_of(vm_id)  # the VM's uid: it writes through the idmapped view
+            staging.commit(root_fd, name, path, size, mode, uid, uid)
             if vm.usage is not None:
                 vm.usage += size  # staged after the last measurement: an upper bound
 
@@ -396,7 +406,8 @@ class Engine:
         def prepare() -> int:
             self._check_open()
             if vm.root_fd is None:
-                vm.root_fd = self._overlays.mount(vm.meta)
+                owner = None if self._uids is None else self._uids.owner(vm.meta.vm_id)
+                vm.root_fd = self._overlays.mount(vm.meta, owner)
                 vm.generation += 1
             self._overlays.touch(vm.meta.vm_id, lambda: vm.gate.when_idle(lambda: self._evict(vm)))
             return vm.root_fd
@@ -430,6 +441,9 @@ class Engine:
         root_fd, vm.root_fd = vm.root_fd, None
         self._overlays.unmount(vm.meta, root_fd, background=background)
 
+    def _uid_of(self, vm_id: str) -> int:
+        return self.sandbox_uid if self._uids is None else self._uids.uid_of(vm_id)
+
     def _collect_layers(self) -> None:
         """Remove layers and work dirs that no VM references."""
         with self._gc_lock:
@@ -445,7 +459,7 @@ class Engine:
                 vm.cgroup = VmCgroup(
                     self._tag,
                     vm.meta.vm_id,
-                    self.sandbox_uid,
+                    self._uid_of(vm.meta.vm_id),
                     self.limits.pids_max,
                     self.limits.memory_max_bytes,
                 )

@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-from . import mounts
+from . import idmap, mounts
 from .errors import SandboxError
 from .layers import LayerStore, VmMeta
 from .pipeline import resource_error
@@ -161,8 +161,12 @@ class Overlays:
 
         self._background(finish)
 
-    def mount(self, meta: VmMeta) -> int:
-        """Mount the VM's overlay; return an ``O_PATH`` handle on its root."""
+    def mount(self, meta: VmMeta, owner: tuple[int, int] | None = None) -> int:
+        """Mount the VM's overlay; return an ``O_PATH`` handle on its root.
+
+        With ``owner`` (the canonical uid on disk, the VM's uid), the overlay is
+        mounted over idmapped views of the layers (`idmap.mount_overlay_as`).
+        """
         with self._lock:
             evicting = self._evicting.get(meta.vm_id)
         if evicting is not None:
@@ -172,10 +176,23 @@ class Overlays:
         work = self._store.work_path(meta.upper)
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(mode=0o700)
-        lowers = [self._store.layer_ref(x) for x in reversed(meta.layers)]
-        lowers.append(str(self._base_dir(meta.base)))
+        base = self._base_dir(meta.base)
         try:
-            mounts.mount_overlay(str(target), lowers, self._store.layer_ref(meta.upper), str(work))
+            if owner is None:
+                lowers = [self._store.layer_ref(x) for x in reversed(meta.layers)]
+                upper = self._store.layer_ref(meta.upper)
+                mounts.mount_overlay(str(target), [*lowers, str(base)], upper, str(work))
+            else:
+                idmap.mount_overlay_as(
+                    str(target),
+                    [self._store.layer_path(x) for x in reversed(meta.layers)] + [base],
+                    self._store.layer_path(meta.upper),
+                    work,
+                    lower_roots=(self._store.layers_dir, base),
+                    upper_root=self._store.root,
+                    canonical=owner[0],
+                    uid=owner[1],
+                )
         except OSError as exc:
             raise resource_error(f"cannot mount vm {meta.vm_id}", exc) from None
         try:
