@@ -14,7 +14,9 @@ private clone. Making one costs a few syscalls, whatever the size of the tree.
 The mapping swaps the canonical uid and the VM's uid and maps every other id to
 itself (root-owned files stay root's, so copy-up of ``/tmp`` keeps its owner).
 The user namespace that carries the mapping is made by a short-lived helper
-(``unshare --user``): a threaded server cannot ``unshare`` itself.
+(``unshare --user``): a threaded server cannot ``unshare`` itself. The helper costs
+a process start, so the namespaces of the recently mounted VMs are kept
+(`USERNS_KEPT` descriptors at most).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import ctypes
 import os
 import shutil
 import subprocess
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -48,6 +52,9 @@ _OPEN_TREE_CLONE = 1
 _AT_EMPTY_PATH = 0x1000
 _MOUNT_ATTR_IDMAP = 0x00100000
 _UID_MAX = 0xFFFFFFFF  # exclusive end of the 32-bit id space ((uid_t)-1 is invalid)
+
+USERNS_KEPT = 64
+"""How many mapping namespaces `views` keeps open for the next mount of their VM."""
 
 IDMAP_UNSHARE = shutil.which("unshare")
 """util-linux's unshare: the helper that makes the mapping's user namespace."""
@@ -148,16 +155,37 @@ def views(paths: list[str], canonical: int, uid: int) -> Iterator[list[str]]:
     """Idmapped views of ``paths`` for ``uid`` while the block runs: their ``/proc``
     names, valid for this process until the block ends (mount the overlay inside it).
     """
-    userns = swap_userns(canonical, uid)
     fds: list[int] = []
     try:
-        for path in paths:
-            fds.append(idmapped_view(path, userns))
+        with _kept.lock:  # held while in use: an eviction cannot close it under us
+            userns = _kept.get(canonical, uid)
+            for path in paths:
+                fds.append(idmapped_view(path, userns))
         yield [f"/proc/self/fd/{fd}" for fd in fds]
     finally:
         for fd in fds:
             os.close(fd)
-        os.close(userns)
+
+
+class _Kept:
+    """The most recently used mapping namespaces, by (canonical, uid)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self._fds: OrderedDict[tuple[int, int], int] = OrderedDict()
+
+    def get(self, canonical: int, uid: int) -> int:
+        key = (canonical, uid)
+        fd = self._fds.get(key)
+        if fd is None:
+            fd = self._fds[key] = swap_userns(canonical, uid)
+            while len(self._fds) > USERNS_KEPT:
+                os.close(self._fds.popitem(last=False)[1])
+        self._fds.move_to_end(key)
+        return fd
+
+
+_kept = _Kept()
 
 
 def mount_overlay_as(
