@@ -147,7 +147,7 @@ def create_app(services: Services) -> FastAPI:
         "/api/v1/vms/{vm_id}/run",
         dependencies=[ValidText],
         response_model=RunResponse,
-        responses=error_docs(*API_ERRORS, 404, 409),
+        responses=error_docs(*API_ERRORS, 404, 409, 429, 503),
     )
     async def run(
         vm_id: str, org_id: OrgId, body: RunRequest, idempotency_key: IdempotencyKey = None
