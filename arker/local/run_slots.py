@@ -63,7 +63,9 @@ class RunSlots:
         self.total = total
         self._lock = threading.Lock()
         self._by_org: Counter[str] = Counter()
-        self._by_vm: Counter[str] = Counter()
+        # By (org, VM): a slot is taken before the VM's owner is checked, so another
+        # org naming this VM must not fill the owner's share of it.
+        self._by_vm: Counter[tuple[str, str]] = Counter()
         self._all = 0
 
     def acquire(self, org: str, vm: str) -> RunSlot:
@@ -81,7 +83,7 @@ class RunSlots:
                     f"this organisation already runs {self.per_org} commands at once, "
                     "its share of the server; try again when one ends",
                 )
-            if self._by_vm[vm] >= self.per_vm:
+            if self._by_vm[org, vm] >= self.per_vm:
                 raise _refused(
                     "quota_exceeded",
                     f"this VM already runs {self.per_vm} commands at once, its share of "
@@ -94,7 +96,7 @@ class RunSlots:
                     "try again when one ends",
                 )
             self._by_org[org] += 1
-            self._by_vm[vm] += 1
+            self._by_vm[org, vm] += 1
             self._all += 1
         return RunSlot(self, org, vm)
 
@@ -105,10 +107,13 @@ class RunSlots:
 
     def _release(self, org: str, vm: str) -> None:
         with self._lock:
-            for counter, key in ((self._by_org, org), (self._by_vm, vm)):
-                counter[key] -= 1
-                if counter[key] <= 0:
-                    del counter[key]  # no entry per idle org or VM
+            self._by_org[org] -= 1
+            self._by_vm[org, vm] -= 1
+            # No entry per idle org or VM.
+            if self._by_org[org] <= 0:
+                del self._by_org[org]
+            if self._by_vm[org, vm] <= 0:
+                del self._by_vm[org, vm]
             self._all -= 1
 
 

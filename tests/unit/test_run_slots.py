@@ -49,3 +49,9 @@ def test_a_released_slot_is_taken_again_and_released_once() -> None:
 def test_limits_below_one_are_refused() -> None:
     with pytest.raises(ValueError):
         RunSlots(per_org=0, per_vm=1, total=1)
+
+
+def test_another_org_naming_a_vm_does_not_fill_its_owners_share_of_it() -> None:
+    slots = RunSlots(per_org=5, per_vm=1, total=10)
+    slots.acquire("intruder", "victims-vm")  # refused later: not its VM
+    slots.acquire("owner", "victims-vm")
