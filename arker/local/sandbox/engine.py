@@ -132,7 +132,8 @@ class Engine:
         for vm_id, meta in state.vms.items():
             self._vms[vm_id] = self._new_vm(meta)
         try:
-            dirs = (self.data_dir / "engine", self._store.layers_dir, self._overlays.root)
+            probe = (self._store.layers_dir, self.data_dir)  # the layers, the base images
+            dirs = (self.data_dir / "engine", probe, self._overlays.root)
             self._uids = uid_table.start(*dirs, sandbox_uid, vm_uids, set(self._vms))
             self._collect_layers()
         except BaseException:

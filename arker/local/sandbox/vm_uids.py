@@ -116,7 +116,7 @@ class VmUids:
 
 def start(
     engine_dir: Path,
-    probe_dir: Path,
+    probe_dirs: tuple[Path, ...],
     mount_dir: Path,
     canonical: int,
     uid_range: tuple[int, int] | None,
@@ -124,7 +124,8 @@ def start(
 ) -> VmUids | None:
     """The engine's uid table (``engine_dir/uids``, the uids of VMs not in ``live``
     given back), or None (every VM runs as ``canonical``) when no range is configured
-    or the kernel cannot make an idmapped view of ``probe_dir``.
+    or the kernel cannot make idmapped views of ``probe_dirs`` (where the layers and
+    the base images live).
 
     ``mount_dir`` (the engine's mount points) becomes reachable by the VMs' group.
     """
@@ -132,7 +133,7 @@ def start(
         return None
     uids = VmUids(engine_dir / "uids", uid_range[0], uid_range[1], canonical)
     try:
-        with idmap.views([str(probe_dir)], canonical, uid_range[0]):
+        with idmap.views([str(d) for d in probe_dirs], canonical, uid_range[0]):
             pass
     except OSError as exc:
         log.warning("every VM runs as uid %d: no idmapped mounts here (%s)", canonical, exc)
