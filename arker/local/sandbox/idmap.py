@@ -53,8 +53,9 @@ _AT_EMPTY_PATH = 0x1000
 _MOUNT_ATTR_IDMAP = 0x00100000
 _UID_MAX = 0xFFFFFFFF  # exclusive end of the 32-bit id space ((uid_t)-1 is invalid)
 
-USERNS_KEPT = 64
-"""How many mapping namespaces `views` keeps open for the next mount of their VM."""
+USERNS_KEPT = 16
+"""How many mapping namespaces `views` keeps open for the next mount of their VM: each
+is a descriptor of the server, so a few (an idle VM holds no descriptor, see mounting)."""
 
 IDMAP_UNSHARE = shutil.which("unshare")
 """util-linux's unshare: the helper that makes the mapping's user namespace."""
