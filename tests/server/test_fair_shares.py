@@ -109,7 +109,7 @@ def test_one_vm_is_refused_past_its_share_of_runs(arker_server: ArkerServer, run
     vm = org.fork(name="busy")["vm_id"]
     extra = 2
     for i in range(ServerConfig.runs_per_vm + extra):
-        runs.start(org, vm, "sleep 5", f"s{i}")
+        runs.start(org, vm, "sleep 10", f"s{i}")
     runs.join()
     statuses = runs.statuses()
     assert statuses.count(200) == ServerConfig.runs_per_vm, statuses
