@@ -240,8 +240,7 @@ class Engine:
             vm.gate.mark_deleted()
             if vm.cgroup is not None:
                 vm.cgroup.remove()
-            if self._uids is not None:
-                self._uids.release(vm_id)
+            self._uids.release(vm_id)
         finally:
             vm.gate.release_exclusive()
         self._schedule_sync()
@@ -282,7 +281,7 @@ class Engine:
                     command=command,
                     limit=limit,
                     budget=budget,
-                    ids=None if self._uids is None else self._uids.ids(vm_id),
+                    ids=self._uids.ids(vm_id),
                 )
             finally:
                 vm.gate.leave()
@@ -330,7 +329,7 @@ class Engine:
             SandboxError: ``not_found`` (VM or staged file), ``bad_request``.
         """
         with self._inside(vm_id) as (vm, root_fd):
-            uid = self._uid_of(vm_id)  # the VM's uid: it writes through the idmapped view
+            uid = self._uids.uid_of(vm_id)  # it writes through the VM's idmapped view
             staging.commit(root_fd, name, path, size, mode, uid, uid)
             if vm.usage is not None:
                 vm.usage += size  # staged after the last measurement: an upper bound
@@ -407,8 +406,7 @@ class Engine:
         def prepare() -> int:
             self._check_open()
             if vm.root_fd is None:
-                owner = None if self._uids is None else self._uids.owner(vm.meta.vm_id)
-                vm.root_fd = self._overlays.mount(vm.meta, owner)
+                vm.root_fd = self._overlays.mount(vm.meta, self._uids.owner(vm.meta.vm_id))
                 vm.generation += 1
             self._overlays.touch(vm.meta.vm_id, lambda: vm.gate.when_idle(lambda: self._evict(vm)))
             return vm.root_fd
@@ -442,9 +440,6 @@ class Engine:
         root_fd, vm.root_fd = vm.root_fd, None
         self._overlays.unmount(vm.meta, root_fd, background=background)
 
-    def _uid_of(self, vm_id: str) -> int:
-        return self.sandbox_uid if self._uids is None else self._uids.uid_of(vm_id)
-
     def _collect_layers(self) -> None:
         """Remove layers and work dirs that no VM references."""
         with self._gc_lock:
@@ -460,7 +455,7 @@ class Engine:
                 vm.cgroup = VmCgroup(
                     self._tag,
                     vm.meta.vm_id,
-                    self._uid_of(vm.meta.vm_id),
+                    self._uids.uid_of(vm.meta.vm_id),
                     self.limits.pids_max,
                     self.limits.memory_max_bytes,
                 )

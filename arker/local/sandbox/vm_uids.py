@@ -19,12 +19,35 @@ from pathlib import Path
 from . import idmap
 from .errors import SandboxError
 
-__all__ = ["VmUids", "start"]
+__all__ = ["SharedUid", "VmUids", "start"]
 
 log = logging.getLogger("arker.local.sandbox")
 
 
-class VmUids:
+class SharedUid:
+    """Every VM runs as the canonical uid: no range configured, or no idmapped mounts."""
+
+    def __init__(self, canonical: int) -> None:
+        self.canonical = canonical
+
+    def uid_of(self, vm_id: str) -> int:
+        """The VM's host uid."""
+        return self.canonical
+
+    def ids(self, vm_id: str) -> tuple[int, tuple[int, ...]] | None:
+        """What `RunPipeline.run` needs: the VM's uid and extra groups (None: the default)."""
+        return None
+
+    def owner(self, vm_id: str) -> tuple[int, int] | None:
+        """What `Overlays.mount` needs: (the canonical uid on disk, the VM's uid), or
+        None for a plain overlay."""
+        return None
+
+    def release(self, vm_id: str) -> None:
+        """Give the VM's uid back (the VM is deleted)."""
+
+
+class VmUids(SharedUid):
     """The uid table of one engine.
 
     Args:
@@ -36,7 +59,7 @@ class VmUids:
     def __init__(self, table: Path, base: int, count: int, canonical: int) -> None:
         if base < 2 or count < 1 or base + count > 0xFFFFFFFF or base <= canonical < base + count:
             raise ValueError(f"bad VM uid range: {count} uids from {base}")
-        self.canonical = canonical
+        super().__init__(canonical)
         self.base = base
         self.traverse_gid = base - 1
         """The one group every VM's processes hold: it lets bwrap (which resolves its
@@ -66,11 +89,11 @@ class VmUids:
             return self.base + index
 
     def ids(self, vm_id: str) -> tuple[int, tuple[int, ...]]:
-        """What a run needs: the VM's uid, and the extra groups its processes hold."""
+        """The VM's uid, and the extra group its processes hold."""
         return self.uid_of(vm_id), (self.traverse_gid,)
 
     def owner(self, vm_id: str) -> tuple[int, int]:
-        """What `Overlays.mount` needs: (the canonical uid on disk, the VM's uid)."""
+        """(the canonical uid on disk, the VM's uid)."""
         return self.canonical, self.uid_of(vm_id)
 
     def release(self, vm_id: str) -> None:
@@ -121,23 +144,23 @@ def start(
     canonical: int,
     uid_range: tuple[int, int] | None,
     live: set[str],
-) -> VmUids | None:
+) -> SharedUid:
     """The engine's uid table (``engine_dir/uids``, the uids of VMs not in ``live``
-    given back), or None (every VM runs as ``canonical``) when no range is configured
+    given back), or `SharedUid` (every VM runs as ``canonical``) when no range is set
     or the kernel cannot make idmapped views of ``probe_dirs`` (where the layers and
     the base images live).
 
     ``mount_dir`` (the engine's mount points) becomes reachable by the VMs' group.
     """
     if uid_range is None or uid_range[1] == 0:
-        return None
+        return SharedUid(canonical)
     uids = VmUids(engine_dir / "uids", uid_range[0], uid_range[1], canonical)
     try:
         with idmap.views([str(d) for d in probe_dirs], canonical, uid_range[0]):
             pass
     except OSError as exc:
         log.warning("every VM runs as uid %d: no idmapped mounts here (%s)", canonical, exc)
-        return None
+        return SharedUid(canonical)
     uids.keep_only(live)
     os.chown(mount_dir, canonical, uids.traverse_gid)
     os.chmod(mount_dir, 0o710)
