@@ -34,6 +34,9 @@ _TABLE: dict[str, tuple[int, ...]] = {
     "vm_busy": (409,),
     "payload_too_large": (413,),
     "rate_limited": (429,),
+    # A scoped limit (here: concurrent runs per organisation or per VM) is full; the
+    # answer's Retry-After says when to try again.
+    "quota_exceeded": (429,),
     "internal": (500,),
     "not_implemented": (501,),
     # A gateway's 502 or 504 means the same as the service's own 503.

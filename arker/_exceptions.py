@@ -23,6 +23,7 @@ The tree::
         │   └── VmBusyError              409 vm_busy
         ├── PayloadTooLargeError         413 payload_too_large
         ├── RateLimitError               429 rate_limited
+        │   └── QuotaExceededError       429 quota_exceeded (e.g. concurrent runs)
         ├── InternalServerError          500 internal
         ├── NotImplementedByServerError  501 not_implemented
         └── ServiceUnavailableError      502/503/504 unavailable
@@ -58,6 +59,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PaymentRequiredError",
     "PermissionDeniedError",
+    "QuotaExceededError",
     "RateLimitError",
     "ResponseValidationError",
     "RunCancelledError",
@@ -304,6 +306,13 @@ class RateLimitError(APIStatusError):
     wire_code = "rate_limited"
 
 
+class QuotaExceededError(RateLimitError):
+    """A scoped limit is full (``quota_exceeded``), e.g. the concurrent runs of an
+    organisation or of one VM: retried after the answer's ``Retry-After``."""
+
+    wire_code = "quota_exceeded"
+
+
 class InternalServerError(APIStatusError):
     wire_code = "internal"
 
@@ -329,6 +338,7 @@ _STATUS_CLASSES: tuple[type[APIStatusError], ...] = (
     VmBusyError,
     PayloadTooLargeError,
     RateLimitError,
+    QuotaExceededError,
     InternalServerError,
     NotImplementedByServerError,
     ServiceUnavailableError,

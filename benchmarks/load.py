@@ -19,6 +19,14 @@ shows what went over the wire (retries and 5xx included). It prints, it does not
 the last line is the verdict: no errors beyond the documented ``vm_busy``::
 
     python benchmarks/load.py [--clients 16] [--seconds 60] [--seed 1]
+
+With ``--two-orgs``, the fair-shares scenario instead: a bystander organisation times
+``/health`` and an ``echo`` run alone, then again while a greedy organisation keeps
+``--greedy`` (45) ``sleep`` runs going in separate sessions (honouring each ``429``'s
+``Retry-After``); it prints the bystander's p50/p99 both ways and the p99 ratio
+saturated/solo (the verdict: within 2×)::
+
+    python benchmarks/load.py --two-orgs [--greedy 45] [--sleep 20] [--samples 40]
 """
 
 from __future__ import annotations
@@ -32,13 +40,15 @@ import shutil
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+import requests
 from _server import local_server
 
-from arker import Arker, VmBusyError
+from arker import Arker, QuotaExceededError, VmBusyError
 from arker.testing import ArkerServer
 
 SHARED_GROUP = 4  # clients per shared VM
@@ -305,6 +315,89 @@ def server_log_problems(server: ArkerServer) -> list[str]:
     return [line for line in text.splitlines() if pattern.search(line)]
 
 
+def two_orgs(args: argparse.Namespace) -> None:
+    """One org saturating its share of runs; the other's latency, solo and saturated."""
+    with local_server() as (server, greedy_admin):
+        print(f"arker serve pid {server.pid} on {server.base_url}")
+        key = server.create_key("bystander")
+        bystander = Arker(key, base_url=server.base_url, control_url=server.control_url)
+        own_vm = bystander.vms.fork("arkuntu", name="bystander").vm_id
+        greedy_vms = [greedy_admin.vms.fork("arkuntu", name=f"greedy-{i}").vm_id for i in range(3)]
+        health_url = f"{server.base_url}/api/v1/health"
+
+        def measure(label: str) -> dict[str, list[float]]:
+            samples: dict[str, list[float]] = {"health": [], "echo": []}
+            with requests_session() as http:
+                for i in range(args.samples):
+                    t = time.monotonic()
+                    http.get(health_url, timeout=120).raise_for_status()
+                    samples["health"].append((time.monotonic() - t) * 1000)
+                    t = time.monotonic()
+                    out = bystander.runs.create(own_vm, f"echo {i}", session_id="probe").stdout
+                    samples["echo"].append((time.monotonic() - t) * 1000)
+                    assert out == f"{i}\n".encode(), out
+                    time.sleep(0.05)
+            print(
+                f"{label:<10}"
+                + "".join(
+                    f"  {op} p50 {percentile(ms, 0.5):7.1f} ms p99 {percentile(ms, 0.99):7.1f} ms"
+                    for op, ms in samples.items()
+                )
+            )
+            return samples
+
+        solo = measure("solo")
+        stop = threading.Event()
+        outcomes: Counter[str] = Counter()
+        lock = threading.Lock()
+
+        def greedy(index: int) -> None:
+            client = Arker(
+                server.api_key, base_url=server.base_url, control_url=server.control_url,
+                max_retries=0,
+            )  # fmt: skip
+            vm = greedy_vms[index % len(greedy_vms)]
+            while not stop.is_set():
+                try:
+                    client.runs.create(vm, f"sleep {args.sleep}", session_id=f"g{index}")
+                    kind = "ok"
+                except QuotaExceededError as exc:
+                    kind = "429 quota_exceeded"
+                    stop.wait(exc.retry_after or 1.0)
+                except Exception as exc:  # counted; the load goes on
+                    kind = type(exc).__name__
+                    stop.wait(1.0)
+                with lock:
+                    outcomes[kind] += 1
+            client.close()
+
+        threads = [threading.Thread(target=greedy, args=(i,)) for i in range(args.greedy)]
+        for t in threads:
+            t.start()
+        time.sleep(2.0)  # every greedy run started, or refused
+        saturated = measure("saturated")
+        stop.set()
+        for t in threads:
+            t.join()
+        print(f"greedy org's runs: {dict(outcomes)}")
+        ratios = {op: percentile(saturated[op], 0.99) / percentile(solo[op], 0.99) for op in solo}
+        print(
+            "bystander p99 saturated/solo: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items())
+        )
+        verdict = "PASS" if max(ratios.values()) <= 2.0 else "FAIL"
+        print(f"\nVERDICT: {verdict} — the bystander's p99 within 2x of its solo figure")
+        bystander.close()
+
+
+@contextmanager
+def requests_session() -> Iterator[requests.Session]:
+    http = requests.Session()
+    try:
+        yield http
+    finally:
+        http.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=16)
@@ -317,7 +410,14 @@ def main() -> None:
         "--shared-client", action="store_true", help="all threads share one Arker client"
     )
     parser.add_argument("--server-log", help="copy the server's stderr here at the end")
+    parser.add_argument("--two-orgs", action="store_true", help="the fair-shares scenario")
+    parser.add_argument("--greedy", type=int, default=45, help="greedy org's concurrent runs")
+    parser.add_argument("--sleep", type=float, default=20.0, help="seconds per greedy run")
+    parser.add_argument("--samples", type=int, default=40, help="bystander samples per phase")
     args = parser.parse_args()
+    if args.two_orgs:
+        two_orgs(args)
+        return
 
     stats = Stats(large_left=args.max_large)
     sdk_log = logging.getLogger("arker")

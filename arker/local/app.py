@@ -2,11 +2,13 @@
 
 Handlers are thin: parse with the shared `arker._wire` models, call the service
 objects, dump the response model. Handlers that touch the (blocking) engine are plain
-``def`` so FastAPI runs them in its thread pool.
+``def`` so FastAPI runs them in its thread pool; ``run``, which may wait for an hour,
+waits in a pool of its own (`Services.run_pool`) behind the fair shares (`run_slots`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import Body, Depends, FastAPI, Header, Query, Request
@@ -147,26 +149,39 @@ def create_app(services: Services) -> FastAPI:
         "/api/v1/vms/{vm_id}/run",
         dependencies=[ValidText],
         response_model=RunResponse,
-        responses=error_docs(*API_ERRORS, 404, 409),
+        responses=error_docs(*API_ERRORS, 404, 409, 429, 503),
     )
-    def run(
+    async def run(
         vm_id: str, org_id: OrgId, body: RunRequest, idempotency_key: IdempotencyKey = None
     ) -> JSONResponse:
+        # Async, so waiting on the command holds no thread of the pool that serves the
+        # other requests: the run takes a slot of its org's share (429 when full, before
+        # anything is stored under its key) and waits in a thread of `run_pool`, which
+        # has one thread per slot.
         request_body = body.model_dump(mode="json")
         request_body["session_id"] = str(body.session_id)
         if body.timeout is not None and body.timeout > _TIMEOUT_CAP_S:
             # Any timeout is capped by the server's maximum anyway; this keeps a huge
             # JSON integer (10**400) from overflowing when it becomes a float.
             body = body.model_copy(update={"timeout": _TIMEOUT_CAP_S})
-        return JSONResponse(
-            s.idempotency.execute(
-                org_id,
-                f"run:{vm_id}",
-                idempotency_key,
-                request_body,
-                lambda: _dump(s.vms.run(org_id, vm_id, body)),
-            )
-        )
+        slot = s.run_slots.acquire(org_id, vm_id)
+
+        def execute() -> dict[str, Any]:
+            with slot:  # released by the thread itself, even if the request is gone
+                return s.idempotency.execute(
+                    org_id,
+                    f"run:{vm_id}",
+                    idempotency_key,
+                    request_body,
+                    lambda: _dump(s.vms.run(org_id, vm_id, body)),
+                )
+
+        try:
+            future = s.run_pool.submit(execute)
+        except BaseException:
+            slot.release()
+            raise
+        return JSONResponse(await asyncio.wrap_future(future))
 
     @app.post(
         "/api/v1/vms/{vm_id}/sync",

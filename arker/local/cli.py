@@ -74,6 +74,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="the most the btrfs image may grow to; it is sparse, starts at 4G and grows "
         "as it fills (default: 32G)",
     )
+    for flag, default, what in (
+        ("--runs-per-org", ServerConfig.runs_per_org, "one organisation (429 beyond)"),
+        ("--runs-per-vm", ServerConfig.runs_per_vm, "one VM, across its sessions (429 beyond)"),
+        ("--runs-total", ServerConfig.runs_total, "the whole server (503 beyond)"),
+    ):
+        parser.add_argument(
+            flag,
+            type=_positive_int,
+            default=default,
+            metavar="N",
+            help=f"commands {what} may run at once (default: %(default)s)",
+        )
+    parser.add_argument(
+        "--vm-uid-base",
+        type=_positive_int,
+        default=ServerConfig.vm_uid_base,
+        metavar="UID",
+        help="each VM runs as its own host uid from this one up (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--vm-uids",
+        type=int,
+        default=ServerConfig.vm_uids,
+        metavar="N",
+        help="how many host uids the VMs may use (default: %(default)s; 0: all VMs run as one uid)",
+    )
     actions = parser.add_subparsers(dest="action")
 
     keys = actions.add_parser("keys", help="manage API keys")
@@ -108,6 +134,16 @@ def parse_bytes(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a size: {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"negative size: {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
     return value
 
 
@@ -146,6 +182,11 @@ def serve_main(argv: Sequence[str]) -> int:
         disk_quota=args.disk_quota,
         storage=args.storage,
         storage_size=args.storage_size,
+        runs_per_org=args.runs_per_org,
+        runs_per_vm=args.runs_per_vm,
+        runs_total=args.runs_total,
+        vm_uid_base=args.vm_uid_base,
+        vm_uids=args.vm_uids,
     )
     return serve(config)
 

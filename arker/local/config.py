@@ -69,6 +69,12 @@ class ServerConfig:
             loop-mounted image in the data dir, kernel-enforced quota).
         storage_size: The most the btrfs image file may grow to (sparse, starts small).
         front: Deadlines and connection caps of the HTTP front.
+        runs_per_org: Commands one organisation may run at once (429 beyond).
+        runs_per_vm: Commands one VM may run at once, across its sessions (429 beyond).
+        runs_total: Commands the server may run at once (503 beyond); also the number
+            of threads that wait on runs, apart from the pool serving other requests.
+        vm_uid_base: First host uid of the range whose uids the VMs run as.
+        vm_uids: How many uids that range holds (0: every VM runs as one uid).
     """
 
     data_dir: Path
@@ -86,6 +92,15 @@ class ServerConfig:
     storage: str = "auto"
     storage_size: int = 32 << 30
     front: FrontLimits = FrontLimits()
+    # A 2-core laptop: a share is mostly waiting (sleeps, network, builds queue on the
+    # CPU cgroups anyway); three organisations at their share still fit in the total.
+    runs_per_org: int = 16
+    runs_per_vm: int = 8
+    runs_total: int = 48
+    # Above systemd's container uids (to 0x6FFFFFFF), below its foreign range
+    # (0x7FFE0000), far from any login account.
+    vm_uid_base: int = 2_000_000_000
+    vm_uids: int = 65536
 
     @property
     def db_path(self) -> Path:

@@ -23,7 +23,9 @@ _STATUS_TEXT = {
     409: "conflict, vm_busy",
     413: "payload_too_large",
     416: "(ext) range not satisfiable (code bad_request, Content-Range: bytes */size)",
+    429: "quota_exceeded: the organisation's or the VM's share of runs is full (Retry-After)",
     500: "internal",
+    503: "unavailable: the server is full or out of a resource (Retry-After when full)",
 }
 
 

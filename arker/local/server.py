@@ -147,6 +147,7 @@ def serve(config: ServerConfig) -> int:
                 ),
                 storage=config.storage,
                 storage_size=config.storage_size,
+                vm_uids=(config.vm_uid_base, config.vm_uids),
             )
         except SandboxUnavailable as exc:
             print(f"arker serve: {exc}", file=sys.stderr, flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from .config import ServerConfig
@@ -9,6 +10,7 @@ from .engine_api import EngineLike
 from .idempotency import Idempotency
 from .live_runs import LiveLimits, LiveRuns
 from .presign import Signer, load_or_create_secret
+from .run_slots import RunSlots
 from .store import Store
 from .sync import Sync
 from .uploads import Uploads
@@ -29,6 +31,9 @@ class Services:
     idempotency: Idempotency
     vm_files: VmFiles
     live: LiveRuns
+    run_slots: RunSlots
+    run_pool: ThreadPoolExecutor
+    """The threads that wait on runs (one per slot): never the pool serving requests."""
 
 
 def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Services:
@@ -45,6 +50,10 @@ def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Se
         idempotency=Idempotency(store),
         vm_files=VmFiles(engine),
         live=_live_runs(config, store, engine),
+        run_slots=RunSlots(
+            per_org=config.runs_per_org, per_vm=config.runs_per_vm, total=config.runs_total
+        ),
+        run_pool=ThreadPoolExecutor(config.runs_total, thread_name_prefix="arker-run"),
     )
 
 

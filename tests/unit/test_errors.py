@@ -22,6 +22,7 @@ from arker import (
     PayloadTooLargeError,
     PaymentRequiredError,
     PermissionDeniedError,
+    QuotaExceededError,
     RateLimitError,
     ServiceUnavailableError,
     UnsupportedError,
@@ -50,6 +51,7 @@ ENVELOPE_CASES = [
     # 429 and 5xx gateways are the transient statuses; the protocol gives them no
     # envelope codes, so the SDK names them itself.
     ("rate_limited", 429, RateLimitError),
+    ("quota_exceeded", 429, QuotaExceededError),
     ("unavailable", 503, ServiceUnavailableError),
 ]
 

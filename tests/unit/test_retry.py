@@ -22,6 +22,7 @@ from arker import (
     InternalServerError,
     NotFoundError,
     PayloadTooLargeError,
+    QuotaExceededError,
     RateLimitError,
     RetryPolicy,
     ServiceUnavailableError,
@@ -142,6 +143,9 @@ POLICY = RetryPolicy(max_retries=3, max_retry_after=60.0)
         (error_for("internal", "SlowDown", 500), True),
         (error_for("rate_limited", "", 429, retry_after=60.0), True),
         (error_for("rate_limited", "", 429, retry_after=61.0), False),
+        (error_for("quota_exceeded", "runs of this org", 429), True),
+        (error_for("quota_exceeded", "", 429, retry_after=1.0), True),
+        (error_for("quota_exceeded", "", 429, retry_after=61.0), False),
         (error_for("internal", "boom", 500), False),
         (error_for("bad_request", "503", 400), False),
         (error_for("unauthorized", "", 401), False),
@@ -161,6 +165,7 @@ def test_should_retry(exc, retry) -> None:
     ("exc", "transient"),
     [
         (error_for("rate_limited", "", 429, retry_after=600.0), True),  # policy aside
+        (error_for("quota_exceeded", "", 429, retry_after=600.0), True),
         (error_for("unavailable", "", 504), True),
         (error_for("internal", "ThrottlingException", 200), True),
         (error_for("vm_busy", "throttle", 409), False),  # hints count for internal only
@@ -267,6 +272,33 @@ def test_retry_after_beyond_cap_raises_without_sleeping(make_client, rsps, sleep
     assert info.value.retry_after == 31.0
     assert sleeps == []
     assert len(rsps.calls) == 1
+
+
+def test_run_refused_for_concurrency_is_sent_again_after_retry_after(
+    client: Arker, rsps, sleeps
+) -> None:
+    url = f"{client.base_url}/api/v1/vms/{VM}/run"
+    full = _err("quota_exceeded", "the organisation runs 16 commands already")
+    rsps.post(url, status=429, headers={"Retry-After": "3"}, json=full)
+    rsps.post(url, json=RUN_OK)
+    assert client.runs.create(VM, "true").stdout == b"ok"
+    assert sleeps == [3.0]
+    assert len(rsps.calls) == 2
+
+
+def test_run_refused_for_concurrency_past_the_budget_is_a_quota_error(
+    make_client, rsps, sleeps
+) -> None:
+    client = make_client(max_retries=1)
+    url = f"{client.base_url}/api/v1/vms/{VM}/run"
+    full = _err("quota_exceeded", "this VM runs 8 commands already")
+    rsps.post(url, status=429, headers={"Retry-After": "1"}, json=full)
+    rsps.post(url, status=429, headers={"Retry-After": "1"}, json=full)
+    with pytest.raises(QuotaExceededError) as info:
+        client.runs.create(VM, "true")
+    assert isinstance(info.value, RateLimitError)
+    assert (info.value.status, info.value.retry_after) == (429, 1.0)
+    assert sleeps == [1.0]
 
 
 @pytest.mark.parametrize("budget", [0, 1, 4])

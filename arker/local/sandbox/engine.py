@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import files, freeze, manifest, recovery, staging
+from . import vm_uids as uid_table
 from .background import BackgroundQueue
 from .baseimage import DEBIAN_BASE, HOST_BASE, BaseImages
 from .cgroups import VmCgroup
@@ -59,6 +60,8 @@ class Engine:
             rootfs built by ``build_debian_rootfs(default_debian_rootfs(data_dir))``).
         busy_wait_s: How long fork/delete wait for running commands before ``vm_busy``.
         storage: ``"default"``, or ``"btrfs"``: a ``storage_size`` image (volume.py).
+        vm_uids: (first uid, how many): each VM's processes run as a host uid of
+            this range (`vm_uids`); None or a count of 0: all run as ``sandbox_uid``.
 
     Raises:
         SandboxUnavailable: bwrap missing, debian rootfs absent, or the data dir is in
@@ -76,6 +79,7 @@ class Engine:
         busy_wait_s: float = 2.0,
         storage: str = "default",
         storage_size: int = recovery.Storage.size,
+        vm_uids: tuple[int, int] | None = None,
     ) -> None:
         if base not in (HOST_BASE, DEBIAN_BASE):
             raise ValueError(f"unknown base {base!r}")
@@ -119,6 +123,9 @@ class Engine:
         for vm_id, meta in state.vms.items():
             self._vms[vm_id] = self._new_vm(meta)
         try:
+            probe = (self._store.layers_dir, self.data_dir)  # the layers, the base images
+            dirs = (self.data_dir / "engine", probe, self._overlays.root)
+            self._uids = uid_table.start(*dirs, sandbox_uid, vm_uids, set(self._vms))
             self._collect_layers()
         except BaseException:
             self._overlays.release()
@@ -221,6 +228,7 @@ class Engine:
             vm.gate.mark_deleted()
             if vm.cgroup is not None:
                 vm.cgroup.remove()
+            self._uids.release(vm_id)
         finally:
             vm.gate.release_exclusive()
         self._schedule_sync()
@@ -271,6 +279,7 @@ class Engine:
                     limit=limit,
                     budget=budget,
                     sink=sink,
+                    ids=self._uids.ids(vm_id),
                 )
             finally:
                 self._live.remove(vm_id, sink)
@@ -329,7 +338,8 @@ class Engine:
             SandboxError: ``not_found`` (VM or staged file), ``bad_request``.
         """
         with self._inside(vm_id) as (vm, root_fd):
-            staging.commit(root_fd, name, path, size, mode, self.sandbox_uid, self.sandbox_uid)
+            uid = self._uids.uid_of(vm_id)  # it writes through the VM's idmapped view
+            staging.commit(root_fd, name, path, size, mode, uid, uid)
             if vm.usage is not None:
                 vm.usage += size  # staged after the last measurement: an upper bound
 
@@ -406,7 +416,7 @@ class Engine:
         def prepare() -> int:
             self._check_open()
             if vm.root_fd is None:
-                vm.root_fd = self._overlays.mount(vm.meta)
+                vm.root_fd = self._overlays.mount(vm.meta, self._uids.owner(vm.meta.vm_id))
                 vm.generation += 1
             self._overlays.touch(vm.meta.vm_id, lambda: vm.gate.when_idle(lambda: self._evict(vm)))
             return vm.root_fd
@@ -452,6 +462,11 @@ class Engine:
         """The VM's cgroups, created on its first run."""
         with self._lock:
             if vm.cgroup is None:
-                args = (self.sandbox_uid, self.limits.pids_max, self.limits.memory_max_bytes)
-                vm.cgroup = VmCgroup(self._tag, vm.meta.vm_id, *args)
+                vm.cgroup = VmCgroup(
+                    self._tag,
+                    vm.meta.vm_id,
+                    self._uids.uid_of(vm.meta.vm_id),
+                    self.limits.pids_max,
+                    self.limits.memory_max_bytes,
+                )
             return vm.cgroup

@@ -19,6 +19,8 @@ class Limits:
         max_file_bytes: Largest file `Engine.check_room` lets a VM take in (one upload).
         disk_quota_bytes: Disk budget per VM (its layer chain, base excluded);
             0 disables the quota. See `arker.local.sandbox.quota`.
+        nofile: ``RLIMIT_NOFILE`` (soft, hard) of a command's processes: their own,
+            not the server's raised limit.
     """
 
     max_output_bytes: int = 4 * 1024 * 1024
@@ -27,3 +29,4 @@ class Limits:
     memory_max_bytes: int = 1 << 30
     max_file_bytes: int = 100 * 1024 * 1024
     disk_quota_bytes: int = 10 << 30
+    nofile: tuple[int, int] = (1024, 65536)

@@ -172,6 +172,7 @@ def run_streaming(
     register: Callable[[subprocess.Popen[bytes] | None, subprocess.Popen[bytes]], None],
     watch: Callable[[], bool] | None = None,
     watch_interval: float = 0.5,
+    groups: Sequence[int] = (),
 ) -> RawResult:
     """Like `runner.run_bwrap`, but the output goes to ``sink`` and it can be cancelled.
 
@@ -191,7 +192,7 @@ def run_streaming(
             stderr=subprocess.PIPE,
             user=uid,
             group=uid,
-            extra_groups=None if uid is None else [],
+            extra_groups=None if uid is None else list(groups),
             pass_fds=tuple(pass_fds),
             close_fds=True,
             start_new_session=True,

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import mounts
+from . import idmap, mounts
 from .errors import SandboxError
 from .layers import LayerStore, VmMeta
 from .pipeline import resource_error
@@ -172,8 +172,12 @@ class Overlays:
         except RuntimeError:  # closing: the pool is gone
             finish()
 
-    def mount(self, meta: VmMeta) -> int:
-        """Mount the VM's overlay; return an ``O_PATH`` handle on its root."""
+    def mount(self, meta: VmMeta, owner: tuple[int, int] | None = None) -> int:
+        """Mount the VM's overlay; return an ``O_PATH`` handle on its root.
+
+        With ``owner`` (the canonical uid on disk, the VM's uid), the overlay is
+        mounted over idmapped views of the layers (`idmap.mount_overlay_as`).
+        """
         with self._lock:
             evicting = self._evicting.get(meta.vm_id)
         if evicting is not None:
@@ -184,16 +188,33 @@ class Overlays:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(mode=0o700)
         try:
-            # The options name every directory through a descriptor, never by host
-            # path: the VM sees them in its /proc/self/mountinfo.
-            base_fd = os.open(self._base_dir(meta.base), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                lowers = [self._store.layer_ref(x) for x in reversed(meta.layers)]
-                lowers.append(f"/proc/self/fd/{base_fd}")
-                upper = self._store.layer_ref(meta.upper)
-                mounts.mount_overlay(str(target), lowers, upper, self._store.work_ref(meta.upper))
-            finally:
-                os.close(base_fd)
+            if owner is None:
+                # The options name every directory through a descriptor, never by
+                # host path: the VM sees them in its /proc/self/mountinfo.
+                base_fd = os.open(
+                    self._base_dir(meta.base), os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+                )
+                try:
+                    lowers = [self._store.layer_ref(x) for x in reversed(meta.layers)]
+                    lowers.append(f"/proc/self/fd/{base_fd}")
+                    upper = self._store.layer_ref(meta.upper)
+                    work_ref = self._store.work_ref(meta.upper)
+                    mounts.mount_overlay(str(target), lowers, upper, work_ref)
+                finally:
+                    os.close(base_fd)
+            else:
+                # Idmapped views are named through descriptors too (idmap.views).
+                base = self._base_dir(meta.base)
+                idmap.mount_overlay_as(
+                    str(target),
+                    [self._store.layer_path(x) for x in reversed(meta.layers)] + [base],
+                    self._store.layer_path(meta.upper),
+                    work,
+                    lower_roots=(self._store.layers_dir, base),
+                    upper_root=self._store.root,
+                    canonical=owner[0],
+                    uid=owner[1],
+                )
         except OSError as exc:
             raise resource_error(f"cannot mount vm {meta.vm_id}", exc) from None
         try:

@@ -144,6 +144,7 @@ class RunPipeline:
         limit: float,
         budget: RunBudget | None,
         sink: LiveSink | None = None,
+        ids: tuple[int, tuple[int, ...]] | None = None,
     ) -> RunOutcome:
         """Run ``command`` (checked by `check`) in the VM mounted at ``root_fd``.
 
@@ -157,6 +158,8 @@ class RunPipeline:
             budget: The quota's part, None without a quota.
             sink: A live run's output files and stop button (live.py); None keeps
                 the output in memory, capped at ``Limits.max_output_bytes``.
+            ids: The VM's host uid (its overlay is idmapped for it) and extra
+                groups; None: the engine's ``sandbox_uid``, no extra group.
 
         Raises:
             SandboxError: ``internal`` (cannot start, cannot join the cgroups),
@@ -168,6 +171,7 @@ class RunPipeline:
             # The skeleton's copy is as old as the skeleton; DNS must follow the host.
             ro_binds.append("/etc/resolv.conf")
         drop_in_argv = runner.SETPRIV is not None
+        host_uid, groups = (self._uid, ()) if ids is None else ids
         start = time.monotonic()
         for attempt in range(_SPAWN_ATTEMPTS):
             if attempt:
@@ -180,7 +184,9 @@ class RunPipeline:
                 cgroup,
                 self._limits.pids_max,
                 self._limits.memory_max_bytes,
-                drop_to=self._uid if drop_in_argv else None,
+                nofile=self._limits.nofile,
+                drop_to=host_uid if drop_in_argv else None,
+                groups=groups,
                 fsize_max=None if budget is None else budget.fsize_max,
             ) + runner.bwrap_argv(
                 bwrap=self._bwrap,
@@ -195,7 +201,8 @@ class RunPipeline:
                 if sink is not None:
                     raw = run_streaming(
                         argv,
-                        uid=None if drop_in_argv else self._uid,
+                        uid=None if drop_in_argv else host_uid,
+                        groups=groups,
                         pass_fds=(root_fd, info_w),
                         info_w=info_w,
                         info_r=info_r,
@@ -207,7 +214,8 @@ class RunPipeline:
                     break
                 raw = runner.run_bwrap(
                     argv,
-                    uid=None if drop_in_argv else self._uid,
+                    uid=None if drop_in_argv else host_uid,
+                    groups=groups,
                     pass_fds=(root_fd, info_w),
                     info_w=info_w,
                     info_r=info_r,

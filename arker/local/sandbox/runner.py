@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import resource
 import selectors
 import shlex
 import shutil
@@ -47,6 +48,8 @@ def spawn_prefix(
     memory_max: int,
     drop_to: int | None = None,
     fsize_max: int | None = None,
+    nofile: tuple[int, int] | None = None,
+    groups: Sequence[int] = (),
 ) -> list[str]:
     """The ``sh -c`` wrapper that confines itself and then execs bwrap.
 
@@ -57,6 +60,11 @@ def spawn_prefix(
 
     With ``fsize_max`` (bytes), no file may grow past it (``RLIMIT_FSIZE``, set in
     512-byte units, rounded up) and ``SIGXFSZ`` is ignored so writers get ``EFBIG``.
+
+    ``groups`` are the supplementary groups ``drop_to`` keeps (none by default).
+
+    With ``nofile`` (soft, hard), the command's ``RLIMIT_NOFILE`` is that, not the
+    server's raised limit it would inherit.
     """
     steps: list[str] = []
     if cg is not None:
@@ -67,14 +75,22 @@ def spawn_prefix(
         steps.append(f"ulimit -u {int(pids_max)} 2>/dev/null")
     if cg is None or not cg.has("memory"):
         steps.append(f"ulimit -v {int(memory_max) // 1024} 2>/dev/null")
+    if nofile is not None:
+        # The wrapper may lower the hard limit, not raise it (no CAP_SYS_RESOURCE).
+        inherited = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        hard = (
+            int(nofile[1])
+            if inherited == resource.RLIM_INFINITY
+            else min(int(nofile[1]), inherited)
+        )
+        steps.append(f"ulimit -Sn {min(int(nofile[0]), hard)} && ulimit -Hn {hard} || exit 125")
     if fsize_max is not None:
         blocks = max(1, -(-int(fsize_max) // 512))
         steps.append(f"trap '' XFSZ; ulimit -f {blocks} || exit 125")
     if drop_to is not None and SETPRIV is not None:
         uid = int(drop_to)
-        steps.append(
-            f'exec {shlex.quote(SETPRIV)} --reuid={uid} --regid={uid} --clear-groups -- "$@"'
-        )
+        keep = f"--groups={','.join(str(int(g)) for g in groups)}" if groups else "--clear-groups"
+        steps.append(f'exec {shlex.quote(SETPRIV)} --reuid={uid} --regid={uid} {keep} -- "$@"')
     else:
         steps.append('exec "$@"')
     return [_SH, "-c", "; ".join(steps), "arker-spawn"]
@@ -151,6 +167,7 @@ def run_bwrap(
     register: Callable[[subprocess.Popen[bytes] | None, subprocess.Popen[bytes]], None],
     watch: Callable[[], bool] | None = None,
     watch_interval: float = 0.5,
+    groups: Sequence[int] = (),
 ) -> RawResult:
     """Run ``argv`` as ``uid``, collecting capped output until exit or timeout.
 
@@ -173,6 +190,7 @@ def run_bwrap(
             slow) while the command runs; True kills the tree like a timeout, and
             the result says ``stopped`` instead of ``timed_out``.
         watch_interval: Seconds between ``watch`` calls.
+        groups: Supplementary groups with ``uid`` (none by default).
     """
     try:
         proc = subprocess.Popen(
@@ -182,7 +200,7 @@ def run_bwrap(
             stderr=subprocess.PIPE,
             user=uid,
             group=uid,
-            extra_groups=None if uid is None else [],
+            extra_groups=None if uid is None else list(groups),
             pass_fds=tuple(pass_fds),
             close_fds=True,
             start_new_session=True,
