@@ -49,6 +49,23 @@ class FrontLimits:
 
 
 @dataclass(frozen=True)
+class PtyLimits:
+    """Bounds of interactive terminals (``routes_pty``).
+
+    Attributes:
+        per_vm: Terminals open at once on one VM (429 ``quota_exceeded`` beyond).
+        idle_s: A terminal with no input or output for this long is closed.
+        ticket_ttl_s: Lifetime of a PTY ticket.
+        max_tickets: Unredeemed tickets kept; the oldest is dropped beyond.
+    """
+
+    per_vm: int = 8
+    idle_s: float = 3600.0
+    ticket_ttl_s: float = 60.0
+    max_tickets: int = 10_000
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Everything `create_app` and the start-up sequence need to know.
 
@@ -68,6 +85,7 @@ class ServerConfig:
             ``btrfs`` (a loop-mounted image in the data dir, kernel-enforced quota).
         storage_size: Size of the btrfs image file (sparse; grown at start if smaller).
         front: Deadlines and connection caps of the HTTP front.
+        pty: Bounds of interactive terminals.
     """
 
     data_dir: Path
@@ -85,6 +103,7 @@ class ServerConfig:
     storage: str = "default"
     storage_size: int = 32 << 30
     front: FrontLimits = FrontLimits()
+    pty: PtyLimits = PtyLimits()
 
     @property
     def db_path(self) -> Path:

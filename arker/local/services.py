@@ -11,6 +11,7 @@ from .live_runs import LiveLimits, LiveRuns
 from .presign import Signer, load_or_create_secret
 from .store import Store
 from .sync import Sync
+from .terminals import Terminals
 from .uploads import Uploads
 from .vmfiles import VmFiles
 from .vms import Vms
@@ -29,6 +30,7 @@ class Services:
     idempotency: Idempotency
     vm_files: VmFiles
     live: LiveRuns
+    terminals: Terminals
 
 
 def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Services:
@@ -45,6 +47,7 @@ def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Se
         idempotency=Idempotency(store),
         vm_files=VmFiles(engine),
         live=_live_runs(config, store, engine),
+        terminals=Terminals(engine, config.pty),
     )
 
 
