@@ -133,6 +133,7 @@ def pty_router(s: Services) -> APIRouter:
                     await pump(ws, shell, float(idle))
                 finally:
                     await run_in_threadpool(shell.close)
+                    terminals.closed(vm, session_id, shell)
         except PtyQuotaExceeded as exc:
             await _deny(ws, quota_response(exc))
 

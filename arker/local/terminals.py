@@ -59,6 +59,7 @@ class Terminals:
         self.tickets = TicketBook(limits.ticket_ttl_s, limits.max_tickets)
         self._lock = threading.Lock()
         self._open: dict[str, int] = {}
+        self._shells: dict[tuple[str, str], set[PtyShellLike]] = {}
 
     def open_count(self, vm_id: str) -> int:
         """Terminals open on ``vm_id`` now."""
@@ -92,6 +93,29 @@ class Terminals:
     def open(
         self, vm_id: str, session_id: str, command: str | None, cols: int, rows: int
     ) -> PtyShellLike:
-        """Start the terminal's shell (blocking: run it off the event loop)."""
+        """Start the terminal's shell (blocking: run it off the event loop).
+
+        The caller calls `closed` once the shell is closed.
+        """
         engine = self.engine
-        return engine.open_pty(vm_id, session=session_id, command=command, cols=cols, rows=rows)
+        shell = engine.open_pty(vm_id, session=session_id, command=command, cols=cols, rows=rows)
+        with self._lock:
+            self._shells.setdefault((vm_id, session_id), set()).add(shell)
+        return shell
+
+    def closed(self, vm_id: str, session_id: str, shell: PtyShellLike) -> None:
+        """Forget a terminal whose shell was closed."""
+        with self._lock:
+            shells = self._shells.get((vm_id, session_id))
+            if shells is not None:
+                shells.discard(shell)
+                if not shells:
+                    del self._shells[(vm_id, session_id)]
+
+    def end_session(self, vm_id: str, session_id: str) -> int:
+        """Kill the shells of the session's terminals (their sockets then close)."""
+        with self._lock:
+            shells = list(self._shells.get((vm_id, session_id), ()))
+        for shell in shells:
+            shell.kill()
+        return len(shells)

@@ -279,6 +279,19 @@ def test_deleting_the_vm_ends_its_terminal(arker_server: ArkerServer, api: Api) 
     assert closed.rcvd is not None and closed.rcvd.code == 1001
 
 
+def test_deleting_the_session_ends_its_terminal(
+    arker_server: ArkerServer, api: Api, vm: str
+) -> None:
+    session = new_session(api, vm)
+    screen = open_screen(arker_server, api, vm, session)
+    screen.type("echo ready\n")
+    screen.expect(rb"[\r\n]ready")
+    r = api.delete(f"/api/v1/vms/{vm}/sessions/{session}")
+    assert r.status_code == 200, r.text
+    closed = screen.closed()
+    assert closed.rcvd is not None and closed.rcvd.code == 1000
+
+
 def test_the_api_key_in_the_upgrades_header_opens_a_terminal(
     arker_server: ArkerServer, api: Api, vm: str
 ) -> None:
