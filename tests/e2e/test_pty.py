@@ -408,3 +408,37 @@ def test_refused_upgrades_do_not_use_up_the_clients_connections(
         status, _ = refusal(pty_url(arker_server, vm, session, ticket="not-a-ticket"))
         assert status == 401
     assert api.get("/api/v1/health").status_code == 200
+
+
+def test_a_terminal_idle_past_its_cancel_ttl_is_closed(
+    arker_server: ArkerServer, api: Api, vm: str
+) -> None:
+    session = new_session(api, vm)
+    screen = open_screen(arker_server, api, vm, session, cancel_ttl_secs=1)
+    closed = screen.closed()
+    assert closed.rcvd is not None and closed.rcvd.code == 1000
+    assert "idle" in closed.rcvd.reason
+
+
+def test_a_vm_with_an_open_terminal_forks_and_the_terminal_goes_on(
+    arker_server: ArkerServer, api: Api, vm: str
+) -> None:
+    session = new_session(api, vm)
+    screen = open_screen(arker_server, api, vm, session)
+    with screen.ws:
+        screen.type("echo kept > /tmp/from-terminal\n")
+        screen.expect(rb"\$ $")
+        child = api.fork(vm)["vm_id"]
+        try:
+            assert api.run(child, "cat /tmp/from-terminal")["stdout"].strip() == "kept"
+        finally:
+            api.delete(f"/api/v1/vms/{child}")
+        screen.type("echo still-here\n")
+        screen.expect(rb"[\r\n]still-here")
+
+
+def test_a_command_with_a_nul_byte_is_refused(arker_server: ArkerServer, api: Api, vm: str) -> None:
+    session = new_session(api, vm)
+    url = pty_url(arker_server, vm, session, ticket=mint(api, vm, session), command="bash%00x")
+    status, body = refusal(url)
+    assert status == 400 and body["error"]["code"] == "bad_request"
