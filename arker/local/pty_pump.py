@@ -101,7 +101,7 @@ async def pump(ws: WebSocket, shell: PtyShellLike, idle_s: float) -> None:
             if not chunk:
                 return CLOSE_NORMAL, "shell exited"
             last[0] = loop.time()
-            await ws.send_bytes(chunk)
+            await ws.send_bytes(_more(fd, chunk))
 
     async def write_all(data: bytes) -> None:
         view = memoryview(data)
@@ -156,3 +156,25 @@ async def pump(ws: WebSocket, shell: PtyShellLike, idle_s: float) -> None:
     code, reason = outcome
     with contextlib.suppress(RuntimeError, ConnectionError, WebSocketDisconnect):
         await ws.close(code=code, reason=reason[:120])
+
+
+def _more(fd: int, chunk: bytes) -> bytes:
+    """``chunk`` and what else the pty holds now, up to a frame's worth.
+
+    A pty hands out its output a few KiB per read: one frame per read would cost
+    a frame's overhead for every few KiB of a fast writer's output.
+    """
+    if len(chunk) >= _READ_BLOCK:
+        return chunk
+    parts = [chunk]
+    size = len(chunk)
+    while size < _READ_BLOCK:
+        try:
+            more = os.read(fd, _READ_BLOCK - size)
+        except OSError:  # EAGAIN: that was all for now; EIO: the next read says so
+            break
+        if not more:
+            break
+        parts.append(more)
+        size += len(more)
+    return b"".join(parts)
