@@ -49,6 +49,23 @@ class FrontLimits:
 
 
 @dataclass(frozen=True)
+class PtyLimits:
+    """Bounds of interactive terminals (``routes_pty``).
+
+    Attributes:
+        per_vm: Terminals open at once on one VM (429 ``quota_exceeded`` beyond).
+        idle_s: A terminal with no input or output for this long is closed.
+        ticket_ttl_s: Lifetime of a PTY ticket.
+        max_tickets: Unredeemed tickets kept; the oldest is dropped beyond.
+    """
+
+    per_vm: int = 8
+    idle_s: float = 3600.0
+    ticket_ttl_s: float = 60.0
+    max_tickets: int = 10_000
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     """Everything `create_app` and the start-up sequence need to know.
 
@@ -75,6 +92,7 @@ class ServerConfig:
             of threads that wait on runs, apart from the pool serving other requests.
         vm_uid_base: First host uid of the range whose uids the VMs run as.
         vm_uids: How many uids that range holds (0: every VM runs as one uid).
+        pty: Bounds of interactive terminals.
     """
 
     data_dir: Path
@@ -101,6 +119,7 @@ class ServerConfig:
     # (0x7FFE0000), far from any login account.
     vm_uid_base: int = 2_000_000_000
     vm_uids: int = 65536
+    pty: PtyLimits = PtyLimits()
 
     @property
     def db_path(self) -> Path:

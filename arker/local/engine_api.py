@@ -77,6 +77,25 @@ class StagedFileLike(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
+class StopButtonLike(Protocol):
+    """A terminal's stop button: readable `wake_fd` once delete or close stopped it."""
+
+    @property
+    def wake_fd(self) -> int: ...
+
+
+class PtyShellLike(Protocol):
+    """A terminal `engine.open_pty` started (sandbox/pty.py)."""
+
+    @property
+    def master_fd(self) -> int: ...
+    @property
+    def stop(self) -> StopButtonLike: ...
+    def resize(self, cols: int, rows: int) -> None: ...
+    def kill(self) -> None: ...
+    def close(self) -> None: ...
+
+
 class EngineLike(Protocol):
     """Blocking VM operations; every method may raise ``SandboxError(code, message)``."""
 
@@ -99,6 +118,10 @@ class EngineLike(Protocol):
         timeout: float,
         sink: Any = None,  # a live run's LiveSink (made by the sandbox package)
     ) -> RunOutcomeLike: ...
+
+    def open_pty(
+        self, vm_id: str, *, session: str, command: str | None, cols: int, rows: int
+    ) -> PtyShellLike: ...
 
     def open_read(self, vm_id: str, path: str) -> tuple[BinaryIO, int]: ...
 

@@ -133,6 +133,25 @@ def guarded_protocol(limits: FrontLimits, caps: ClientCaps) -> type[H11Protocol]
             self._last_byte = self.loop.time()
             super().data_received(data)
 
+        def handle_websocket_upgrade(self, event: h11.Request) -> None:
+            # The socket passes to the WebSocket protocol (a terminal, routes_pty): the
+            # HTTP deadlines stop, and the client's slot is released when it closes.
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            key, self._cap_key = self._cap_key, None
+            super().handle_websocket_upgrade(event)
+            if key is None:
+                return
+            upgraded = self.transport.get_protocol()
+            lost = upgraded.connection_lost
+
+            def release(exc: Exception | None) -> None:
+                caps.release(key)
+                lost(exc)
+
+            upgraded.connection_lost = release  # type: ignore[method-assign]
+
         def on_response_complete(self) -> None:
             self._waiting_since = self.loop.time()
             super().on_response_complete()

@@ -245,6 +245,7 @@ def live_router(s: Services) -> APIRouter:
         if runs.store.get_session(vm, session_id) is None:
             raise ApiError("not_found", f"session not found: {session_id}")
         ended = runs.cancel_where(vm, session_id, reason="its session was deleted")
+        s.terminals.end_session(vm, session_id)
         runs.wait_ended(ended, _CANCEL_SETTLE_S)
         return _json(DeleteSessionResponse(deleted=runs.store.delete_session(vm, session_id)))
 

@@ -13,6 +13,7 @@ from .presign import Signer, load_or_create_secret
 from .run_slots import RunSlots
 from .store import Store
 from .sync import Sync
+from .terminals import Terminals
 from .uploads import Uploads
 from .vmfiles import VmFiles
 from .vms import Vms
@@ -34,6 +35,7 @@ class Services:
     run_slots: RunSlots
     run_pool: ThreadPoolExecutor
     """The threads that wait on runs (one per slot): never the pool serving requests."""
+    terminals: Terminals
 
 
 def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Services:
@@ -54,6 +56,7 @@ def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Se
             per_org=config.runs_per_org, per_vm=config.runs_per_vm, total=config.runs_total
         ),
         run_pool=ThreadPoolExecutor(config.runs_total, thread_name_prefix="arker-run"),
+        terminals=Terminals(engine, config.pty),
     )
 
 

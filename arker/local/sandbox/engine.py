@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from . import files, freeze, manifest, recovery, staging
+from . import files, freeze, manifest, pty, recovery, staging
 from . import vm_uids as uid_table
 from .background import BackgroundQueue
 from .baseimage import DEBIAN_BASE, HOST_BASE, BaseImages
@@ -102,6 +102,7 @@ class Engine:
         self._pipeline = RunPipeline(
             bwrap=bwrap, sandbox_uid=sandbox_uid, network=network, limits=self.limits
         )
+        self._bwrap = bwrap
         self._live = LiveRegistry()  # live runs' stop buttons, per VM
         self._closed = False
         self._background = BackgroundQueue("arker-sandbox-bg")
@@ -287,6 +288,36 @@ class Engine:
         finally:
             vm.gate.release_session(name)
 
+    def open_pty(
+        self, vm_id: str, *, session: str, command: str | None, cols: int, rows: int
+    ) -> pty.PtyShell:
+        """A terminal in session ``session`` (pty.py); the VM stays in use until closed.
+
+        Raises:
+            SandboxError: ``not_found``, ``bad_request`` (command), ``internal``.
+        """
+        self._check_open()
+        name, shell = session_name(session), pty.shell_command(command)
+        vm = self._get(vm_id)
+        root_fd, stop = self._enter(vm), pty.stop_button()
+        self._live.add(vm_id, stop)  # stopped by delete and close, frozen by fork
+
+        def release() -> None:
+            self._live.remove(vm_id, stop)
+            stop.close()
+            vm.gate.leave()
+
+        try:
+            return pty.spawn_shell(
+                bwrap=self._bwrap, root_fd=root_fd, base=vm.meta.base, network=self.network,
+                ids=self._uids.ids(vm_id) or (self.sandbox_uid, ()),
+                limits=self.limits, cgroup=self._cgroup(vm),
+                session=name, command=shell, cols=cols, rows=rows, stop=stop, on_close=release,
+            )  # fmt: skip
+        except BaseException:
+            release()
+            raise
+
     def open_read(self, vm_id: str, path: str) -> tuple[BinaryIO, int]:
         """Open a regular file of the VM for reading, resolved inside the VM.
 
@@ -301,12 +332,14 @@ class Engine:
 
     def manifest(self, vm_id: str, path: str, cap: int) -> tuple[list[manifest.Entry], bool]:
         """The VM's regular files under ``path``, walked from the host (manifest.py)."""
-        with self._inside(vm_id) as (_, root_fd), files.as_fs_user(*[self.sandbox_uid] * 2):
+        uid = self._uids.uid_of(vm_id)  # the VM's files appear as its uid's (idmap)
+        with self._inside(vm_id) as (_, root_fd), files.as_fs_user(uid, uid):
             return manifest.walk(root_fd, path, cap)
 
     def delete_files(self, vm_id: str, paths: list[str]) -> list[str]:
         """Unlink ``paths`` in order as the VM user; return those that existed."""
-        with self._inside(vm_id) as (_, root_fd), files.as_fs_user(*[self.sandbox_uid] * 2):
+        uid = self._uids.uid_of(vm_id)  # the VM's files appear as its uid's (idmap)
+        with self._inside(vm_id) as (_, root_fd), files.as_fs_user(uid, uid):
             return [p for p in paths if files.unlink(root_fd, p)]
 
     def check_room(self, vm_id: str, size: int) -> None:

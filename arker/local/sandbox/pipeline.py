@@ -27,7 +27,14 @@ from .live import LiveSink, run_streaming
 from .quota import RunBudget
 from .session import STATE_END, parse_state_cwd, session_state_path
 
-__all__ = ["RunOutcome", "RunPipeline", "bwrap_could_not_fork", "check_command", "resource_error"]
+__all__ = [
+    "RunOutcome",
+    "RunPipeline",
+    "bwrap_could_not_fork",
+    "check_command",
+    "resource_error",
+    "sandbox_binds",
+]
 
 # MAX_ARG_STRLEN is 128 KiB per argv string; the command travels as one.
 _MAX_COMMAND = 128 * 1024 - 1
@@ -85,6 +92,15 @@ def check_command(command: str) -> None:
         raise SandboxError("bad_request", "command contains a NUL byte")
     if len(command.encode("utf-8", "surrogateescape")) > _MAX_COMMAND:
         raise SandboxError("payload_too_large", "command longer than 128 KiB")
+
+
+def sandbox_binds(base: str, network: bool) -> list[str]:
+    """The host paths bound read-only into a sandbox of a VM on ``base``."""
+    ro_binds = host_binds() if base == HOST_BASE else []
+    if network and base == HOST_BASE and os.path.exists("/etc/resolv.conf"):
+        # The skeleton's copy is as old as the skeleton; DNS must follow the host.
+        ro_binds.append("/etc/resolv.conf")
+    return ro_binds
 
 
 def bwrap_could_not_fork(raw: runner.RawResult) -> bool:
@@ -166,10 +182,7 @@ class RunPipeline:
                 ``payload_too_large`` (disk quota).
         """
         state = session_state_path(session)
-        ro_binds = host_binds() if base == HOST_BASE else []
-        if self._network and base == HOST_BASE and os.path.exists("/etc/resolv.conf"):
-            # The skeleton's copy is as old as the skeleton; DNS must follow the host.
-            ro_binds.append("/etc/resolv.conf")
+        ro_binds = sandbox_binds(base, self._network)
         drop_in_argv = runner.SETPRIV is not None
         host_uid, groups = (self._uid, ()) if ids is None else ids
         start = time.monotonic()
