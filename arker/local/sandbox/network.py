@@ -1,0 +1,226 @@
+"""Each VM's network: one namespace per VM, shared by its runs, with user-mode networking.
+
+Modes (``arker serve --network``):
+
+- ``private`` (default): the VM's own namespace, with ``lo`` and a tap device run by
+  ``pasta`` (Debian's ``passt``), which carries the VM's outbound TCP, UDP and DNS
+  through ordinary sockets of the host. pasta runs with every port forward off
+  (``-t/-u none``: nothing of the host comes in; ``-T/-U none``: nothing of the host's
+  loopback is mapped into the VM) and ``--no-map-gw`` (the gateway address is not the
+  host), so from inside the VM the host's loopback, its abstract unix sockets (they
+  belong to a network namespace), the API port and other VMs are unreachable.
+- ``none``: the VM's own namespace with only ``lo``.
+- ``host``: the host's namespace (the VM sees all of the host's network).
+
+A namespace is made on a VM's first run and kept while the VM stays mounted; it ends
+when the VM is evicted, deleted or the engine closes (`drop`, `close`). Each VM has
+its own, forks included. Runs join it through ``nsenter --net`` in front of their
+argv (`prefix`), before they drop privileges.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from . import netns
+from .errors import SandboxError
+
+__all__ = ["MODES", "Networks", "missing_tools"]
+
+MODES = ("private", "none", "host")
+PASTA_PACKAGE = "passt"
+_READY_S = 10.0
+
+
+def missing_tools(mode: str) -> str | None:
+    """What ``mode`` needs that this host lacks, as one line naming the package."""
+    if mode == "host":
+        return None
+    if shutil.which("nsenter") is None:
+        return "nsenter not found: install util-linux"
+    if mode == "private" and shutil.which("pasta") is None:
+        return (
+            "--network private needs pasta for the VMs' outbound traffic: "
+            f"apt-get install -y {PASTA_PACKAGE} (or start with --network none)"
+        )
+    return None
+
+
+def pasta_argv(pasta: str, ns_path: str, pid_file: str) -> list[str]:
+    """pasta's command line for the namespace at ``ns_path`` (see the module docs)."""
+    return [
+        pasta, "--foreground", "--quiet", "--config-net",
+        "--netns", ns_path, "--runas", "0:0", "-P", pid_file,
+        "-t", "none", "-u", "none", "-T", "none", "-U", "none", "--no-map-gw",
+    ]  # fmt: skip
+
+
+@dataclass
+class _VmNet:
+    fd: int
+    pasta: subprocess.Popen[bytes] | None = None
+
+    def close(self) -> None:
+        if self.pasta is not None:
+            with contextlib.suppress(OSError):
+                self.pasta.kill()
+            self.pasta.wait()
+            self.pasta = None
+        os.close(self.fd)
+
+
+class Networks:
+    """The VMs' network namespaces, made on demand.
+
+    Args:
+        mode: One of `MODES`; True means ``host`` and False ``none``.
+    """
+
+    def __init__(self, mode: str | bool) -> None:
+        if isinstance(mode, bool):
+            mode = "host" if mode else "none"
+        if mode not in MODES:
+            raise ValueError(f"unknown network mode {mode!r}")
+        self.mode = mode
+        self._lock = threading.Lock()
+        self._vms: dict[str, _VmNet] = {}
+        self._pasta = shutil.which("pasta")
+        self._nsenter = shutil.which("nsenter") or "nsenter"
+        self._tmp: str | None = None
+        # pasta gets SIGKILL when the thread that started it ends (PR_SET_PDEATHSIG):
+        # one long-lived thread starts them all, so none outlives the server, even
+        # one killed with SIGKILL.
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="arker-pasta")
+        self._setpriv = shutil.which("setpriv")
+
+    @property
+    def shares_host(self) -> bool:
+        """Runs share the host's namespace (``host`` mode)."""
+        return self.mode == "host"
+
+    def prefix(self, vm_id: str) -> list[str]:
+        """argv to put in front of a run's so that it runs in the VM's namespace.
+
+        Raises:
+            SandboxError: ``unavailable`` (the namespace or pasta cannot be set up).
+        """
+        if self.mode == "host":
+            return []
+        net = self._ensure(vm_id)
+        return [self._nsenter, f"--net={netns.enter_path(net.fd)}", "--"]
+
+    def open_connection(self, vm_id: str, port: int, timeout: float = 5.0) -> socket.socket:
+        """A connected TCP socket to ``127.0.0.1:port`` inside the VM's namespace.
+
+        Raises:
+            SandboxError: ``bad_request`` (not a port), ``conflict`` (the VM has no
+                namespace: ``host`` mode, or no run since it was last set up),
+                ``unavailable`` (nothing listens there, or the connect failed).
+        """
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise SandboxError("bad_request", f"not a TCP port: {port!r}")
+        if self.mode == "host":
+            raise SandboxError("conflict", "VMs share the host's network (--network host)")
+        with self._lock:
+            net = self._vms.get(vm_id)
+            if net is None:
+                raise SandboxError("conflict", f"vm {vm_id} has no network: nothing runs in it")
+            fd = os.dup(net.fd)  # a concurrent drop must not close it under the connect
+        try:
+            return netns.connect_in(fd, port, timeout)
+        except ConnectionRefusedError:
+            raise SandboxError(
+                "unavailable", f"nothing listens on port {port} in vm {vm_id}"
+            ) from None
+        except OSError as exc:
+            raise SandboxError(
+                "unavailable", f"cannot connect to port {port} in vm {vm_id}: {exc}"
+            ) from None
+        finally:
+            os.close(fd)
+
+    def has(self, vm_id: str) -> bool:
+        """Whether the VM has a namespace now."""
+        with self._lock:
+            return vm_id in self._vms
+
+    def drop(self, vm_id: str) -> None:
+        """End the VM's namespace (and its pasta), if it has one."""
+        with self._lock:
+            net = self._vms.pop(vm_id, None)
+        if net is not None:
+            net.close()
+
+    def close(self) -> None:
+        """End every namespace."""
+        with self._lock:
+            nets, self._vms = list(self._vms.values()), {}
+        for net in nets:
+            net.close()
+        self._spawner.shutdown()
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def _ensure(self, vm_id: str) -> _VmNet:
+        with self._lock:
+            net = self._vms.get(vm_id)
+            if net is not None and (net.pasta is None or net.pasta.poll() is None):
+                return net
+            if net is not None:  # pasta died: rebuild the whole namespace
+                del self._vms[vm_id]
+                net.close()
+            try:
+                net = _VmNet(netns.new_netns())
+            except OSError as exc:
+                raise SandboxError("unavailable", f"cannot make the vm's network: {exc}") from None
+            try:
+                if self.mode == "private":
+                    net.pasta = self._start_pasta(net.fd)
+            except BaseException:
+                net.close()
+                raise
+            self._vms[vm_id] = net
+            return net
+
+    def _start_pasta(self, fd: int) -> subprocess.Popen[bytes]:
+        if self._pasta is None:
+            raise SandboxError("unavailable", missing_tools("private") or "pasta not found")
+        if self._tmp is None:
+            self._tmp = tempfile.mkdtemp(prefix="arker-net-")
+        pid_file = os.path.join(self._tmp, f"pasta-{fd}.pid")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(pid_file)
+        argv = pasta_argv(self._pasta, f"/proc/self/fd/{fd}", pid_file)
+        if self._setpriv is not None:
+            argv = [self._setpriv, "--pdeathsig", "KILL", "--", *argv]
+        proc = self._spawner.submit(
+            subprocess.Popen,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(fd,),
+            start_new_session=True,
+        ).result()
+        deadline = time.monotonic() + _READY_S
+        # pasta writes its pid file once the namespace's interface is configured.
+        while not os.path.exists(pid_file):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                with contextlib.suppress(OSError):
+                    proc.kill()
+                status = proc.wait()
+                raise SandboxError(
+                    "unavailable", f"pasta could not set up the vm's network (status {status})"
+                )
+            time.sleep(0.002)
+        os.unlink(pid_file)
+        return proc
