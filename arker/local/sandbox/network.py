@@ -8,7 +8,10 @@ Modes (``arker serve --network``):
   (``-t/-u none``: nothing of the host comes in; ``-T/-U none``: nothing of the host's
   loopback is mapped into the VM) and ``--no-map-gw`` (the gateway address is not the
   host), so from inside the VM the host's loopback, its abstract unix sockets (they
-  belong to a network namespace), the API port and other VMs are unreachable.
+  belong to a network namespace), the API port and other VMs are unreachable. pasta
+  would still carry a connection to one of the host's own addresses to the host's
+  services listening on all interfaces: each of the host's addresses (when the
+  namespace is made) gets a ``prohibit`` route in the VM's namespace.
 - ``none``: the VM's own namespace with only ``lo``.
 - ``host``: the host's namespace (the VM sees all of the host's network).
 
@@ -21,6 +24,8 @@ argv (`prefix`), before they drop privileges.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import json
 import os
 import shutil
 import socket
@@ -185,11 +190,36 @@ class Networks:
             try:
                 if self.mode == "private":
                     net.pasta = self._start_pasta(net.fd)
+                    self._shut_out_host(net.fd)
             except BaseException:
                 net.close()
                 raise
             self._vms[vm_id] = net
             return net
+
+    def _shut_out_host(self, fd: int) -> None:
+        """Add a ``prohibit`` route in the namespace for each of the host's addresses
+        (the ones pasta copies into it stay local: the local table comes first)."""
+        ip = shutil.which("ip")
+        if ip is None:
+            raise SandboxError("unavailable", "ip not found: apt-get install -y iproute2")
+        try:
+            done = subprocess.run([ip, "-j", "addr"], capture_output=True, check=True, timeout=10)
+            routes = []
+            for link in json.loads(done.stdout):
+                for info in link.get("addr_info", []):
+                    addr = ipaddress.ip_address(info["local"])
+                    if not (addr.is_loopback or addr.is_link_local):
+                        routes.append(f"route add prohibit {addr}/{addr.max_prefixlen}\n")
+            subprocess.run(
+                [self._nsenter, f"--net={netns.enter_path(fd)}", "--", ip, "-force", "-batch", "-"],
+                input="".join(routes).encode(),
+                capture_output=True,
+                check=True,
+                timeout=10,
+            )
+        except (OSError, ValueError, KeyError, subprocess.SubprocessError) as exc:
+            raise SandboxError("unavailable", f"cannot shut the host out of a vm: {exc}") from None
 
     def _start_pasta(self, fd: int) -> subprocess.Popen[bytes]:
         if self._pasta is None:
