@@ -7,21 +7,18 @@ veth pair on a /30 of TEST-NET-2 (198.51.100.0/24); nothing else is ever targete
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from arker import Arker
 from arker.local.sandbox.network import missing_tools
+from tests.kit.outside_host import OutsideHost, outside_host
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 
@@ -31,60 +28,14 @@ CONNECT = (
     " s=socket.create_connection(('{host}',{port}),timeout=3); print('OPEN', s.recv(16))\n"
     "except OSError as e: print('CLOSED', e)\""
 )
-OUTSIDE_SERVER = (
-    "import socket\n"
-    "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
-    "s.bind(('{addr}',{port})); s.listen(512)\n"
-    "while True:\n"
-    " c,_=s.accept(); c.sendall(b'outside'); c.close()\n"
-)
-
-
-@dataclass
-class OutsideHost:
-    addr: str  # the listener's address, inside the test's namespace
-    host_addr: str  # this host's end of the veth pair
-    port: int
 
 
 @pytest.fixture
 def outside() -> Iterator[OutsideHost]:
-    """A listener on TEST-NET-2 in a namespace of its own, removed afterwards."""
     if shutil.which("ip") is None:
         pytest.skip("iproute2 missing")
-    tag = secrets.token_hex(3)
-    ns, veth = f"arker-t14-{tag}", f"a14{tag}"
-    k = secrets.randbelow(60) + 1  # a random /30, so parallel runs do not collide
-    host_addr, addr = f"198.51.100.{4 * k + 1}", f"198.51.100.{4 * k + 2}"
-    sh = lambda *a: subprocess.run(a, check=True, capture_output=True)  # noqa: E731
-    sh("ip", "netns", "add", ns)
-    server = None
-    try:
-        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-        sh("ip", "addr", "add", f"{host_addr}/30", "dev", veth)
-        sh("ip", "link", "set", veth, "up")
-        sh("ip", "-n", ns, "addr", "add", f"{addr}/30", "dev", "eth0")
-        sh("ip", "-n", ns, "link", "set", "eth0", "up")
-        sh("ip", "-n", ns, "link", "set", "lo", "up")
-        port = 8000 + k
-        code = OUTSIDE_SERVER.format(addr=addr, port=port)
-        server = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", code])
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection((addr, port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        yield OutsideHost(addr, host_addr, port)
-    finally:
-        if server is not None:
-            server.kill()
-            server.wait()
-        subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
-        subprocess.run(["ip", "link", "del", veth], check=False, capture_output=True)
+    with outside_host() as host:
+        yield host
 
 
 def pasta_pids() -> set[int]:

@@ -90,10 +90,10 @@ class Engine:
                 "bubblewrap (bwrap) not found: install it: apt-get install -y bubblewrap"
             )
         self.data_dir = Path(data_dir)
-        self._net = Networks(network)
+        self.limits = Limits() if limits is None else limits
+        self._net = Networks(network, self.limits.net_files_max)
         self.network = self._net.mode
         self.sandbox_uid = sandbox_uid
-        self.limits = Limits() if limits is None else limits
         self.base = base
         self.busy_wait_s = busy_wait_s
         self._lock = threading.RLock()

@@ -19,6 +19,8 @@ class Limits:
         max_file_bytes: Largest file `Engine.check_room` lets a VM take in (one upload).
         disk_quota_bytes: Disk budget per VM (its layer chain, base excluded);
             0 disables the quota. See `arker.local.sandbox.quota`.
+        net_files_max: Open descriptors of a VM's pasta (``--network private``):
+            about one per outbound TCP connection or UDP flow, so it caps them.
     """
 
     max_output_bytes: int = 4 * 1024 * 1024
@@ -27,3 +29,4 @@ class Limits:
     memory_max_bytes: int = 1 << 30
     max_file_bytes: int = 100 * 1024 * 1024
     disk_quota_bytes: int = 10 << 30
+    net_files_max: int = 4096

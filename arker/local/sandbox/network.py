@@ -88,9 +88,11 @@ class Networks:
 
     Args:
         mode: One of `MODES`; True means ``host`` and False ``none``.
+        files_max: RLIMIT_NOFILE of each VM's pasta: it caps the VM's open outbound
+            connections and flows, and a flooding VM runs out of them, not the host.
     """
 
-    def __init__(self, mode: str | bool) -> None:
+    def __init__(self, mode: str | bool, files_max: int = 4096) -> None:
         if isinstance(mode, bool):
             mode = "host" if mode else "none"
         if mode not in MODES:
@@ -101,11 +103,13 @@ class Networks:
         self._pasta = shutil.which("pasta")
         self._nsenter = shutil.which("nsenter") or "nsenter"
         self._tmp: str | None = None
+        self._files_max = files_max
         # pasta gets SIGKILL when the thread that started it ends (PR_SET_PDEATHSIG):
         # one long-lived thread starts them all, so none outlives the server, even
         # one killed with SIGKILL.
         self._spawner = ThreadPoolExecutor(1, thread_name_prefix="arker-pasta")
         self._setpriv = shutil.which("setpriv")
+        self._prlimit = shutil.which("prlimit") or "prlimit"
 
     @property
     def shares_host(self) -> bool:
@@ -230,6 +234,8 @@ class Networks:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pid_file)
         argv = pasta_argv(self._pasta, f"/proc/self/fd/{fd}", pid_file)
+        n = int(self._files_max)
+        argv = [self._prlimit, f"--nofile={n}:{n}", "--", *argv]
         if self._setpriv is not None:
             argv = [self._setpriv, "--pdeathsig", "KILL", "--", *argv]
         proc = self._spawner.submit(
