@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-network",
         action="store_true",
-        help="deprecated: the same as --network none",
+        help=argparse.SUPPRESS,  # deprecated: the same as --network none
     )
     parser.add_argument(
         "--base",
