@@ -209,3 +209,20 @@ def test_host_mode_shares_the_hosts_namespace(sandbox_data_dir: Path) -> None:
         assert run(eng, "readlink /proc/self/ns/net", BASE_VM).strip() == os.readlink(
             "/proc/self/ns/net"
         )
+
+
+def test_without_pasta_private_names_the_package_and_none_does_not_need_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name: None if name == "pasta" else real(name))
+    why = missing_tools("private")
+    assert why is not None and "apt-get install -y passt" in why and "--network none" in why
+    assert missing_tools("none") is None and missing_tools("host") is None
+
+
+def test_no_network_contradicting_network_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from arker.local.cli import serve_main
+
+    assert serve_main(["--no-network", "--network", "host"]) == 2
+    assert "contradicts" in capsys.readouterr().err
