@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from arker.local.sandbox import Engine, SandboxError
+from arker.local.sandbox import Engine, Limits, SandboxError
 from arker.local.sandbox.network import missing_tools
 
 from .conftest import BASE_VM
@@ -226,3 +226,36 @@ def test_no_network_contradicting_network_is_refused(capsys: pytest.CaptureFixtu
 
     assert serve_main(["--no-network", "--network", "host"]) == 2
     assert "contradicts" in capsys.readouterr().err
+
+
+def test_an_idle_vms_namespace_ends_and_is_made_again_on_the_next_run(
+    sandbox_data_dir: Path,
+) -> None:
+    pasta_or_skip()
+    before = pasta_pids()
+    with Engine(sandbox_data_dir, network="private", limits=Limits(net_idle_s=0.5)) as eng:
+        eng.ensure_base(BASE_VM)
+        eng.fork(BASE_VM, VM)
+        first = run(eng, "readlink /proc/self/ns/net")
+        assert len(pasta_pids() - before) == 1
+        deadline = time.monotonic() + 20
+        while pasta_pids() - before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pasta_pids() - before == set()
+        with pytest.raises(SandboxError):
+            eng.open_connection(VM, 8080)  # no namespace while idle
+        second = run(eng, "readlink /proc/self/ns/net")
+        assert first.startswith("net:") and second.startswith("net:") and first != second
+        assert len(pasta_pids() - before) == 1
+
+
+def test_a_live_run_keeps_its_vms_namespace_past_the_idle_time(sandbox_data_dir: Path) -> None:
+    pasta_or_skip()
+    with Engine(sandbox_data_dir, network="private", limits=Limits(net_idle_s=0.3)) as eng:
+        eng.ensure_base(BASE_VM)
+        eng.fork(BASE_VM, VM)
+        t = in_background(lambda: run(eng, "sleep 3; " + SERVE_ONCE.format(port=8082, reply="on")))
+        time.sleep(1.5)  # idle time passed several times, a run in flight all along
+        with wait_connect(eng, VM, 8082) as sock:
+            assert sock.recv(8) == b"on"
+        t.join(30)

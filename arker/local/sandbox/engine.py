@@ -91,7 +91,8 @@ class Engine:
             )
         self.data_dir = Path(data_dir)
         self.limits = Limits() if limits is None else limits
-        self._net = Networks(network, self.limits.net_files_max)
+        lim = self.limits
+        self._net = Networks(network, lim.net_files_max, lim.net_idle_s, self._evict_idle)
         self.network = self._net.mode
         self.sandbox_uid = sandbox_uid
         self.base = base
@@ -437,6 +438,12 @@ class Engine:
             yield vm, root_fd
         finally:
             vm.gate.leave()
+
+    def _evict_idle(self, vm_id: str) -> None:
+        with self._lock:
+            vm = self._vms.get(vm_id)
+        if vm is not None:
+            vm.gate.when_idle(lambda: self._evict(vm))
 
     def _evict(self, vm: _Vm) -> None:
         """Unmount an idle VM, drop its cgroups (kernel memory; ~1 ms to make again)."""

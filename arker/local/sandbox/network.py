@@ -16,7 +16,9 @@ Modes (``arker serve --network``):
 - ``host``: the host's namespace (the VM sees all of the host's network).
 
 A namespace is made on a VM's first run and kept while the VM stays mounted; it ends
-when the VM is evicted, deleted or the engine closes (`drop`, `close`). Each VM has
+when the VM is evicted (also when no run has started in it for ``idle_s``: the
+``on_idle`` callback evicts it if nothing is in flight), deleted or the engine closes
+(`drop`, `close`). Each VM has
 its own, forks included. Runs join it through ``nsenter --net`` in front of their
 argv (`prefix`), before they drop privileges.
 """
@@ -33,6 +35,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -92,7 +95,13 @@ class Networks:
             connections and flows, and a flooding VM runs out of them, not the host.
     """
 
-    def __init__(self, mode: str | bool, files_max: int = 4096) -> None:
+    def __init__(
+        self,
+        mode: str | bool,
+        files_max: int = 4096,
+        idle_s: float = 300.0,
+        on_idle: Callable[[str], object] | None = None,
+    ) -> None:
         if isinstance(mode, bool):
             mode = "host" if mode else "none"
         if mode not in MODES:
@@ -104,6 +113,11 @@ class Networks:
         self._nsenter = shutil.which("nsenter") or "nsenter"
         self._tmp: str | None = None
         self._files_max = files_max
+        self._idle_s = idle_s
+        self._on_idle = on_idle
+        self._used: dict[str, float] = {}  # vm id -> monotonic time of its last run
+        self._stop = threading.Event()
+        self._reaper: threading.Thread | None = None
         # pasta gets SIGKILL when the thread that started it ends (PR_SET_PDEATHSIG):
         # one long-lived thread starts them all, so none outlives the server, even
         # one killed with SIGKILL.
@@ -125,6 +139,8 @@ class Networks:
         if self.mode == "host":
             return []
         net = self._ensure(vm_id)
+        with self._lock:
+            self._used[vm_id] = time.monotonic()
         return [self._nsenter, f"--net={netns.enter_path(net.fd)}", "--"]
 
     def open_connection(self, vm_id: str, port: int, timeout: float = 5.0) -> socket.socket:
@@ -166,11 +182,15 @@ class Networks:
         """End the VM's namespace (and its pasta), if it has one."""
         with self._lock:
             net = self._vms.pop(vm_id, None)
+            self._used.pop(vm_id, None)
         if net is not None:
             net.close()
 
     def close(self) -> None:
         """End every namespace."""
+        self._stop.set()
+        if self._reaper is not None:
+            self._reaper.join()
         with self._lock:
             nets, self._vms = list(self._vms.values()), {}
         for net in nets:
@@ -199,7 +219,23 @@ class Networks:
                 net.close()
                 raise
             self._vms[vm_id] = net
+            if self._reaper is None and self._on_idle is not None:
+                self._reaper = threading.Thread(
+                    target=self._reap, name="arker-net-idle", daemon=True
+                )
+                self._reaper.start()
             return net
+
+    def _reap(self) -> None:
+        """Hand VMs whose namespace has been idle for ``idle_s`` to ``on_idle``."""
+        assert self._on_idle is not None
+        while not self._stop.wait(min(max(self._idle_s / 4, 0.05), 30.0)):
+            now = time.monotonic()
+            with self._lock:
+                idle = [v for v, t in self._used.items() if now - t >= self._idle_s]
+            for vm_id in idle:
+                with contextlib.suppress(Exception):  # a VM deleted meanwhile, ...
+                    self._on_idle(vm_id)
 
     def _shut_out_host(self, fd: int) -> None:
         """Add a ``prohibit`` route in the namespace for each of the host's addresses
