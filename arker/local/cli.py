@@ -3,7 +3,7 @@
 Usage::
 
     arker serve [--host H] [--port N] [--data-dir DIR] [--api-key KEY]
-                [--no-network] [--base host|debian] [--disk-quota BYTES]
+                [--network private|none|host] [--base host|debian] [--disk-quota BYTES]
     arker serve keys create --org NAME [--data-dir DIR]
     arker serve build-image debian [--data-dir DIR] [--cache-dir DIR]
 """
@@ -39,9 +39,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="key of the default org (default: $ARKER_API_KEY, else kept from last start)",
     )
     parser.add_argument(
+        "--network",
+        choices=("private", "none", "host"),
+        default=None,
+        help="the VMs' network: private (each VM its own, with outbound access and "
+        "nothing of the host; needs pasta from the passt package), none (only loopback) "
+        "or host (the host's network, all of it) (default: private)",
+    )
+    parser.add_argument(
         "--no-network",
         action="store_true",
-        help="VMs get no network (default: they share the host's network)",
+        help=argparse.SUPPRESS,  # deprecated: the same as --network none
     )
     parser.add_argument(
         "--base",
@@ -172,11 +180,20 @@ def serve_main(argv: Sequence[str]) -> int:
         return 2
     from .server import serve
 
+    network = args.network or ServerConfig.network
+    if args.no_network:
+        if args.network not in (None, "none"):
+            print(
+                f"arker serve: --no-network contradicts --network {args.network}", file=sys.stderr
+            )
+            return 2
+        print("arker serve: --no-network is deprecated: use --network none", file=sys.stderr)
+        network = "none"
     config = ServerConfig(
         data_dir=data_dir,
         host=args.host,
         port=args.port,
-        network=not args.no_network,
+        network=network,
         base=args.base,
         api_key=args.api_key,
         disk_quota=args.disk_quota,

@@ -73,7 +73,9 @@ class ServerConfig:
         data_dir: Root of all state (SQLite, VM layers, uploads, the signing secret).
         host: Interface to listen on; loopback by default.
         port: TCP port; 0 picks a free one.
-        network: Whether VMs get the host's network.
+        network: The VMs' network: ``private`` (a namespace per VM with outbound
+            access and nothing of the host), ``none`` (only ``lo``) or ``host`` (the
+            host's own network); see the sandbox's network.py.
         base: Base image flavour for the engine: ``host`` or ``debian``.
         api_key: Key to register for the default org at start (None: keep or mint).
         default_run_timeout: Timeout of a run that names none, in seconds.
@@ -98,7 +100,7 @@ class ServerConfig:
     data_dir: Path
     host: str = "127.0.0.1"
     port: int = 0
-    network: bool = True
+    network: str = "private"
     base: str = "host"
     api_key: str | None = None
     default_run_timeout: float = 300.0

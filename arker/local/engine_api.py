@@ -8,6 +8,7 @@ without importing the engine package.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator, Sequence
 from typing import Any, BinaryIO, Protocol
 
@@ -124,6 +125,8 @@ class EngineLike(Protocol):
     ) -> PtyShellLike: ...
 
     def open_read(self, vm_id: str, path: str) -> tuple[BinaryIO, int]: ...
+
+    def open_connection(self, vm_id: str, port: int) -> socket.socket: ...
 
     def manifest(
         self, vm_id: str, path: str, cap: int

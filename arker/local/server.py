@@ -128,7 +128,7 @@ def serve(config: ServerConfig) -> int:
     open_files = raise_open_file_limit()
     try:
         enter_private_mount_namespace()
-        probe(config.engine_dir, storage=config.storage)
+        probe(config.engine_dir, storage=config.storage, network=config.network)
     except (SandboxUnavailable, OSError) as exc:
         print(f"arker serve: sandbox unavailable: {exc}", file=sys.stderr, flush=True)
         return EXIT_SANDBOX_UNAVAILABLE
@@ -137,6 +137,12 @@ def serve(config: ServerConfig) -> int:
     engine = None
     try:
         api_key = ensure_default_key(store, data_dir, config.api_key)
+        if config.network == "host":
+            log.warning(
+                "--network host: VMs share this host's network: code in a VM can reach "
+                "every service on this host's loopback, its abstract unix sockets and "
+                "this API's port"
+            )
         try:
             engine = Engine(
                 config.engine_dir,

@@ -331,7 +331,7 @@ def test_every_command_has_help_with_an_example(target: Target) -> None:
 def test_serve_keeps_its_own_flags(target: Target) -> None:
     done = run_arker(target, "serve", "--help")
     assert done.returncode == 0
-    for flag in ("--storage", "--disk-quota", "--no-network", "--base", "--data-dir"):
+    for flag in ("--storage", "--disk-quota", "--network", "--base", "--data-dir"):
         assert flag in done.stdout.decode()
 
 

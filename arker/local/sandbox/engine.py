@@ -13,6 +13,7 @@ layers.
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from .gate import VmGate
 from .layers import VmMeta, check_vm_id
 from .limits import Limits
 from .live import LiveRegistry, LiveSink
+from .network import Networks
 from .pipeline import RunOutcome, RunPipeline, resource_error
 from .probe import find_bwrap
 from .quota import DiskQuota
@@ -53,7 +55,8 @@ class Engine:
 
     Args:
         data_dir: Directory for all engine state (made 0700).
-        network: Give commands the host network namespace (``--share-net``).
+        network: ``"private"``, ``"none"`` or ``"host"`` (network.py); True means
+            ``"host"`` and False ``"none"``.
         sandbox_uid: Unprivileged host uid/gid the VM user (uid 1000 inside) maps to.
         limits: Resource limits (`Limits()` when None).
         base: ``"host"`` (zero-download skeleton + host ``/usr``) or ``"debian"`` (the
@@ -72,7 +75,7 @@ class Engine:
         self,
         data_dir: Path,
         *,
-        network: bool = True,
+        network: bool | str = "private",
         sandbox_uid: int = 60999,
         limits: Limits | None = None,
         base: str = HOST_BASE,
@@ -91,16 +94,18 @@ class Engine:
                 "bubblewrap (bwrap) not found: install it: apt-get install -y bubblewrap"
             )
         self.data_dir = Path(data_dir)
-        self.network = network
-        self.sandbox_uid = sandbox_uid
         self.limits = Limits() if limits is None else limits
+        lim = self.limits
+        self._net = Networks(network, lim.net_files_max, lim.net_idle_s, self._evict_idle)
+        self.network = self._net.mode
+        self.sandbox_uid = sandbox_uid
         self.base = base
         self.busy_wait_s = busy_wait_s
         self._lock = threading.RLock()
         self._gc_lock = threading.Lock()
         self._vms: dict[str, _Vm] = {}
         self._pipeline = RunPipeline(
-            bwrap=bwrap, sandbox_uid=sandbox_uid, network=network, limits=self.limits
+            bwrap=bwrap, sandbox_uid=sandbox_uid, network=self.network, limits=self.limits
         )
         self._bwrap = bwrap
         self._live = LiveRegistry()  # live runs' stop buttons, per VM
@@ -222,6 +227,7 @@ class Engine:
             # Detached in the background: tearing an overlay down syncs the whole
             # upper filesystem, which must not stall the request.
             self._unmount(vm, background=True)
+            self._net.drop(vm_id)
             self._overlays.remove_mount_point(vm_id)
             self._store.remove_meta(vm_id, durable=False)
             with self._lock:
@@ -272,6 +278,7 @@ class Engine:
                 except OSError as exc:  # e.g. EMFILE while measuring: this run's error
                     raise resource_error("cannot start sandbox", exc) from None
                 return self._pipeline.run(
+                    prefix=self._net.prefix(vm_id),
                     root_fd=root_fd,
                     base=vm.meta.base,
                     cgroup=cgroup,
@@ -309,7 +316,8 @@ class Engine:
 
         try:
             return pty.spawn_shell(
-                bwrap=self._bwrap, root_fd=root_fd, base=vm.meta.base, network=self.network,
+                bwrap=self._bwrap, root_fd=root_fd, base=vm.meta.base,
+                network=self.network != "none", prefix=self._net.prefix(vm_id),
                 ids=self._uids.ids(vm_id) or (self.sandbox_uid, ()),
                 limits=self.limits, cgroup=self._cgroup(vm),
                 session=name, command=shell, cols=cols, rows=rows, stop=stop, on_close=release,
@@ -317,6 +325,13 @@ class Engine:
         except BaseException:
             release()
             raise
+
+    def open_connection(self, vm_id: str, port: int) -> socket.socket:
+        """A TCP connection to ``127.0.0.1:port`` in the VM's network namespace; raises
+        `SandboxError` ``not_found`` or as `Networks.open_connection` does."""
+        self._check_open()
+        self._get(vm_id)
+        return self._net.open_connection(vm_id, port)
 
     def open_read(self, vm_id: str, path: str) -> tuple[BinaryIO, int]:
         """Open a regular file of the VM for reading, resolved inside the VM.
@@ -415,6 +430,7 @@ class Engine:
             if vm.cgroup is not None:
                 vm.cgroup.remove()
                 vm.cgroup = None
+        self._net.close()
         self._background.close(last=self._store.syncfs)
         self._overlays.close()
         VmCgroup.remove_groups(self._tag)
@@ -467,11 +483,18 @@ class Engine:
         finally:
             vm.gate.leave()
 
+    def _evict_idle(self, vm_id: str) -> None:
+        with self._lock:
+            vm = self._vms.get(vm_id)
+        if vm is not None:
+            vm.gate.when_idle(lambda: self._evict(vm))
+
     def _evict(self, vm: _Vm) -> None:
         """Unmount an idle VM, drop its cgroups (kernel memory; ~1 ms to make again)."""
         if vm.root_fd is not None:
             root_fd, vm.root_fd = vm.root_fd, None
             self._overlays.evict(vm.meta, root_fd)
+        self._net.drop(vm.meta.vm_id)
         if vm.cgroup is not None:  # no run in flight: none is using them
             vm.cgroup.remove()
             vm.cgroup = None

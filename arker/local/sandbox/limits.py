@@ -21,6 +21,10 @@ class Limits:
             0 disables the quota. See `arker.local.sandbox.quota`.
         nofile: ``RLIMIT_NOFILE`` (soft, hard) of a command's processes: their own,
             not the server's raised limit.
+        net_files_max: Open descriptors of a VM's pasta (``--network private``):
+            about one per outbound TCP connection or UDP flow, so it caps them.
+        net_idle_s: A VM's namespace (and pasta) ends once no run has started in it
+            for this long and nothing is in flight in the VM (it is evicted).
     """
 
     max_output_bytes: int = 4 * 1024 * 1024
@@ -30,3 +34,5 @@ class Limits:
     max_file_bytes: int = 100 * 1024 * 1024
     disk_quota_bytes: int = 10 << 30
     nofile: tuple[int, int] = (1024, 65536)
+    net_files_max: int = 4096
+    net_idle_s: float = 300.0

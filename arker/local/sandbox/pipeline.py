@@ -123,11 +123,11 @@ class RunPipeline:
     Args:
         bwrap: Path of the bwrap binary.
         sandbox_uid: Host uid/gid the VM user maps to.
-        network: Share the host's network namespace.
+        network: The network mode (network.py): DNS follows the host's unless ``none``.
         limits: Output cap, timeout cap and the per-VM rlimit fallbacks.
     """
 
-    def __init__(self, *, bwrap: str, sandbox_uid: int, network: bool, limits: Limits) -> None:
+    def __init__(self, *, bwrap: str, sandbox_uid: int, network: str, limits: Limits) -> None:
         self._bwrap = bwrap
         self._uid = sandbox_uid
         self._network = network
@@ -152,6 +152,7 @@ class RunPipeline:
     def run(
         self,
         *,
+        prefix: list[str],
         root_fd: int,
         base: str,
         cgroup: VmCgroup,
@@ -165,6 +166,7 @@ class RunPipeline:
         """Run ``command`` (checked by `check`) in the VM mounted at ``root_fd``.
 
         Args:
+            prefix: argv put in front (joins the VM's network, network.py).
             root_fd: Handle on the VM's mounted root.
             base: The VM's base image name.
             cgroup: The VM's cgroups.
@@ -182,7 +184,7 @@ class RunPipeline:
                 ``payload_too_large`` (disk quota).
         """
         state = session_state_path(session)
-        ro_binds = sandbox_binds(base, self._network)
+        ro_binds = sandbox_binds(base, self._network != "none")
         drop_in_argv = runner.SETPRIV is not None
         host_uid, groups = (self._uid, ()) if ids is None else ids
         start = time.monotonic()
@@ -193,22 +195,26 @@ class RunPipeline:
                 info_r, info_w = os.pipe()
             except OSError as exc:
                 raise resource_error("cannot start sandbox", exc) from None
-            argv = runner.spawn_prefix(
-                cgroup,
-                self._limits.pids_max,
-                self._limits.memory_max_bytes,
-                nofile=self._limits.nofile,
-                drop_to=host_uid if drop_in_argv else None,
-                groups=groups,
-                fsize_max=None if budget is None else budget.fsize_max,
-            ) + runner.bwrap_argv(
-                bwrap=self._bwrap,
-                root_fd=root_fd,
-                ro_binds=ro_binds,
-                network=self._network,
-                info_fd=info_w,
-                command=command,
-                state_path=state,
+            argv = (
+                prefix
+                + runner.spawn_prefix(
+                    cgroup,
+                    self._limits.pids_max,
+                    self._limits.memory_max_bytes,
+                    nofile=self._limits.nofile,
+                    drop_to=host_uid if drop_in_argv else None,
+                    groups=groups,
+                    fsize_max=None if budget is None else budget.fsize_max,
+                )
+                + runner.bwrap_argv(
+                    bwrap=self._bwrap,
+                    root_fd=root_fd,
+                    ro_binds=ro_binds,
+                    network=True,  # the namespace joined by ``prefix`` (or the host's)
+                    info_fd=info_w,
+                    command=command,
+                    state_path=state,
+                )
             )
             try:
                 if sink is not None:

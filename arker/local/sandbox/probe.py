@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import files, mounts
 from .errors import SandboxUnavailable
+from .network import missing_tools
 from .volume import btrfs_unavailable
 
 __all__ = ["find_bwrap", "probe"]
@@ -35,8 +36,10 @@ def _one_line(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def probe(data_dir: Path, sandbox_uid: int = 60999, storage: str = "auto") -> None:
-    """Check root, bwrap, unprivileged user namespaces, overlayfs and openat2.
+def probe(
+    data_dir: Path, sandbox_uid: int = 60999, storage: str = "auto", network: str = "host"
+) -> None:
+    """Check root, bwrap, unprivileged user namespaces, overlayfs, openat2, networking.
 
     Args:
         data_dir: The engine's data directory (a scratch mount is tried inside it).
@@ -44,6 +47,8 @@ def probe(data_dir: Path, sandbox_uid: int = 60999, storage: str = "auto") -> No
         storage: The engine's storage; an explicit ``btrfs`` also needs btrfs-progs,
             loop devices and the btrfs module (the message names the fallback:
             ``--storage dir``); ``auto`` falls back by itself (storage.py).
+        network: The VMs' network mode: ``private`` needs pasta (the message names
+            the package); it never falls back to another mode.
 
     Raises:
         SandboxUnavailable: With one line naming the cause and the fix.
@@ -78,6 +83,9 @@ def probe(data_dir: Path, sandbox_uid: int = 60999, storage: str = "auto") -> No
         raise SandboxUnavailable(
             f"bwrap cannot create a sandbox ({detail}): check user namespaces and seccomp policy"
         )
+    why = missing_tools(network)
+    if why is not None:
+        raise SandboxUnavailable(why)
     why = btrfs_unavailable() if storage == "btrfs" else None
     if why is not None:
         raise SandboxUnavailable(f"--storage btrfs: {why}")

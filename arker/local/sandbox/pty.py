@@ -159,6 +159,7 @@ def spawn_shell(
     root_fd: int,
     base: str,
     network: bool,
+    prefix: list[str],
     ids: tuple[int, tuple[int, ...]],
     limits: Limits,
     cgroup: VmCgroup,
@@ -194,7 +195,7 @@ def spawn_shell(
             bwrap=bwrap,
             root_fd=root_fd,
             ro_binds=sandbox_binds(base, network),
-            network=network,
+            network=True,  # the VM's namespace, joined by ``prefix`` (or the host's)
             info_fd=info_w,
             command=command,
             state_path=session_state_path(session),
@@ -205,7 +206,7 @@ def spawn_shell(
         at = sandbox.index("--clearenv") + 1
         sandbox[at:at] = ["--setenv", "TERM", "xterm-256color"]
         proc = subprocess.Popen(
-            [*argv, SETSID, "--ctty", *sandbox],
+            [*prefix, *argv, SETSID, "--ctty", *sandbox],
             stdin=slave,
             stdout=slave,
             stderr=slave,
