@@ -41,6 +41,7 @@ from ._exceptions import (
 )
 from ._models import (
     DirSyncResult,
+    ExposedPort,
     ForkResult,
     OutputChunk,
     RunResult,
@@ -68,6 +69,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "DirSyncResult",
+    "ExposedPort",
     "ForkResult",
     "InternalServerError",
     "NotFoundError",

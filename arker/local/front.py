@@ -29,6 +29,7 @@ import ipaddress
 import json
 import threading
 from collections import Counter
+from collections.abc import Callable
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -99,7 +100,14 @@ def _refusal(code: str, limits: ClientCaps) -> bytes:
     return head.encode() + body
 
 
-def guarded_protocol(limits: FrontLimits, caps: ClientCaps) -> type[H11Protocol]:
+OnUpgrade = Callable[[asyncio.Transport, bytes, bytes, bytes], bool]
+"""Offered each WebSocket upgrade (transport, target, head, early bytes); True when it
+took the connection over (the exposed ports' relay, `port_proxy.PortProxy.upgrade`)."""
+
+
+def guarded_protocol(
+    limits: FrontLimits, caps: ClientCaps, on_upgrade: OnUpgrade | None = None
+) -> type[H11Protocol]:
     """The h11 protocol class for ``uvicorn.Config(http=...)`` under these limits."""
 
     class GuardedH11Protocol(H11Protocol):
@@ -121,13 +129,17 @@ def guarded_protocol(limits: FrontLimits, caps: ClientCaps) -> type[H11Protocol]
             self._arm(limits.head_timeout_s)
 
         def connection_lost(self, exc: Exception | None) -> None:
+            self._release()
+            super().connection_lost(exc)
+
+        def _release(self) -> None:
+            """Stop this connection's timer and stop counting it."""
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
             if self._cap_key is not None:
                 caps.release(self._cap_key)
                 self._cap_key = None
-            super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             self._last_byte = self.loop.time()
@@ -137,6 +149,21 @@ def guarded_protocol(limits: FrontLimits, caps: ClientCaps) -> type[H11Protocol]
             self._waiting_since = self.loop.time()
             super().on_response_complete()
             self._arm(limits.head_timeout_s)
+
+        def handle_websocket_upgrade(self, event: h11.Request) -> None:
+            if on_upgrade is not None:
+                head = [event.method, b" ", event.target, b" HTTP/1.1\r\n"]
+                for name, value in event.headers:
+                    head += [name, b": ", value, b"\r\n"]
+                head.append(b"\r\n")
+                early = self.conn.trailing_data[0]
+                if on_upgrade(self.transport, event.target, b"".join(head), early):
+                    # The relay owns the connection now (and bounds it): this
+                    # protocol's timer and connection count end here.
+                    self.connections.discard(self)
+                    self._release()
+                    return
+            super().handle_websocket_upgrade(event)
 
         def _arm(self, delay: float) -> None:
             if self._timer is not None:

@@ -8,6 +8,8 @@ from .config import ServerConfig
 from .engine_api import EngineLike
 from .idempotency import Idempotency
 from .live_runs import LiveLimits, LiveRuns
+from .port_proxy import PortProxy
+from .ports import ExposedPorts, PortStore
 from .presign import Signer, load_or_create_secret
 from .store import Store
 from .sync import Sync
@@ -29,22 +31,30 @@ class Services:
     idempotency: Idempotency
     vm_files: VmFiles
     live: LiveRuns
+    ports: ExposedPorts
+    port_proxy: PortProxy
 
 
 def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Services:
     """Wire the service objects together around a started engine."""
-    signer = Signer(load_or_create_secret(config.secret_path))
+    secret = load_or_create_secret(config.secret_path)
+    signer = Signer(secret)
     uploads = Uploads(store, engine)
+    vms = Vms(store, engine, config)
+    ports = ExposedPorts(PortStore(config.db_path), store, vms, secret)
+    ports.records.prune(store.vm_ids())  # ports of VMs deleted before this start
     return Services(
         config=config,
         store=store,
-        vms=Vms(store, engine, config),
+        vms=vms,
         sync=Sync(engine, uploads, signer),
         uploads=uploads,
         signer=signer,
         idempotency=Idempotency(store),
         vm_files=VmFiles(engine),
         live=_live_runs(config, store, engine),
+        ports=ports,
+        port_proxy=PortProxy(ports, engine),
     )
 
 

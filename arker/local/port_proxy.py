@@ -1,0 +1,377 @@
+"""The relay behind exposed ports' URLs: HTTP requests and WebSocket upgrades.
+
+Everything here runs on the server's event loop with asyncio streams: a proxied
+connection holds no server thread (only the token check and the connect into the
+VM's network run briefly in the thread pool).
+
+- A plain request (`PortProxy.http`, an ASGI route) goes to ``127.0.0.1:{port}`` in
+  the VM's network as one ``Connection: close`` request; the answer streams back. The
+  request head is bounded by the HTTP front, the body by the server's body limit, the
+  answer's head by `ProxyLimits.max_head_bytes`, the wait for it by
+  `ProxyLimits.answer_timeout_s`.
+- A WebSocket upgrade (`PortProxy.upgrade`, called by the front's h11 protocol before
+  uvicorn's own WebSocket stack would take it) hands the client's connection over:
+  its head goes to the VM's server as it came, and from then on bytes are relayed
+  both ways untouched until either side closes (the VM's server answers the upgrade
+  itself).
+- Open connections are bounded per exposed port and per VM (`ConnectionSlots`):
+  past either bound a request gets ``429 rate_limited``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import h11
+from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from starlette.background import BackgroundTask
+
+from .errors import ApiError
+from .ports import PROXY_PREFIX, ExposedPorts, Target
+
+__all__ = ["ConnectionSlots", "PortProxy", "ProxyLimits", "open_in_vm"]
+
+log = logging.getLogger("arker.local")
+
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+_BLOCK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ProxyLimits:
+    """Bounds of the relay.
+
+    Attributes:
+        per_port: Most open proxied connections to one exposed port.
+        per_vm: Most open proxied connections to one VM, all its ports together.
+        max_head_bytes: Largest response head accepted from the VM's server (502 beyond).
+        answer_timeout_s: Longest wait for the VM's server to begin its answer (504).
+        connect_timeout_s: Longest wait for the connection into the VM.
+    """
+
+    per_port: int = 32
+    per_vm: int = 64
+    max_head_bytes: int = 64 * 1024
+    answer_timeout_s: float = 60.0
+    connect_timeout_s: float = 5.0
+
+
+class ConnectionSlots:
+    """Counts of open proxied connections per exposed port and per VM.
+
+    Used from the event loop only (no lock needed).
+    """
+
+    def __init__(self, limits: ProxyLimits) -> None:
+        self._limits = limits
+        self._ports: Counter[tuple[str, int]] = Counter()
+        self._vms: Counter[str] = Counter()
+
+    def acquire(self, vm_id: str, port: int) -> None:
+        """Count one more connection to ``port`` of ``vm_id``.
+
+        Raises:
+            ApiError: 429 ``rate_limited`` past either bound.
+        """
+        if self._ports[(vm_id, port)] >= self._limits.per_port:
+            raise ApiError(
+                "rate_limited",
+                f"more than {self._limits.per_port} open connections to this exposed port",
+                headers={"Retry-After": "1"},
+            )
+        if self._vms[vm_id] >= self._limits.per_vm:
+            raise ApiError(
+                "rate_limited",
+                f"more than {self._limits.per_vm} open connections to this VM's ports",
+                headers={"Retry-After": "1"},
+            )
+        self._ports[(vm_id, port)] += 1
+        self._vms[vm_id] += 1
+
+    def release(self, vm_id: str, port: int) -> None:
+        """Forget one connection to ``port`` of ``vm_id``."""
+        self._ports[(vm_id, port)] -= 1
+        if self._ports[(vm_id, port)] <= 0:
+            del self._ports[(vm_id, port)]
+        self._vms[vm_id] -= 1
+        if self._vms[vm_id] <= 0:
+            del self._vms[vm_id]
+
+    def open_count(self, vm_id: str) -> int:
+        """Open proxied connections to ``vm_id``."""
+        return self._vms[vm_id]
+
+
+def open_in_vm(engine: Any, vm_id: str, port: int, timeout_s: float) -> socket.socket:
+    """A TCP connection to ``127.0.0.1:port`` in the VM's network (blocking).
+
+    The engine's ``open_connection(vm_id, port)`` where it has one (a VM's private
+    network); on an engine that shares the host's network with its VMs, the VM's
+    loopback is the host's, so a plain connect is the same thing.
+
+    Raises:
+        ApiError: 502 ``unavailable`` when nothing listens there.
+    """
+    opener = getattr(engine, "open_connection", None)
+    try:
+        if callable(opener):
+            sock: socket.socket = opener(vm_id, port)
+            return sock
+        if getattr(engine, "network", None) is not True:
+            raise ApiError("unavailable", "this server's VMs have no network to expose", 503)
+        return socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+    except ApiError:
+        raise
+    except Exception as exc:  # the engine's error when nothing listens, or OSError
+        detail = getattr(exc, "message", None) or getattr(exc, "strerror", None) or str(exc)
+        raise ApiError(
+            "unavailable", f"nothing answers on port {port} in the VM ({detail})", 502
+        ) from None
+
+
+def _refusal(error: ApiError) -> bytes:
+    body = json.dumps({"ok": False, "error": {"code": error.code, "message": error.message}})
+    extra = "".join(f"{k}: {v}\r\n" for k, v in error.headers.items())
+    return (
+        f"HTTP/1.1 {error.status} {error.code.replace('_', ' ')}\r\n"
+        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n{extra}"
+        "connection: close\r\n\r\n" + body
+    ).encode()
+
+
+class PortProxy:
+    """Relays requests on exposed ports' URLs to the ports inside the VMs.
+
+    Args:
+        ports: Resolves a URL to its VM and port.
+        engine: The sandbox engine (`open_in_vm`).
+        limits: The relay's bounds.
+    """
+
+    def __init__(self, ports: ExposedPorts, engine: Any, limits: ProxyLimits | None = None):
+        self._ports = ports
+        self._engine = engine
+        self.limits = limits or ProxyLimits()
+        self.slots = ConnectionSlots(self.limits)
+        self._relays: set[asyncio.Task[None]] = set()
+
+    async def _open(
+        self, raw_rest: str
+    ) -> tuple[Target, asyncio.StreamReader, asyncio.StreamWriter]:
+        """Check the URL, take a slot and connect; the caller must `_done` the target."""
+        target = await run_in_threadpool(self._ports.resolve, raw_rest)
+        self.slots.acquire(target.vm_id, target.port)
+        try:
+            sock = await run_in_threadpool(
+                open_in_vm, self._engine, target.vm_id, target.port, self.limits.connect_timeout_s
+            )
+            sock.setblocking(False)
+            reader, writer = await asyncio.open_connection(sock=sock, limit=_BLOCK)
+        except BaseException:
+            self.slots.release(target.vm_id, target.port)
+            raise
+        return target, reader, writer
+
+    # --- plain HTTP ---------------------------------------------------------------------
+
+    async def http(self, request: Request) -> StreamingResponse:
+        """Relay one request (the route's handler)."""
+        raw_path = request.scope.get("raw_path") or request.url.path.encode()
+        rest = raw_path.decode("latin-1")[len(PROXY_PREFIX) :]
+        query = request.scope.get("query_string", b"").decode("latin-1")
+        target, reader, writer = await self._open(rest + (f"?{query}" if query else ""))
+        try:
+            body = await request.body()
+            conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=self.limits.max_head_bytes)
+            headers = [
+                (k, v)
+                for k, v in request.headers.raw
+                if k.decode("latin-1").lower() not in _HOP_BY_HOP
+            ]
+            headers += [
+                (b"host", f"127.0.0.1:{target.port}".encode()),
+                (b"connection", b"close"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            method = request.method.encode()
+            out = conn.send(
+                h11.Request(method=method, target=target.path.encode("latin-1"), headers=headers)
+            )
+            writer.write(out or b"")
+            if body:
+                writer.write(conn.send(h11.Data(data=body)) or b"")
+            writer.write(conn.send(h11.EndOfMessage()) or b"")
+            await writer.drain()
+            answer = await asyncio.wait_for(
+                _answer_head(conn, reader), self.limits.answer_timeout_s
+            )
+        except TimeoutError:
+            self._done(target, writer)
+            raise ApiError("unavailable", "the VM's server did not answer in time", 504) from None
+        except (h11.ProtocolError, ConnectionError, OSError) as exc:
+            self._done(target, writer)
+            raise ApiError("unavailable", f"bad answer from the VM's server: {exc}", 502) from None
+        except BaseException:
+            self._done(target, writer)
+            raise
+        kept = [
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in answer.headers
+            if k.decode("latin-1").lower() not in _HOP_BY_HOP - {"content-length"}
+        ]
+        response = StreamingResponse(
+            _answer_body(conn, reader, method == b"HEAD"),
+            status_code=answer.status_code,
+            background=BackgroundTask(self._done, target, writer),
+        )
+        response.raw_headers = [(k.lower().encode(), v.encode("latin-1")) for k, v in kept]
+        return response
+
+    def _done(self, target: Target, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+        self.slots.release(target.vm_id, target.port)
+
+    # --- WebSocket upgrades -------------------------------------------------------------
+
+    def upgrade(
+        self, transport: asyncio.Transport, raw_target: bytes, head: bytes, early: bytes
+    ) -> bool:
+        """Take over an upgrade request's connection if it is aimed at an exposed port.
+
+        Args:
+            transport: The client's connection (its protocol is replaced here).
+            raw_target: The request target as received.
+            head: The request head as received (request line and headers, CRLF-ended).
+            early: Bytes the client sent after the head.
+
+        Returns:
+            False (untouched) when the target is not under `PROXY_PREFIX`.
+        """
+        target = raw_target.decode("latin-1")
+        if not target.startswith(PROXY_PREFIX):
+            return False
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=_BLOCK, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        transport.resume_reading()
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        task = loop.create_task(
+            self._relay_upgrade(target[len(PROXY_PREFIX) :], head, early, reader, writer)
+        )
+        self._relays.add(task)
+        task.add_done_callback(self._relays.discard)
+        return True
+
+    async def _relay_upgrade(
+        self,
+        rest: str,
+        head: bytes,
+        early: bytes,
+        client_reader: asyncio.StreamReader,
+        client_writer: asyncio.StreamWriter,
+    ) -> None:
+        try:
+            target, vm_reader, vm_writer = await self._open(rest)
+        except ApiError as exc:
+            client_writer.write(_refusal(exc))
+            client_writer.close()
+            return
+        try:
+            vm_writer.write(_rewrite_head(head, target) + early)
+            await vm_writer.drain()
+            await _pipe_both(client_reader, client_writer, vm_reader, vm_writer)
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            client_writer.close()
+            self._done(target, vm_writer)
+
+
+async def _answer_head(conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Response:
+    """Read the VM's answer up to its head (1xx answers skipped)."""
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await reader.read(_BLOCK))
+            continue
+        if isinstance(event, h11.Response):
+            return event
+        if isinstance(event, h11.ConnectionClosed):
+            raise ConnectionError("the VM's server closed the connection without an answer")
+
+
+async def _answer_body(
+    conn: h11.Connection, reader: asyncio.StreamReader, head_only: bool
+) -> AsyncIterator[bytes]:
+    if head_only:
+        return
+    while True:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(await reader.read(_BLOCK))
+        elif isinstance(event, h11.Data):
+            yield bytes(event.data)
+        else:
+            return  # EndOfMessage, ConnectionClosed
+
+
+def _rewrite_head(head: bytes, target: Target) -> bytes:
+    """The upgrade request's head for the VM: its own path, ``Host`` its address."""
+    lines = head.split(b"\r\n")
+    method, _, rest = lines[0].partition(b" ")
+    version = rest.rpartition(b" ")[2]
+    out = [b" ".join((method, target.path.encode("latin-1"), version))]
+    for line in lines[1:]:
+        if not line:
+            continue
+        name = line.partition(b":")[0].strip().lower()
+        if name != b"host":
+            out.append(line)
+    out.append(f"host: 127.0.0.1:{target.port}".encode())
+    return b"\r\n".join(out) + b"\r\n\r\n"
+
+
+async def _pipe_both(
+    a_reader: asyncio.StreamReader,
+    a_writer: asyncio.StreamWriter,
+    b_reader: asyncio.StreamReader,
+    b_writer: asyncio.StreamWriter,
+) -> None:
+    """Copy bytes both ways until both directions end (half-closes passed on)."""
+
+    async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while block := await src.read(_BLOCK):
+                dst.write(block)
+                await dst.drain()
+            if dst.can_write_eof():
+                dst.write_eof()
+        except (ConnectionError, OSError):
+            dst.close()
+
+    await asyncio.gather(pipe(a_reader, b_writer), pipe(b_reader, a_writer))
