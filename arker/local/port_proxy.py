@@ -25,7 +25,7 @@ import json
 import logging
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,6 +177,7 @@ class PortProxy:
         self.limits = limits or ProxyLimits()
         self.slots = ConnectionSlots(self.limits)
         self._relays: set[asyncio.Task[None]] = set()
+        self._open_to: dict[tuple[str, int], set[asyncio.StreamWriter]] = {}
 
     async def _open(
         self, raw_rest: str
@@ -193,6 +194,7 @@ class PortProxy:
         except BaseException:
             self.slots.release(target.vm_id, target.port)
             raise
+        self._open_to.setdefault((target.vm_id, target.port), set()).add(writer)
         return target, reader, writer
 
     # --- plain HTTP ---------------------------------------------------------------------
@@ -243,7 +245,7 @@ class PortProxy:
             if k.decode("latin-1").lower() not in _HOP_BY_HOP - {"content-length"}
         ]
         response = StreamingResponse(
-            _answer_body(conn, reader, method == b"HEAD"),
+            _answer_body(conn, reader, method == b"HEAD", lambda: self._done(target, writer)),
             status_code=answer.status_code,
             background=BackgroundTask(self._done, target, writer),
         )
@@ -251,8 +253,22 @@ class PortProxy:
         return response
 
     def _done(self, target: Target, writer: asyncio.StreamWriter) -> None:
+        key = (target.vm_id, target.port)
+        writers = self._open_to.get(key, set())
+        if writer in writers:
+            writers.discard(writer)
+            if not writers:
+                del self._open_to[key]
+            self.slots.release(target.vm_id, target.port)
         writer.close()
-        self.slots.release(target.vm_id, target.port)
+
+    def close_port(self, vm_id: str, port: int) -> None:
+        """End every open connection to ``port`` of ``vm_id`` (it was unexposed).
+
+        Call on the event loop.
+        """
+        for writer in list(self._open_to.get((vm_id, port), ())):
+            writer.close()
 
     # --- WebSocket upgrades -------------------------------------------------------------
 
@@ -326,18 +342,20 @@ async def _answer_head(conn: h11.Connection, reader: asyncio.StreamReader) -> h1
 
 
 async def _answer_body(
-    conn: h11.Connection, reader: asyncio.StreamReader, head_only: bool
+    conn: h11.Connection, reader: asyncio.StreamReader, head_only: bool, end: Callable[[], None]
 ) -> AsyncIterator[bytes]:
-    if head_only:
-        return
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            conn.receive_data(await reader.read(_BLOCK))
-        elif isinstance(event, h11.Data):
-            yield bytes(event.data)
-        else:
-            return  # EndOfMessage, ConnectionClosed
+    """The answer's body as it comes; ``end`` runs however it ends (a cut included)."""
+    try:
+        while not head_only:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(await reader.read(_BLOCK))
+            elif isinstance(event, h11.Data):
+                yield bytes(event.data)
+            else:
+                return  # EndOfMessage, ConnectionClosed
+    finally:
+        end()
 
 
 def _rewrite_head(head: bytes, target: Target) -> bytes:

@@ -70,6 +70,7 @@ def ports_router(s: Services) -> APIRouter:
     )
     async def unexpose(vm_id: str, port: PortNumber, org_id: OrgId) -> JSONResponse:
         await run_in_threadpool(s.ports.unexpose, org_id, vm_id, port)
+        s.port_proxy.close_port(vm_id, port)
         return _json(UnexposePortResponse())
 
     @router.api_route(PROXY_PREFIX + "{rest:path}", methods=_METHODS, include_in_schema=False)

@@ -130,7 +130,7 @@ def test_the_url_stops_working_after_unexpose_and_after_delete(
     assert requests.get(again.url, timeout=30).status_code == 404
 
 
-def test_a_websocket_upgrade_is_relayed_byte_for_byte_both_ways(
+def test_a_websocket_upgrade_is_relayed_byte_for_byte_both_ways_until_unexposed(
     arker_client: Arker, vm_id: str, arker_server: ArkerServer
 ) -> None:
     port = _free_port()
@@ -167,6 +167,9 @@ def test_a_websocket_upgrade_is_relayed_byte_for_byte_both_ways(
             while len(echoed) < len(payload) and (block := sock.recv(65536)):
                 echoed += block
             assert echoed == payload
+            arker_client.vms.unexpose(vm_id, port)  # ends the open relay too
+            sock.settimeout(30)
+            assert sock.recv(4096) == b""
     finally:
         handle.cancel()
 
