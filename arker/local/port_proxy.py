@@ -55,9 +55,12 @@ _HOP_BY_HOP = frozenset(
         "upgrade",
         "host",
         "content-length",
+        "expect",
     }
 )
 _BLOCK = 64 * 1024
+_GONE = (ConnectionError, OSError, RuntimeError)
+"""What writing to a connection that went away raises (uvloop: ``RuntimeError``)."""
 
 
 @dataclass(frozen=True)
@@ -314,15 +317,20 @@ class PortProxy:
         try:
             target, vm_reader, vm_writer = await self._open(rest)
         except ApiError as exc:
-            client_writer.write(_refusal(exc))
+            if not client_writer.is_closing():
+                client_writer.write(_refusal(exc))
+            client_writer.close()
+            return
+        except Exception:
+            log.exception("exposed port: could not open the relay")
             client_writer.close()
             return
         try:
             vm_writer.write(_rewrite_head(head, target) + early)
             await vm_writer.drain()
             await _pipe_both(client_reader, client_writer, vm_reader, vm_writer)
-        except (ConnectionError, OSError):
-            pass
+        except _GONE:
+            pass  # either side went away: the relay ends
         finally:
             client_writer.close()
             self._done(target, vm_writer)
@@ -387,9 +395,9 @@ async def _pipe_both(
             while block := await src.read(_BLOCK):
                 dst.write(block)
                 await dst.drain()
-            if dst.can_write_eof():
+            if not dst.is_closing() and dst.can_write_eof():
                 dst.write_eof()
-        except (ConnectionError, OSError):
+        except _GONE:
             dst.close()
 
     await asyncio.gather(pipe(a_reader, b_writer), pipe(b_reader, a_writer))

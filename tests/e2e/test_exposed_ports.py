@@ -41,6 +41,20 @@ while True:
 """
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _no_unhandled_errors(arker_server: ArkerServer) -> Iterator[None]:
+    """No request of this module may reach the server's 500 handler or log a traceback."""
+    log = arker_server.log_path
+    start = log.stat().st_size if log.exists() else 0
+    yield
+    if log.exists():
+        with open(log, "rb") as f:
+            f.seek(start)
+            new = f.read().decode(errors="replace")
+        assert "unhandled error" not in new, new[-4000:]
+        assert "Traceback" not in new, new[-4000:]
+
+
 def _free_port() -> int:
     # While VMs share the host's network (the stand-in of a VM's own network), their
     # ports are the host's: take one nobody uses.
