@@ -131,21 +131,22 @@ class ConnectionSlots:
 def open_in_vm(engine: Any, vm_id: str, port: int, timeout_s: float) -> socket.socket:
     """A TCP connection to ``127.0.0.1:port`` in the VM's network (blocking).
 
-    The engine's ``open_connection(vm_id, port)`` where it has one (a VM's private
-    network); on an engine that shares the host's network with its VMs, the VM's
-    loopback is the host's, so a plain connect is the same thing.
+    The engine's ``open_connection(vm_id, port)`` (the VM's own network namespace);
+    on an engine whose VMs share the host's network (``network`` ``True`` or
+    ``"host"``), the VM's loopback is the host's, so a plain connect is the same thing.
 
     Raises:
         ApiError: 502 ``unavailable`` when nothing listens there.
     """
+    mode = getattr(engine, "network", None)  # True/"host": the host's own network
     opener = getattr(engine, "open_connection", None)
     try:
-        if callable(opener):
-            sock: socket.socket = opener(vm_id, port)
-            return sock
-        if getattr(engine, "network", None) is not True:
+        if mode is True or mode == "host":
+            return socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+        if not callable(opener):
             raise ApiError("unavailable", "this server's VMs have no network to expose", 503)
-        return socket.create_connection(("127.0.0.1", port), timeout=timeout_s)
+        sock: socket.socket = opener(vm_id, port)
+        return sock
     except ApiError:
         raise
     except Exception as exc:  # the engine's error when nothing listens, or OSError

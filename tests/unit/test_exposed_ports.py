@@ -5,6 +5,7 @@ on open connections."""
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -14,7 +15,7 @@ import requests
 
 from arker import BadRequestError, Computer, ExposedPort, NotFoundError
 from arker.local.errors import ApiError
-from arker.local.port_proxy import ConnectionSlots, ProxyLimits
+from arker.local.port_proxy import ConnectionSlots, ProxyLimits, open_in_vm
 from arker.local.ports import PROXY_PREFIX, ExposedPorts, PortStore
 from tests.unit.live_fakes import VM
 
@@ -189,3 +190,55 @@ def test_open_connections_are_bounded_per_port_and_per_vm() -> None:
     slots.release("vm", 1)
     slots.acquire("vm", 3)
     assert slots.open_count("vm") == 3
+
+
+class _NetEngine:
+    """An engine as the relay sees it: its network mode and, maybe, open_connection."""
+
+    def __init__(self, network: object, opener: Any = None) -> None:
+        self.network = network
+        if opener is not None:
+            self.open_connection = opener
+
+
+def test_the_relay_connects_through_the_engine_into_the_vms_own_network() -> None:
+    made: list[tuple[str, int]] = []
+    a, b = socket.socketpair()
+
+    def opener(vm_id: str, port: int) -> socket.socket:
+        made.append((vm_id, port))
+        return a
+
+    with a, b:
+        assert open_in_vm(_NetEngine("private", opener), "vm1", 8000, 1.0) is a
+    assert made == [("vm1", 8000)]
+
+
+def test_with_the_host_network_the_vms_port_is_the_hosts() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+
+        def never(vm_id: str, port: int) -> socket.socket:
+            raise AssertionError("host mode must not ask the engine")
+
+        for mode in (True, "host"):
+            with open_in_vm(_NetEngine(mode, never), "vm1", port, 5.0) as sock:
+                assert sock.getpeername()[1] == port
+                listener.accept()[0].close()
+
+
+def test_nothing_listening_is_a_502_and_no_network_a_503() -> None:
+    from arker.local.engine_api import SandboxError
+
+    def refused(vm_id: str, port: int) -> socket.socket:
+        raise SandboxError("unavailable", f"nothing listens on port {port} in vm {vm_id}")
+
+    with pytest.raises(ApiError) as nothing:
+        open_in_vm(_NetEngine("private", refused), "vm1", 8000, 1.0)
+    assert (nothing.value.status, nothing.value.code) == (502, "unavailable")
+    assert "nothing listens on port 8000" in nothing.value.message
+    with pytest.raises(ApiError) as no_network:
+        open_in_vm(_NetEngine(False), "vm1", 8000, 1.0)
+    assert (no_network.value.status, no_network.value.code) == (503, "unavailable")
