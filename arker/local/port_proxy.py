@@ -210,7 +210,6 @@ class PortProxy:
         query = request.scope.get("query_string", b"").decode("latin-1")
         target, reader, writer = await self._open(rest + (f"?{query}" if query else ""))
         try:
-            body = await request.body()
             conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=self.limits.max_head_bytes)
             headers = [
                 (k, v)
@@ -220,15 +219,18 @@ class PortProxy:
             headers += [
                 (b"host", f"127.0.0.1:{target.port}".encode()),
                 (b"connection", b"close"),
-                (b"content-length", str(len(body)).encode()),
+                _body_framing(request),
             ]
             method = request.method.encode()
             out = conn.send(
                 h11.Request(method=method, target=target.path.encode("latin-1"), headers=headers)
             )
             writer.write(out or b"")
-            if body:
-                writer.write(conn.send(h11.Data(data=body)) or b"")
+            # The body streams through (the server's body limit still holds).
+            async for block in request.stream():
+                if block:
+                    writer.write(conn.send(h11.Data(data=block)) or b"")
+                    await writer.drain()
             writer.write(conn.send(h11.EndOfMessage()) or b"")
             await writer.drain()
             answer = await asyncio.wait_for(
@@ -335,6 +337,16 @@ class PortProxy:
         finally:
             client_writer.close()
             self._done(target, vm_writer)
+
+
+def _body_framing(request: Request) -> tuple[bytes, bytes]:
+    """How the relayed request frames its body: the client's length, else chunks."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit():
+        return (b"content-length", length.encode())
+    if "chunked" in request.headers.get("transfer-encoding", "").lower():
+        return (b"transfer-encoding", b"chunked")
+    return (b"content-length", b"0")
 
 
 async def _answer_head(conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Response:

@@ -55,6 +55,28 @@ def _no_unhandled_errors(arker_server: ArkerServer) -> Iterator[None]:
         assert "Traceback" not in new, new[-4000:]
 
 
+# An HTTP server in the VM that answers a POST with the method, path and body it got.
+_POST_ECHO = r"""
+import sys
+from http.server import BaseHTTPRequestHandler, HTTPServer
+class Echo(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = b""
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                body += self.rfile.read(size); self.rfile.readline()
+            self.rfile.readline()
+        else:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        out = self.path.encode() + b"\n" + body
+        self.send_response(201); self.send_header("Content-Length", str(len(out)))
+        self.send_header("X-Seen-Host", self.headers["Host"]); self.end_headers()
+        self.wfile.write(out)
+HTTPServer(("127.0.0.1", int(sys.argv[1])), Echo).serve_forever()
+"""
+
+
 def _free_port() -> int:
     # While VMs share the host's network (the stand-in of a VM's own network), their
     # ports are the host's: take one nobody uses.
@@ -185,6 +207,27 @@ def test_a_websocket_upgrade_is_relayed_byte_for_byte_both_ways_until_unexposed(
             arker_client.vms.unexpose(vm_id, port)  # ends the open relay too
             sock.settimeout(30)
             assert sock.recv(4096) == b""
+    finally:
+        handle.cancel()
+
+
+def test_request_bodies_stream_to_the_vm_with_their_length_or_in_chunks(
+    arker_client: Arker, vm_id: str
+) -> None:
+    port = _free_port()
+    arker_client.sync.write(vm_id, "/home/user/post_echo.py", _POST_ECHO.encode())
+    handle = arker_client.runs.start(vm_id, f"exec python3 /home/user/post_echo.py {port}")
+    try:
+        url = arker_client.vms.expose(vm_id, port).url + "upload?name=a%20b"
+        body = bytes(range(256)) * 12_288  # 3 MiB
+        deadline = time.monotonic() + 30
+        while (r := requests.post(url, data=body, timeout=60)).status_code == 502:
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.1)
+        assert (r.status_code, r.content) == (201, b"/upload?name=a%20b\n" + body)
+        assert r.headers["X-Seen-Host"] == f"127.0.0.1:{port}"
+        chunked = requests.post(url, data=iter([b"one ", b"two ", b"three"]), timeout=60)
+        assert (chunked.status_code, chunked.content) == (201, b"/upload?name=a%20b\none two three")
     finally:
         handle.cancel()
 
