@@ -167,6 +167,29 @@ def test_the_url_stops_working_after_unexpose_and_after_delete(
     assert requests.get(again.url, timeout=30).status_code == 404
 
 
+def _upgrade(url: str) -> tuple[socket.socket, bytes]:
+    """Send a WebSocket upgrade to ``url`` until the VM's server answers it: the
+    socket and what came back so far (the answer's head at least)."""
+    split = urlsplit(url)
+    target = split.path + (f"?{split.query}" if split.query else "")
+    head = (
+        f"GET {target} HTTP/1.1\r\nHost: {split.netloc}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    deadline = time.monotonic() + 30
+    while True:
+        sock = socket.create_connection((split.hostname, split.port), timeout=30)
+        sock.sendall(head)
+        got = b""
+        while b"\r\n\r\n" not in got and (block := sock.recv(4096)):
+            got += block
+        if got.startswith(b"HTTP/1.1 101") or time.monotonic() > deadline:
+            return sock, got
+        sock.close()  # the server in the VM is not listening yet (502)
+        time.sleep(0.1)
+
+
 def test_a_websocket_upgrade_is_relayed_byte_for_byte_both_ways_until_unexposed(
     arker_client: Arker, vm_id: str, arker_server: ArkerServer
 ) -> None:
@@ -175,23 +198,7 @@ def test_a_websocket_upgrade_is_relayed_byte_for_byte_both_ways_until_unexposed(
     handle = arker_client.runs.start(vm_id, f"exec python3 /home/user/echo.py {port}")
     try:
         exposed = arker_client.vms.expose(vm_id, port)
-        split = urlsplit(exposed.url)
-        head = (
-            f"GET {split.path}chat?room=1 HTTP/1.1\r\nHost: {split.netloc}\r\n"
-            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-        deadline = time.monotonic() + 30
-        while True:
-            sock = socket.create_connection((split.hostname, split.port), timeout=30)
-            sock.sendall(head)
-            got = b""
-            while b"\r\n\r\n" not in got and (block := sock.recv(4096)):
-                got += block
-            if got.startswith(b"HTTP/1.1 101") or time.monotonic() > deadline:
-                break
-            sock.close()  # the echo server is not listening yet (502)
-            time.sleep(0.1)
+        sock, got = _upgrade(exposed.url + "chat?room=1")
         with sock:
             assert got.startswith(b"HTTP/1.1 101"), got
             rest = got.partition(b"\r\n\r\n")[2]
@@ -259,6 +266,21 @@ def test_bad_ports_are_refused_with_a_clear_400(arker_server: ArkerServer, vm_id
         assert (r.status_code, r.json()["error"]["code"]) == (400, "bad_request"), body
     r = requests.delete(f"{url}/70000", headers=headers, timeout=30)
     assert (r.status_code, r.json()["error"]["code"]) == (400, "bad_request")
+
+
+def test_deleting_the_vm_ends_its_open_relays(arker_client: Arker, vm_id: str) -> None:
+    port = _free_port()
+    arker_client.sync.write(vm_id, "/home/user/echo.py", _ECHO.encode())
+    arker_client.runs.start(vm_id, f"exec python3 /home/user/echo.py {port}")
+    sock, got = _upgrade(arker_client.vms.expose(vm_id, port).url)
+    with sock:
+        assert got.startswith(b"HTTP/1.1 101"), got
+        arker_client.vms.delete(vm_id)
+        sock.settimeout(30)
+        rest = b""
+        while block := sock.recv(4096):
+            rest += block  # the request line the echo server sent back, then the end
+        assert rest.count(b"\n") <= 1
 
 
 def test_open_connections_to_an_exposed_port_are_bounded_with_a_clear_429(
