@@ -100,9 +100,10 @@ def _refusal(code: str, limits: ClientCaps) -> bytes:
     return head.encode() + body
 
 
-OnUpgrade = Callable[[asyncio.Transport, bytes, bytes, bytes], bool]
-"""Offered each WebSocket upgrade (transport, target, head, early bytes); True when it
-took the connection over (the exposed ports' relay, `port_proxy.PortProxy.upgrade`)."""
+OnUpgrade = Callable[[asyncio.Transport, bytes, bytes, bytes, Callable[[], None]], bool]
+"""Offered each WebSocket upgrade (transport, target, head, early bytes, and what to
+call once the connection ends); True when it took the connection over (the exposed
+ports' relay, `port_proxy.PortProxy.upgrade`)."""
 
 
 def guarded_protocol(
@@ -157,11 +158,13 @@ def guarded_protocol(
                     head += [name, b": ", value, b"\r\n"]
                 head.append(b"\r\n")
                 early = self.conn.trailing_data[0]
-                if on_upgrade(self.transport, event.target, b"".join(head), early):
-                    # The relay owns the connection now (and bounds it): this
-                    # protocol's timer and connection count end here.
+                ended = self._release  # it still counts against the client's caps
+                if on_upgrade(self.transport, event.target, b"".join(head), early, ended):
+                    # The relay owns the connection now: this protocol's deadlines end.
                     self.connections.discard(self)
-                    self._release()
+                    if self._timer is not None:
+                        self._timer.cancel()
+                        self._timer = None
                     return
             super().handle_websocket_upgrade(event)
 

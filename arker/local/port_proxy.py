@@ -279,7 +279,12 @@ class PortProxy:
     # --- WebSocket upgrades -------------------------------------------------------------
 
     def upgrade(
-        self, transport: asyncio.Transport, raw_target: bytes, head: bytes, early: bytes
+        self,
+        transport: asyncio.Transport,
+        raw_target: bytes,
+        head: bytes,
+        early: bytes,
+        ended: Callable[[], None] = lambda: None,
     ) -> bool:
         """Take over an upgrade request's connection if it is aimed at an exposed port.
 
@@ -288,6 +293,7 @@ class PortProxy:
             raw_target: The request target as received.
             head: The request head as received (request line and headers, CRLF-ended).
             early: Bytes the client sent after the head.
+            ended: Called once the connection is closed (the front's count of it).
 
         Returns:
             False (untouched) when the target is not under `PROXY_PREFIX`.
@@ -307,6 +313,7 @@ class PortProxy:
         )
         self._relays.add(task)
         task.add_done_callback(self._relays.discard)
+        task.add_done_callback(lambda _: ended())
         return True
 
     async def _relay_upgrade(

@@ -150,6 +150,11 @@ def test_a_url_with_its_secret_missing_or_altered_is_refused_like_an_unknown_por
         r = requests.get(url, timeout=30)
         assert r.status_code == 404, url
         assert r.json()["error"] == {"code": "not_found", "message": "no exposed port at this URL"}
+    # A WebSocket upgrade with the altered secret gets the same refusal, then the end.
+    sock, got = _upgrade(f"{prefix}/{altered}/")
+    with sock:
+        assert got.startswith(b"HTTP/1.1 404"), got
+        assert b'"code": "not_found"' in got or b'"code":"not_found"' in got
 
 
 def test_the_url_stops_working_after_unexpose_and_after_delete(
@@ -168,8 +173,8 @@ def test_the_url_stops_working_after_unexpose_and_after_delete(
 
 
 def _upgrade(url: str) -> tuple[socket.socket, bytes]:
-    """Send a WebSocket upgrade to ``url`` until the VM's server answers it: the
-    socket and what came back so far (the answer's head at least)."""
+    """Send a WebSocket upgrade to ``url`` until it is not ``502`` (the server in the
+    VM not listening yet): the socket and what came back so far (a head at least)."""
     split = urlsplit(url)
     target = split.path + (f"?{split.query}" if split.query else "")
     head = (
@@ -184,7 +189,7 @@ def _upgrade(url: str) -> tuple[socket.socket, bytes]:
         got = b""
         while b"\r\n\r\n" not in got and (block := sock.recv(4096)):
             got += block
-        if got.startswith(b"HTTP/1.1 101") or time.monotonic() > deadline:
+        if not got.startswith(b"HTTP/1.1 502") or time.monotonic() > deadline:
             return sock, got
         sock.close()  # the server in the VM is not listening yet (502)
         time.sleep(0.1)
