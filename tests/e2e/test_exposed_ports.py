@@ -240,6 +240,17 @@ def test_request_bodies_stream_to_the_vm_with_their_length_or_in_chunks(
         assert r.headers["X-Seen-Host"] == f"127.0.0.1:{port}"
         chunked = requests.post(url, data=iter([b"one ", b"two ", b"three"]), timeout=60)
         assert (chunked.status_code, chunked.content) == (201, b"/upload?name=a%20b\none two three")
+        # A body announced past the server's body limit is refused before it is read.
+        split = urlsplit(url)
+        with socket.create_connection((split.hostname, split.port), timeout=30) as sock:
+            sock.sendall(
+                f"POST {split.path}?{split.query} HTTP/1.1\r\nHost: {split.netloc}\r\n"
+                f"Content-Length: {1 << 40}\r\n\r\nx".encode()
+            )
+            answer = b""
+            while block := sock.recv(65536):  # the server closes after its answer
+                answer += block
+        assert answer.startswith(b"HTTP/1.1 413") and b"payload_too_large" in answer, answer
     finally:
         handle.cancel()
 

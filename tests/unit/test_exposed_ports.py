@@ -242,3 +242,25 @@ def test_nothing_listening_is_a_502_and_no_network_a_503() -> None:
     with pytest.raises(ApiError) as no_network:
         open_in_vm(_NetEngine(False), "vm1", 8000, 1.0)
     assert (no_network.value.status, no_network.value.code) == (503, "unavailable")
+
+
+def test_an_answer_head_past_the_bound_is_a_protocol_error() -> None:
+    import asyncio
+
+    import h11
+
+    from arker.local.port_proxy import _answer_head
+
+    async def read(head: bytes) -> Any:
+        reader = asyncio.StreamReader()
+        reader.feed_data(head)
+        reader.feed_eof()
+        conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=1024)
+        conn.send(h11.Request(method="GET", target="/", headers=[("host", "vm")]))
+        conn.send(h11.EndOfMessage())
+        return await _answer_head(conn, reader)
+
+    small = asyncio.run(read(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nA: b\r\n\r\n"))
+    assert small.status_code == 200  # 1xx answers are skipped
+    with pytest.raises(h11.RemoteProtocolError):
+        asyncio.run(read(b"HTTP/1.1 200 OK\r\nA: " + b"b" * 200_000 + b"\r\n\r\n"))
