@@ -34,6 +34,7 @@ from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
+from starlette.types import Send
 
 from .errors import ApiError
 from .ports import PROXY_PREFIX, ExposedPorts, Target
@@ -250,8 +251,14 @@ class PortProxy:
             for k, v in answer.headers
             if k.decode("latin-1").lower() not in _HOP_BY_HOP - {"content-length"}
         ]
-        response = StreamingResponse(
-            _answer_body(conn, reader, method == b"HEAD", lambda: self._done(target, writer)),
+        response = _RelayedAnswer(
+            _answer_body(
+                conn,
+                reader,
+                method == b"HEAD",
+                lambda: self._done(target, writer),
+                lambda: setattr(response, "cut", True),
+            ),
             status_code=answer.status_code,
             background=BackgroundTask(self._done, target, writer),
         )
@@ -369,10 +376,30 @@ async def _answer_head(conn: h11.Connection, reader: asyncio.StreamReader) -> h1
             raise ConnectionError("the VM's server closed the connection without an answer")
 
 
+class _RelayedAnswer(StreamingResponse):
+    """A relayed answer: when the VM's answer is cut, the client's is cut too (its
+    connection closed before the end), never ended as if it were complete."""
+
+    cut = False
+
+    async def stream_response(self, send: Send) -> None:
+        start = {"type": "http.response.start", "status": self.status_code}
+        await send({**start, "headers": self.raw_headers})
+        async for chunk in self.body_iterator:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        if not self.cut:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 async def _answer_body(
-    conn: h11.Connection, reader: asyncio.StreamReader, head_only: bool, end: Callable[[], None]
+    conn: h11.Connection,
+    reader: asyncio.StreamReader,
+    head_only: bool,
+    end: Callable[[], None],
+    cut: Callable[[], None],
 ) -> AsyncIterator[bytes]:
-    """The answer's body as it comes; ``end`` runs however it ends (a cut included)."""
+    """The answer's body as it comes; ``end`` runs however it ends, ``cut`` first when
+    the VM's server broke it off (closed early, or sent what is not HTTP)."""
     try:
         while not head_only:
             event = conn.next_event()
@@ -382,6 +409,9 @@ async def _answer_body(
                 yield bytes(event.data)
             else:
                 return  # EndOfMessage, ConnectionClosed
+    except (h11.ProtocolError, *_GONE) as exc:
+        log.info("exposed port: the answer from the VM was cut: %s", exc)
+        cut()
     finally:
         end()
 

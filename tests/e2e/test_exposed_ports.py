@@ -255,6 +255,37 @@ def test_request_bodies_stream_to_the_vm_with_their_length_or_in_chunks(
         handle.cancel()
 
 
+_CUT = r"""
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(8)
+while True:
+    c, _ = s.accept(); c.recv(65536)
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789"); c.close()
+"""
+
+
+def test_an_answer_the_vms_server_cuts_short_reaches_the_client_cut(
+    arker_client: Arker, vm_id: str
+) -> None:
+    port = _free_port()
+    arker_client.sync.write(vm_id, "/home/user/cut.py", _CUT.encode())
+    handle = arker_client.runs.start(vm_id, f"exec python3 /home/user/cut.py {port}")
+    try:
+        url = arker_client.vms.expose(vm_id, port).url
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = requests.get(url, timeout=30)
+            except requests.exceptions.ChunkedEncodingError as exc:
+                assert "IncompleteRead(10 bytes read, 90 more expected)" in str(exc)
+                break  # not a complete-looking answer of 10 bytes
+            assert r.status_code == 502 and time.monotonic() < deadline, r.content
+            time.sleep(0.1)
+    finally:
+        handle.cancel()
+
+
 def test_other_orgs_cannot_see_expose_or_unexpose_a_vms_ports(
     arker_server: ArkerServer, arker_client: Arker, vm_id: str
 ) -> None:
