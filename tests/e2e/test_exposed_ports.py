@@ -333,7 +333,7 @@ def test_deleting_the_vm_ends_its_open_relays(arker_client: Arker, vm_id: str) -
 def test_open_connections_to_an_exposed_port_are_bounded_with_a_clear_429(
     arker_client: Arker, vm_id: str
 ) -> None:
-    from arker.local.port_proxy import ProxyLimits
+    from arker.local.port_slots import ProxyLimits
 
     bound = ProxyLimits().per_port
     port = _free_port()

@@ -15,7 +15,7 @@ import requests
 
 from arker import BadRequestError, Computer, ExposedPort, NotFoundError
 from arker.local.errors import ApiError
-from arker.local.port_proxy import ConnectionSlots, ProxyLimits, open_in_vm
+from arker.local.port_slots import ConnectionSlots, ProxyLimits, open_in_vm
 from arker.local.ports import PROXY_PREFIX, ExposedPorts, PortStore
 from tests.unit.live_fakes import VM
 
