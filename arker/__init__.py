@@ -42,6 +42,7 @@ from ._exceptions import (
 )
 from ._models import (
     DirSyncResult,
+    ExposedPort,
     ForkResult,
     OutputChunk,
     RunResult,
@@ -69,6 +70,7 @@ __all__ = [
     "ConfigurationError",
     "ConflictError",
     "DirSyncResult",
+    "ExposedPort",
     "ForkResult",
     "InternalServerError",
     "NotFoundError",

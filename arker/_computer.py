@@ -6,7 +6,7 @@ import logging
 from types import TracebackType
 from typing import Protocol
 
-from ._models import RunResult
+from ._models import ExposedPort, RunResult
 from .resources import RunHandle, RunsResource, SyncResource, VmsResource
 
 __all__ = ["Computer", "Sync"]
@@ -102,6 +102,14 @@ class Computer:
             timeout=timeout,
             idempotency_key=idempotency_key,
         )
+
+    def expose(self, port: int) -> ExposedPort:
+        """Make ``port`` inside this VM reachable at a secret URL; see `VmsResource.expose`."""
+        return self._client.vms.expose(self.id, port)
+
+    def unexpose(self, port: int) -> None:
+        """Withdraw an exposed port; its URL stops working."""
+        self._client.vms.unexpose(self.id, port)
 
     def delete(self) -> None:
         """Delete this VM. Its forks keep working."""

@@ -14,9 +14,11 @@ from ._wire import ForkResponse, ListVmsResponse, RunResponse, VmSummaryWire, de
 from ._wire_live import Run, RunState, is_terminal
 from ._wire_live import RunSummary as RunSummaryWire
 from ._wire_live import Session as SessionWire
+from ._wire_ports import ExposedPortWire
 
 __all__ = [
     "DirSyncResult",
+    "ExposedPort",
     "ForkResult",
     "OutputChunk",
     "RunResult",
@@ -371,4 +373,24 @@ class Session(_PublicModel):
 
     @classmethod
     def from_wire(cls, wire: SessionWire) -> Session:
+        return cls.model_validate(wire.model_dump(include=set(cls.model_fields)))
+
+
+class ExposedPort(_PublicModel):
+    """A TCP port inside a VM, reachable from outside at `url`.
+
+    Attributes:
+        port: The port inside the VM (on its ``127.0.0.1``).
+        url: Where to reach it: requests (and WebSocket upgrades) to this URL, and to
+            paths under it, go to the port. It carries a secret: whoever holds the URL
+            reaches the port, so share it as you would a password.
+        created_at: When it was exposed (UTC).
+    """
+
+    port: int
+    url: str
+    created_at: AwareDatetime
+
+    @classmethod
+    def from_wire(cls, wire: ExposedPortWire) -> ExposedPort:
         return cls.model_validate(wire.model_dump(include=set(cls.model_fields)))

@@ -43,6 +43,7 @@ from .openapi import API_ERRORS, RAW_BYTES, error_docs, openapi_document
 from .presign import READ_ROUTE, UPLOAD_ROUTE
 from .routes_live import live_router
 from .routes_pty import pty_router
+from .routes_ports import ports_router
 from .services import Services
 
 _TIMEOUT_CAP_S = 10**9
@@ -85,6 +86,7 @@ def create_app(services: Services) -> FastAPI:
     s = services
     app.include_router(live_router(services))  # live runs and sessions (routes_live.py)
     app.include_router(pty_router(services))  # interactive terminals (routes_pty.py)
+    app.include_router(ports_router(services))  # exposed ports (routes_ports.py)
 
     @app.get("/api/v1/health", response_model=HealthResponse, responses=error_docs())
     def health() -> JSONResponse:

@@ -29,6 +29,7 @@ import ipaddress
 import json
 import threading
 from collections import Counter
+from collections.abc import Callable
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -99,7 +100,15 @@ def _refusal(code: str, limits: ClientCaps) -> bytes:
     return head.encode() + body
 
 
-def guarded_protocol(limits: FrontLimits, caps: ClientCaps) -> type[H11Protocol]:
+OnUpgrade = Callable[[asyncio.Transport, bytes, bytes, bytes, Callable[[], None]], bool]
+"""Offered each WebSocket upgrade (transport, target, head, early bytes, and what to
+call once the connection ends); True when it took the connection over (the exposed
+ports' relay, `port_proxy.PortProxy.upgrade`)."""
+
+
+def guarded_protocol(
+    limits: FrontLimits, caps: ClientCaps, on_upgrade: OnUpgrade | None = None
+) -> type[H11Protocol]:
     """The h11 protocol class for ``uvicorn.Config(http=...)`` under these limits."""
 
     class GuardedH11Protocol(H11Protocol):
@@ -121,21 +130,44 @@ def guarded_protocol(limits: FrontLimits, caps: ClientCaps) -> type[H11Protocol]
             self._arm(limits.head_timeout_s)
 
         def connection_lost(self, exc: Exception | None) -> None:
+            self._release()
+            super().connection_lost(exc)
+
+        def _release(self) -> None:
+            """Stop this connection's timer and stop counting it."""
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
             if self._cap_key is not None:
                 caps.release(self._cap_key)
                 self._cap_key = None
-            super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             self._last_byte = self.loop.time()
             super().data_received(data)
 
+        def on_response_complete(self) -> None:
+            self._waiting_since = self.loop.time()
+            super().on_response_complete()
+            self._arm(limits.head_timeout_s)
+
         def handle_websocket_upgrade(self, event: h11.Request) -> None:
-            # The socket passes to the WebSocket protocol (a terminal, routes_pty): the
-            # HTTP deadlines stop, and the client's slot is released when it closes.
+            if on_upgrade is not None:
+                head = [event.method, b" ", event.target, b" HTTP/1.1\r\n"]
+                for name, value in event.headers:
+                    head += [name, b": ", value, b"\r\n"]
+                head.append(b"\r\n")
+                early = self.conn.trailing_data[0]
+                ended = self._release  # it still counts against the client's caps
+                if on_upgrade(self.transport, event.target, b"".join(head), early, ended):
+                    # The relay owns the connection now: this protocol's deadlines end.
+                    self.connections.discard(self)
+                    if self._timer is not None:
+                        self._timer.cancel()
+                        self._timer = None
+                    return
+            # Else the socket passes to the WebSocket protocol (a terminal, routes_pty):
+            # the HTTP deadlines stop, and the client's slot is released when it closes.
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -151,11 +183,6 @@ def guarded_protocol(limits: FrontLimits, caps: ClientCaps) -> type[H11Protocol]
                 lost(exc)
 
             upgraded.connection_lost = release  # type: ignore[method-assign]
-
-        def on_response_complete(self) -> None:
-            self._waiting_since = self.loop.time()
-            super().on_response_complete()
-            self._arm(limits.head_timeout_s)
 
         def _arm(self, delay: float) -> None:
             if self._timer is not None:

@@ -189,7 +189,7 @@ def serve(config: ServerConfig) -> int:
                 # with an error envelope. The speed comes from uvloop, picked up when
                 # installed (benchmarks/http_stack.py). The guarded subclass adds the
                 # deadlines and connection caps uvicorn lacks (front.py).
-                http=guarded_protocol(limits, caps),
+                http=guarded_protocol(limits, caps, services.port_proxy.upgrade),
                 timeout_keep_alive=int(limits.keep_alive_s) or 1,
                 # Requests that wait (a live run's time_to_background, output
                 # followers, long runs) must not hold a stopping server for minutes.

@@ -9,6 +9,8 @@ from .config import ServerConfig
 from .engine_api import EngineLike
 from .idempotency import Idempotency
 from .live_runs import LiveLimits, LiveRuns
+from .port_proxy import PortProxy
+from .ports import ExposedPorts, PortStore
 from .presign import Signer, load_or_create_secret
 from .run_slots import RunSlots
 from .store import Store
@@ -36,16 +38,22 @@ class Services:
     run_pool: ThreadPoolExecutor
     """The threads that wait on runs (one per slot): never the pool serving requests."""
     terminals: Terminals
+    ports: ExposedPorts
+    port_proxy: PortProxy
 
 
 def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Services:
     """Wire the service objects together around a started engine."""
-    signer = Signer(load_or_create_secret(config.secret_path))
+    secret = load_or_create_secret(config.secret_path)
+    signer = Signer(secret)
     uploads = Uploads(store, engine)
+    vms = Vms(store, engine, config)
+    ports = ExposedPorts(PortStore(config.db_path), store, vms, secret)
+    ports.records.prune(store.vm_ids())  # ports of VMs deleted before this start
     return Services(
         config=config,
         store=store,
-        vms=Vms(store, engine, config),
+        vms=vms,
         sync=Sync(engine, uploads, signer),
         uploads=uploads,
         signer=signer,
@@ -57,6 +65,8 @@ def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Se
         ),
         run_pool=ThreadPoolExecutor(config.runs_total, thread_name_prefix="arker-run"),
         terminals=Terminals(engine, config.pty),
+        ports=ports,
+        port_proxy=PortProxy(ports, engine),
     )
 
 

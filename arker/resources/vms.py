@@ -1,16 +1,31 @@
-"""``client.vms``: list, iterate, fork and delete VMs."""
+"""``client.vms``: list, iterate, fork and delete VMs; expose their ports."""
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator
 
 from .._exceptions import refused_before_sending
 from .._ids import looks_like_vm_id, new_ulid, resolve_source
-from .._models import ForkResult, VmList, VmSummary
+from .._models import ExposedPort, ForkResult, VmList, VmSummary
 from .._wire import SORT_KEYS, DeleteResponse, ForkRequest, ForkResponse, ListVmsResponse, SortOrder
+from .._wire_ports import (
+    PORT_MAX,
+    PORT_MIN,
+    ExposedPortWire,
+    ExposePortRequest,
+    ListPortsResponse,
+    UnexposePortResponse,
+)
 from ._resource import Resource, build_request, vm_path
 
 __all__ = ["VmsResource", "vm_path"]
+
+
+def _port_path(vm_id: str, port: int) -> str:
+    if isinstance(port, bool) or not isinstance(port, int) or not PORT_MIN <= port <= PORT_MAX:
+        raise refused_before_sending(f"port must be an integer {PORT_MIN}-{PORT_MAX}: {port!r}")
+    return vm_path(vm_id, f"/ports/{port}")
 
 
 def _check_list_args(limit: int, offset: int, sort: str | None) -> None:
@@ -119,3 +134,39 @@ class VmsResource(Resource):
         self._client.call(
             "DELETE", vm_path(vm_id), DeleteResponse, absent_after_retry=DeleteResponse()
         )
+
+    def expose(self, vm_id: str, port: int) -> ExposedPort:
+        """Make a TCP port inside the VM reachable at a URL of the server.
+
+        Requests to the URL (and to paths under it, WebSocket upgrades included) go to
+        ``127.0.0.1:port`` inside the VM. The URL carries a secret; without it the
+        server refuses. Exposing an exposed port again gives the same URL.
+
+        Args:
+            vm_id: The VM.
+            port: A TCP port, 1-65535; nothing needs to listen on it yet.
+
+        Returns:
+            The exposed port, with its `url`.
+        """
+        body = build_request(ExposePortRequest, port=port)
+        wire = self._client.call(
+            "POST",
+            vm_path(vm_id, "/ports"),
+            ExposedPortWire,
+            body=body,
+            acts=False,  # exposing an exposed port is a no-op: safe to repeat
+        )
+        return ExposedPort.from_wire(wire)
+
+    def list_ports(self, vm_id: str) -> builtins.list[ExposedPort]:
+        """The VM's exposed ports, by port number."""
+        wire = self._client.call("GET", vm_path(vm_id, "/ports"), ListPortsResponse)
+        return [ExposedPort.from_wire(p) for p in wire.ports]
+
+    def unexpose(self, vm_id: str, port: int) -> None:
+        """Withdraw an exposed port: its URL stops working (open connections end).
+
+        Unexposing a port that is not exposed does nothing.
+        """
+        self._client.call("DELETE", _port_path(vm_id, port), UnexposePortResponse)
