@@ -42,8 +42,8 @@ from .errors import ApiError, BodyLimitMiddleware, install_error_handlers
 from .openapi import API_ERRORS, RAW_BYTES, error_docs, openapi_document
 from .presign import READ_ROUTE, UPLOAD_ROUTE
 from .routes_live import live_router
-from .routes_pty import pty_router
 from .routes_ports import ports_router
+from .routes_pty import pty_router
 from .services import Services
 
 _TIMEOUT_CAP_S = 10**9
