@@ -148,9 +148,7 @@ def test_whoami_and_regions(api: Api, arker_server: ArkerServer) -> None:
         ("GET", "/api/v1/api-keys"),
     ],
 )
-def test_what_a_local_server_cannot_do_is_422_unsupported(
-    api: Api, method: str, path: str
-) -> None:
+def test_what_a_local_server_cannot_do_is_422_unsupported(api: Api, method: str, path: str) -> None:
     _error(api.request(method, path, json={}), 422, "unsupported_operation")
 
 
@@ -184,6 +182,7 @@ def _sync(api: Api, vm_id: str, body: dict[str, Any]) -> dict[str, Any]:
 def test_platform_write_in_several_chunks_of_one_upload(api: Api) -> None:
     vm_id = _fork(api)["vm_id"]
     data = bytes(range(256)) * 40
+
     def chunk(a: int, b: int) -> dict[str, Any]:
         return {
             "path": "/home/user/chunked.bin",
