@@ -11,7 +11,7 @@ the second.
 * Routes both APIs share (``DELETE /v1/vms/{id}``, ``…/sync``, ``/v1/health``, runs and
   sessions) keep their 0.1.0 bytes. `PlatformDialectMiddleware` gives a request of the
   official platform client (it sends no marker but its HTTP library's ``User-Agent``,
-  ``python-httpx/…``) the platform's shapes: the delete, health and sync requests go to
+  ``python-httpx2/…``) the platform's shapes: the delete, health and sync requests go to
   the platform's handlers (``/api/v1/_platform/…``), and any 0.1.0 error envelope in its
   answers is rewritten into the platform's.
 """
@@ -48,7 +48,7 @@ __all__ = [
 PLATFORM_PREFIX = "/api/v1/_platform"
 """Where the platform's variants of shared routes are served (reached by rewriting)."""
 
-_PLATFORM_CLIENT_AGENT = "python-httpx/"
+_PLATFORM_CLIENT_AGENTS = ("python-httpx/", "python-httpx2/")
 _SHARED = (
     ("DELETE", re.compile(r"^/api/v1/vms/[^/]+$")),
     ("POST", re.compile(r"^/api/v1/vms/[^/]+/sync$")),
@@ -139,7 +139,7 @@ def speaks_platform(scope: Scope) -> bool:
     """Whether a request comes from the official platform client (by its User-Agent)."""
     for name, value in scope.get("headers", ()):
         if name == b"user-agent":
-            return bytes(value).decode("latin-1").startswith(_PLATFORM_CLIENT_AGENT)
+            return bytes(value).decode("latin-1").startswith(_PLATFORM_CLIENT_AGENTS)
     return False
 
 

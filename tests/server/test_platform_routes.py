@@ -15,7 +15,7 @@ import pytest
 from arker.testing import ArkerServer
 from tests.kit.server import Api
 
-PLATFORM_CLIENT = {"User-Agent": "python-httpx/0.28.1"}
+PLATFORM_CLIENT = {"User-Agent": "python-httpx2/2.16.2"}
 
 pytestmark = pytest.mark.usefixtures("no_unhandled_errors")
 
