@@ -51,7 +51,8 @@ __all__ = ["platform_router"]
 OrgId = Annotated[str, Depends(require_org)]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=64)]
 PROVIDER = "local"
-"""The ``provider`` of every placement this server reports."""
+"""The ``provider`` of the one placement ``/v1/regions`` reports. A VM names none: the
+official client would route a listed VM with a provider to a hosted address."""
 _UNSUPPORTED_ROUTES: tuple[tuple[str, str, str], ...] = (
     ("/v1/filesystems", "GET,POST", "filesystems"),
     ("/v1/filesystems/{filesystem_id}", "GET,DELETE", "filesystems"),
@@ -129,7 +130,6 @@ def platform_router(s: Services) -> APIRouter:
             name=vm.name,
             root_source_vm_id=vm.base_image,
             region=vm.region,
-            provider=PROVIDER,
         )
 
     def fork(org_id: str, req: PlatformForkRequest) -> dict[str, Any]:

@@ -42,7 +42,7 @@ def _error(r: Any, status: int, code: str) -> dict[str, Any]:
 def test_fork_by_name_answers_the_vm_shape_with_description(api: Api) -> None:
     vm = _fork(api, name="plat-a", description="scratch box", public=False)
     assert vm["vm_id"] and vm["name"] == "plat-a" and vm["description"] == "scratch box"
-    assert vm["public"] is False and vm["state"] == "idle" and vm["provider"] == "local"
+    assert vm["public"] is False and vm["state"] == "idle" and vm.get("provider") is None
     assert vm["sessions"] == [] and vm["resources"] == {} and vm["network"] == {}
     assert vm["owner_org_id"] and vm["created_at"]
 
