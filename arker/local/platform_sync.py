@@ -18,6 +18,7 @@ from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import TypeAdapter, ValidationError
 
+from .._paths import PLATFORM_ROOTS
 from .._wire import (
     ChunkEntry,
     CommitEntry,
@@ -94,7 +95,7 @@ def platform_sync_routes(router: APIRouter, s: Services) -> None:
         req = _parse(body)
         base_url = str(request.base_url)
         if isinstance(req, SyncReadRequest):
-            read = s.sync.read(vm, req.path, base_url)
+            read = s.sync.read(vm, req.path, base_url, PLATFORM_ROOTS)
             answer: dict[str, Any] = {"ok": True, "op": "read", "path": req.path, "size": read.size}
             if read.presigned_url is not None:
                 answer.update(
@@ -105,7 +106,7 @@ def platform_sync_routes(router: APIRouter, s: Services) -> None:
                 answer.update(content=read.content, encoding=encoding)
             return JSONResponse(answer)
         if isinstance(req, SyncWriteRequest):
-            done = s.sync.write(vm, req, base_url)
+            done = s.sync.write(vm, req, base_url, PLATFORM_ROOTS)
             results = [
                 write_result(vm, e, r) for e, r in zip(req.writes, done.results, strict=True)
             ]
