@@ -47,6 +47,7 @@ from ._models import (
     RunStatus,
     RunSummary,
     Session,
+    VmDetails,
     VmList,
     VmSummary,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "Timeout",
     "UnsupportedError",
     "VmBusyError",
+    "VmDetails",
     "VmList",
     "VmSummary",
     "__version__",

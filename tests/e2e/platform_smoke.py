@@ -82,7 +82,10 @@ def main() -> None:
     listed = {s.session_id for s in vm.list_sessions().sessions}
     check("list sessions", session.session_id in listed)
     vm.delete_session(session.session_id)
-    check("delete session", session.session_id not in {s.session_id for s in vm.list_sessions().sessions})
+    check(
+        "delete session",
+        session.session_id not in {s.session_id for s in vm.list_sessions().sessions},
+    )
 
     vm.sync("/home/user/small.txt", "hello file")
     check("small write/read", vm.sync("/home/user/small.txt") == b"hello file")
@@ -104,7 +107,9 @@ def main() -> None:
             f.write("B2")
         second = vm.sync_dir(local, "/home/user/proj")
         check("sync_dir re-sends only changes", (second.sent, second.skipped) == (1, 2))
-        got = vm.run("cat /home/user/proj/a.txt /home/user/proj/sub/b.txt /home/user/proj/sub/deep/c.txt")
+        got = vm.run(
+            "cat /home/user/proj/a.txt /home/user/proj/sub/b.txt /home/user/proj/sub/deep/c.txt"
+        )
         check("sync_dir content", got.stdout == "AB2C")
 
     child = vm.fork(name="plat-child")
@@ -127,15 +132,23 @@ def main() -> None:
             break
         page = client.list_vms(limit=1, cursor=page.next_cursor)
     check("list_vms pages", {vm.id, child.id} <= set(ids) and len(ids) == len(set(ids)))
-    check("listed vms route here", all(v.base_url == client.base_url for v in client.list_vms().vms))
+    check(
+        "listed vms route here", all(v.base_url == client.base_url for v in client.list_vms().vms)
+    )
 
-    expect_error("get missing vm", 404, "not_found", lambda: client.get_vm("01NOPE0000000000000000000_loc0"))
-    expect_error("fork an image", 422, "unsupported_operation", lambda: client.fork(image="ubuntu:24.04"))
+    expect_error(
+        "get missing vm", 404, "not_found", lambda: client.get_vm("01NOPE0000000000000000000_loc0")
+    )
+    expect_error(
+        "fork an image", 422, "unsupported_operation", lambda: client.fork(image="ubuntu:24.04")
+    )
     expect_error("resize", 422, "unsupported_operation", lambda: vm.update(vcpu=4))
     expect_error("filesystems", 422, "unsupported_operation", lambda: client.list_filesystems())
     expect_error("policies", 422, "unsupported_operation", lambda: vm.get_policies())
     expect_error("read missing file", 404, "not_found", lambda: vm.sync("/home/user/nope"))
-    expect_error("run missing run", 404, "not_found", lambda: vm.get_run("01NOPE000000000000000000RN"))
+    expect_error(
+        "run missing run", 404, "not_found", lambda: vm.get_run("01NOPE000000000000000000RN")
+    )
 
     check("delete child", child.delete().deleted is True)
     check("delete", vm.delete().deleted is True)

@@ -235,3 +235,13 @@ def test_platform_sync_errors_use_its_envelope(api: Api) -> None:
         headers=PLATFORM_CLIENT,
     )
     _error(r, 400, "bad_request")
+
+
+def test_our_sdk_gets_and_updates_a_vm(arker_client: Any) -> None:
+    made = arker_client.vms.fork("arkuntu", name="sdk-upd")
+    got = arker_client.vms.get(made.vm_id)
+    assert (got.name, got.description, got.state) == ("sdk-upd", None, "idle")
+    changed = arker_client.vms.update(made.vm_id, name="sdk-upd2", description="notes")
+    assert (changed.name, changed.description) == ("sdk-upd2", "notes")
+    assert arker_client.vms.update(made.vm_id, description="").description is None
+    assert [v.name for v in arker_client.vms.list(q="sdk-upd2")] == ["sdk-upd2"]
