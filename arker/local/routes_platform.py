@@ -40,6 +40,7 @@ from .config import BACKEND, REGION
 from .errors import ApiError
 from .names import Names
 from .platform_errors import PLATFORM_PREFIX, PlatformRoute, unsupported
+from .platform_runs import OrgRuns
 from .platform_store import PlatformStore
 from .platform_sync import platform_sync_routes
 from .run_views import session_view
@@ -233,6 +234,34 @@ def platform_router(s: Services) -> APIRouter:
         endpoint = str(request.base_url).rstrip("/") + "/api"
         here = RegionPlacement(provider=PROVIDER, region=REGION, endpoint=endpoint)
         return _json(ListRegionsResponse(regions=[here]))
+
+    org_runs = OrgRuns(s.config.db_path)
+
+    @router.get("/v1/runs")
+    def list_org_runs(
+        org_id: OrgId,
+        since: Annotated[int, Query(ge=0)] = 0,
+        until: Annotated[int | None, Query(ge=0)] = None,
+        vm: Annotated[str | None, Query(max_length=256)] = None,
+        vms: Annotated[str | None, Query(max_length=8192)] = None,
+        search: Annotated[str | None, Query(max_length=256)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+        lite: bool = False,
+    ) -> JSONResponse:
+        end = until if until is not None else int(datetime.now(timezone.utc).timestamp()) + 1
+        wanted = [v for v in [vm, *(vms or "").split(",")] if v] or None
+        rows = org_runs.rows(
+            org_id,
+            since=since,
+            until=end,
+            vm_ids=wanted,
+            search=search,
+            limit=limit,
+            offset=offset,
+        )
+        answer = {"since": since, "until": end, "limit": limit, "offset": offset, "lite": lite}
+        return JSONResponse({**answer, "rows": rows})
 
     platform_sync_routes(router, s)
     for path, methods, what in _UNSUPPORTED_ROUTES:

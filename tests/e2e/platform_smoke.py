@@ -117,6 +117,9 @@ def main() -> None:
     check("fork by id keeps files", child.run("cat /home/user/proj/a.txt").stdout == "A")
     check("fork isolation", vm.sync("/home/user/small.txt") == b"hello file")
 
+    activity = client.list_runs(vm=vm.id)
+    check("org runs list", any(row.command == "sleep 3; echo late" for row in activity.rows))
+
     fetched = client.get_vm(vm.id)
     check("get_vm", fetched.id == vm.id and fetched.name == "plat-smoke")
     updated = vm.update(description="changed")

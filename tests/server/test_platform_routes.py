@@ -245,3 +245,50 @@ def test_our_sdk_gets_and_updates_a_vm(arker_client: Any) -> None:
     assert (changed.name, changed.description) == ("sdk-upd2", "notes")
     assert arker_client.vms.update(made.vm_id, description="").description is None
     assert [v.name for v in arker_client.vms.list(q="sdk-upd2")] == ["sdk-upd2"]
+
+
+def test_org_runs_list_this_orgs_runs_newest_first(api: Api, other: Api) -> None:
+    vm_id = _fork(api)["vm_id"]
+    for word in ("first-run", "second-run"):
+        r = api.post(f"/api/v1/vms/{vm_id}/runs", json={"command": f"echo {word}"})
+        assert r.status_code == 200, r.text
+    page = api.get("/api/v1/runs", params={"vm": vm_id}).json()
+    assert [row["command"] for row in page["rows"]] == ["echo second-run", "echo first-run"]
+    row = page["rows"][0]
+    assert row["vm_id"] == vm_id and row["exit_code"] == 0 and row["state"] == "completed"
+    assert api.get("/api/v1/runs", params={"vm": vm_id, "search": "first"}).json()["rows"]
+    assert other.get("/api/v1/runs", params={"vm": vm_id}).json()["rows"] == []
+
+
+def test_platform_presigned_write_then_commit(api: Api) -> None:
+    vm_id = _fork(api)["vm_id"]
+    data = b"presigned bytes"
+    entry = {"path": "/home/user/put.bin", "size": len(data), "presigned": True}
+    asked = _sync(api, vm_id, {"op": "write", "writes": [entry]})["results"][0]
+    assert asked["method"] == "PUT" and asked["upload_id"] and asked["complete"] is False
+    put = api.session.put(asked["presigned_url"], data=data, timeout=60)
+    assert put.status_code == 200, put.text
+    commit = {"path": "/home/user/put.bin", "size": len(data), "upload_id": asked["upload_id"]}
+    done = _sync(api, vm_id, {"op": "write", "writes": [commit]})["results"][0]
+    assert done["complete"] is True and done["written"] is True
+    assert api.run(vm_id, "cat /home/user/put.bin")["stdout"] == data.decode()
+
+
+def test_platform_paths_may_be_under_tmp_but_0_1_0_paths_may_not(api: Api) -> None:
+    vm_id = _fork(api)["vm_id"]
+    chunk = {
+        "path": "/tmp/staged.txt",
+        "size": 2,
+        "upload_id": "01TMPUPLOAD",
+        "content": base64.b64encode(b"ok").decode(),
+        "start": 0,
+        "end": 2,
+    }
+    done = _sync(api, vm_id, {"op": "write", "writes": [chunk]})["results"][0]
+    assert done["complete"] is True, done
+    assert api.run(vm_id, "cat /tmp/staged.txt")["stdout"] == "ok"
+    old = api.post(f"/api/v1/vms/{vm_id}/sync", json={"op": "write", "writes": [chunk]})
+    assert old.json()["results"][0]["error"]["code"] == "bad_request"
+    escape = {**chunk, "path": "/tmp/../etc/x", "upload_id": "01TMPESCAPE"}
+    bad = _sync(api, vm_id, {"op": "write", "writes": [escape]})["results"][0]
+    assert bad["error"]["code"] == "bad_request"
