@@ -49,6 +49,7 @@ from ._models import (
     RunStatus,
     RunSummary,
     Session,
+    VmDetails,
     VmList,
     VmSummary,
 )
@@ -97,6 +98,7 @@ __all__ = [
     "Timeout",
     "UnsupportedError",
     "VmBusyError",
+    "VmDetails",
     "VmList",
     "VmSummary",
     "__version__",

@@ -14,6 +14,7 @@ from ._wire import ForkResponse, ListVmsResponse, RunResponse, VmSummaryWire, de
 from ._wire_live import Run, RunState, is_terminal
 from ._wire_live import RunSummary as RunSummaryWire
 from ._wire_live import Session as SessionWire
+from ._wire_platform import PlatformVm
 from ._wire_ports import ExposedPortWire
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "RunStatus",
     "RunSummary",
     "Session",
+    "VmDetails",
     "VmList",
     "VmSummary",
 ]
@@ -124,6 +126,38 @@ class VmSummary(_PublicModel):
     @classmethod
     def from_wire(cls, wire: VmSummaryWire) -> VmSummary:
         return cls.model_validate(wire.model_dump())
+
+
+class VmDetails(_PublicModel):
+    """One VM as `client.vms.get` and `client.vms.update` describe it (the platform's ``Vm``).
+
+    Attributes:
+        vm_id: The VM's id.
+        name: Its name, if it has one.
+        description: Its description, if it has one.
+        owner_org_id: The organisation that owns it.
+        public: Whether other organisations may fork it.
+        state: ``running`` while one of its runs is live, else ``idle``.
+        region: Where it runs.
+        created_at: Creation time, timezone-aware (UTC).
+        sessions: Its sessions.
+    """
+
+    vm_id: str
+    name: str | None = None
+    description: str | None = None
+    owner_org_id: str
+    public: bool = False
+    state: str = "idle"
+    region: str | None = None
+    created_at: AwareDatetime
+    sessions: list[Session] = Field(default_factory=list)
+
+    @classmethod
+    def from_wire(cls, wire: PlatformVm) -> VmDetails:
+        data = wire.model_dump()
+        data["sessions"] = [Session.from_wire(SessionWire.model_validate(s)) for s in wire.sessions]
+        return cls.model_validate(data)
 
 
 class VmList(_PublicModel):

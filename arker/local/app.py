@@ -40,8 +40,10 @@ from .body_checks import reject_lone_surrogates
 from .config import BACKEND
 from .errors import ApiError, BodyLimitMiddleware, install_error_handlers
 from .openapi import API_ERRORS, RAW_BYTES, error_docs, openapi_document
+from .platform_errors import PlatformDialectMiddleware
 from .presign import READ_ROUTE, UPLOAD_ROUTE
 from .routes_live import live_router
+from .routes_platform import platform_router
 from .routes_ports import ports_router
 from .routes_pty import pty_router
 from .services import Services
@@ -76,6 +78,7 @@ def create_app(services: Services) -> FastAPI:
     # UIs stay off. Handlers return `JSONResponse`s, so `response_model` only documents.
     app.openapi = lambda: openapi_document(app)  # type: ignore[method-assign]
     install_error_handlers(app)
+    app.add_middleware(PlatformDialectMiddleware)  # the 1.3 client's shapes (platform_errors)
     # Outermost last: the size guard, then the key check, both before any body is read.
     app.add_middleware(RequireKeyMiddleware, store=services.store, prefixes=("/api/v1/vms/",))
     app.add_middleware(
@@ -281,6 +284,7 @@ def create_app(services: Services) -> FastAPI:
         held = await s.uploads.settled_prefix(vm_id, upload_id)
         return Response(status_code=200, headers={"Upload-Offset": str(held)})
 
+    app.include_router(platform_router(services))  # the platform's API (routes_platform.py)
     return app
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from .._constants import INLINE_WRITE_MAX
-from .._paths import path_problem
+from .._paths import HOME_ROOTS, path_problem
 from .._wire import (
     ChunkEntry,
     CommitEntry,
@@ -55,9 +55,11 @@ class Sync:
         self._uploads = uploads
         self._signer = signer
 
-    def read(self, vm_id: str, path: str, base_url: str) -> SyncReadResponse:
+    def read(
+        self, vm_id: str, path: str, base_url: str, roots: tuple[str, ...] = HOME_ROOTS
+    ) -> SyncReadResponse:
         """Small files inline (UTF-8 or base64); larger ones as a presigned GET URL."""
-        problem = path_problem(path)
+        problem = path_problem(path, roots)
         if problem:
             raise ApiError("bad_request", problem)
         src, size = self._open(vm_id, path)
@@ -102,30 +104,40 @@ class Sync:
             return FileStream(_blocks(src, 0, size), size, None, etag)
         return FileStream(_blocks(src, span.start, span.length), size, span, etag)
 
-    def write(self, vm_id: str, req: SyncWriteRequest, base_url: str) -> SyncWriteResponse:
+    def write(
+        self,
+        vm_id: str,
+        req: SyncWriteRequest,
+        base_url: str,
+        roots: tuple[str, ...] = HOME_ROOTS,
+    ) -> SyncWriteResponse:
         """Apply each entry in order; an entry's failure is reported in its own result."""
         results = []
         for entry in req.writes:
             try:
-                results.append(self._write_one(vm_id, entry, base_url))
+                results.append(self._write_one(vm_id, entry, base_url, roots))
             except ApiError as exc:
                 results.append(WriteResult(error=ErrorBody(code=exc.code, message=exc.message)))
         return SyncWriteResponse(results=results)
 
     def _write_one(
-        self, vm_id: str, entry: ChunkEntry | PresignEntry | CommitEntry, base_url: str
+        self,
+        vm_id: str,
+        entry: ChunkEntry | PresignEntry | CommitEntry,
+        base_url: str,
+        roots: tuple[str, ...],
     ) -> WriteResult:
         # `Uploads` maps the engine's errors itself, where it calls the engine.
         if isinstance(entry, ChunkEntry):
-            return self._uploads.chunk(vm_id, entry)
+            return self._uploads.chunk(vm_id, entry, roots)
         if isinstance(entry, PresignEntry):
-            upload_id = self._uploads.presign(vm_id, entry)
+            upload_id = self._uploads.presign(vm_id, entry, roots)
             return WriteResult(
                 presigned_url=self._signer.upload_url(base_url, vm_id, upload_id),
                 upload_id=upload_id,
                 expires_in=self._signer.ttl_s,
             )
-        return self._uploads.commit(vm_id, entry)
+        return self._uploads.commit(vm_id, entry, roots)
 
     def _open(self, vm_id: str, path: str) -> tuple[BinaryIO, int]:
         try:

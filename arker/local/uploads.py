@@ -20,7 +20,7 @@ from datetime import datetime, timedelta, timezone
 
 from .._constants import MAX_FILE_BYTES
 from .._ids import new_ulid
-from .._paths import path_problem
+from .._paths import HOME_ROOTS, path_problem
 from .._wire import ChunkEntry, CommitEntry, PresignEntry, WriteResult, decode_content
 from .engine_api import EngineLike
 from .engine_errors import engine_errors
@@ -36,13 +36,13 @@ _SETTLE_WAIT_S = 10.0
 """How long ``HEAD`` on an upload URL waits for a PUT in flight before answering."""
 
 
-def check_target(path: str, size: int) -> None:
+def check_target(path: str, size: int, roots: tuple[str, ...] = HOME_ROOTS) -> None:
     """Validate the destination path and size of a write.
 
     Raises:
         ApiError: ``bad_request`` for a bad path, ``payload_too_large`` past 100 MiB.
     """
-    problem = path_problem(path)
+    problem = path_problem(path, roots)
     if problem:
         raise ApiError("bad_request", problem)
     if size > MAX_FILE_BYTES:
@@ -69,9 +69,11 @@ class Uploads:
 
     # --- entry kinds -------------------------------------------------------------------
 
-    def chunk(self, vm_id: str, entry: ChunkEntry) -> WriteResult:
+    def chunk(
+        self, vm_id: str, entry: ChunkEntry, roots: tuple[str, ...] = HOME_ROOTS
+    ) -> WriteResult:
         """Store bytes ``[start, end)``; commit the file once it is whole."""
-        check_target(entry.path, entry.size)
+        check_target(entry.path, entry.size, roots)
         try:
             data = decode_content(entry.content, "base64")
         except ValueError:
@@ -112,18 +114,20 @@ class Uploads:
             self._committer.commit(upload, entry.sha256, _mode(entry))
             return _done(upload.size)
 
-    def presign(self, vm_id: str, entry: PresignEntry) -> str:
+    def presign(self, vm_id: str, entry: PresignEntry, roots: tuple[str, ...] = HOME_ROOTS) -> str:
         """Register a server-minted upload for a presigned PUT; return its id."""
-        check_target(entry.path, entry.size)
+        check_target(entry.path, entry.size, roots)
         with engine_errors():
             self._engine.check_room(vm_id, entry.size)  # before the client sends 100 MiB
         upload_id = new_ulid()
         self._store.create_upload(vm_id, upload_id, entry.path, entry.size)
         return upload_id
 
-    def commit(self, vm_id: str, entry: CommitEntry) -> WriteResult:
+    def commit(
+        self, vm_id: str, entry: CommitEntry, roots: tuple[str, ...] = HOME_ROOTS
+    ) -> WriteResult:
         """Place the bytes of a finished upload at its path (a second commit is a no-op)."""
-        check_target(entry.path, entry.size)
+        check_target(entry.path, entry.size, roots)
         with self._locks.hold((vm_id, entry.upload_id)):
             upload = self._store.get_upload(vm_id, entry.upload_id)
             if upload is None:

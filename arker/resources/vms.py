@@ -1,4 +1,4 @@
-"""``client.vms``: list, iterate, fork and delete VMs; expose their ports."""
+"""``client.vms``: list, iterate, get, fork, update and delete VMs; expose their ports."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from collections.abc import Iterator
 
 from .._exceptions import refused_before_sending
 from .._ids import looks_like_vm_id, new_ulid, resolve_source
-from .._models import ExposedPort, ForkResult, VmList, VmSummary
+from .._models import ExposedPort, ForkResult, VmDetails, VmList, VmSummary
 from .._wire import SORT_KEYS, DeleteResponse, ForkRequest, ForkResponse, ListVmsResponse, SortOrder
+from .._wire_platform import PatchVmRequest, PlatformVm
 from .._wire_ports import (
     PORT_MAX,
     PORT_MIN,
@@ -128,6 +129,33 @@ class VmsResource(Resource):
                 idempotency_key=key,
             )
         return ForkResult.from_wire(wire)
+
+    def get(self, vm_id: str) -> VmDetails:
+        """One VM of your organisation: name, description, state, sessions.
+
+        Raises:
+            NotFoundError: No such VM, or another organisation's.
+        """
+        wire = self._client.call("GET", vm_path(vm_id), PlatformVm)
+        return VmDetails.from_wire(wire)
+
+    def update(
+        self, vm_id: str, *, name: str | None = None, description: str | None = None
+    ) -> VmDetails:
+        """Rename a VM or change its description; ``None`` leaves a field as it is.
+
+        Args:
+            vm_id: The VM.
+            name: Its new name (the rules of a fork's ``name``: unique in your
+                organisation, not a reserved name).
+            description: Its new description; ``""`` clears it.
+
+        Returns:
+            The VM as it is now.
+        """
+        body = build_request(PatchVmRequest, name=name, description=description)
+        wire = self._client.call("PATCH", vm_path(vm_id), PlatformVm, body=body)
+        return VmDetails.from_wire(wire)
 
     def delete(self, vm_id: str) -> None:
         """Delete a VM. Its forks keep working."""

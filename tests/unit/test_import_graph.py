@@ -21,6 +21,7 @@ SHARED = {
     "arker._wire",
     "arker._wire_live",
     "arker._wire_ports",
+    "arker._wire_platform",
 }
 
 
