@@ -40,6 +40,7 @@ from .errors import ApiError, BodyLimitMiddleware, install_error_handlers
 from .openapi import API_ERRORS, RAW_BYTES, error_docs, openapi_document
 from .presign import READ_ROUTE, UPLOAD_ROUTE
 from .routes_live import live_router
+from .routes_vm_ext import vm_ext_router
 from .services import Services
 
 _TIMEOUT_CAP_S = 10**9
@@ -81,6 +82,7 @@ def create_app(services: Services) -> FastAPI:
     )
     s = services
     app.include_router(live_router(services))  # live runs and sessions (routes_live.py)
+    app.include_router(vm_ext_router(services))  # fork diffs and TTLs (routes_vm_ext.py)
 
     @app.get("/api/v1/health", response_model=HealthResponse, responses=error_docs())
     def health() -> JSONResponse:

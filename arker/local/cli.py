@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .._wire import MAX_TTL_S
 from .config import ServerConfig, default_data_dir, prepare_data_dir
 
 MISSING_EXTRA = "arker serve needs the local extra: pip install 'arker[local]'"
@@ -67,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the data dir has no VMs on directories (default: %(default)s)",
     )
     parser.add_argument(
+        "--default-ttl",
+        type=_ttl,
+        default=None,
+        metavar="SECONDS",
+        help="delete forks that name no TTL after SECONDS (default: keep them)",
+    )
+    parser.add_argument(
         "--storage-size",
         type=parse_bytes,
         default=ServerConfig.storage_size,
@@ -93,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $ARKER_IMAGE_CACHE, else /var/cache/arker/images as root)",
     )
     return parser
+
+
+def _ttl(text: str) -> int:
+    """A TTL in whole seconds, 1 to one year and a day."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 1 <= value <= MAX_TTL_S:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_TTL_S} seconds, got {value}")
+    return value
 
 
 def parse_bytes(text: str) -> int:
@@ -146,6 +165,7 @@ def serve_main(argv: Sequence[str]) -> int:
         disk_quota=args.disk_quota,
         storage=args.storage,
         storage_size=args.storage_size,
+        default_ttl=args.default_ttl,
     )
     return serve(config)
 

@@ -69,6 +69,7 @@ class ServerConfig:
             loop-mounted image in the data dir, kernel-enforced quota).
         storage_size: The most the btrfs image file may grow to (sparse, starts small).
         front: Deadlines and connection caps of the HTTP front.
+        default_ttl: Seconds a fork that names no TTL lives (None: until deleted).
     """
 
     data_dir: Path
@@ -86,6 +87,7 @@ class ServerConfig:
     storage: str = "auto"
     storage_size: int = 32 << 30
     front: FrontLimits = FrontLimits()
+    default_ttl: int | None = None
 
     @property
     def db_path(self) -> Path:

@@ -12,6 +12,7 @@ from .presign import Signer, load_or_create_secret
 from .store import Store
 from .sync import Sync
 from .uploads import Uploads
+from .vm_expiry import Expiry
 from .vmfiles import VmFiles
 from .vms import Vms
 
@@ -38,7 +39,7 @@ def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Se
     return Services(
         config=config,
         store=store,
-        vms=Vms(store, engine, config),
+        vms=Vms(store, engine, config, Expiry(config.db_path)),
         sync=Sync(engine, uploads, signer),
         uploads=uploads,
         signer=signer,
