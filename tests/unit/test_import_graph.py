@@ -20,6 +20,7 @@ SHARED = {
     "arker._version",
     "arker._wire",
     "arker._wire_live",
+    "arker._wire_diff",
 }
 
 
