@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from arker import Arker, BadRequestError, ForkDiff, NotFoundError
+from arker import ARKUNTU_ID, Arker, BadRequestError, ForkDiff, NotFoundError
 from arker.testing import ArkerServer, start_server
 
 pytestmark = pytest.mark.e2e
@@ -188,3 +188,23 @@ def test_default_ttl_and_expiry_across_a_restart(ttl_server: ArkerServer) -> Non
         _wait_gone(c, defaulted.vm_id)
         sh(c, explicit.vm_id, "true")
         assert c.vms.list().items[0].expires_at is not None
+
+
+def test_the_server_answers_bad_ttls_with_400_and_forks_nothing(
+    arker_server: ArkerServer, arker_client: Arker
+) -> None:
+    from tests.kit.server import Api
+
+    api = Api(arker_server, arker_server.api_key)
+    vm = arker_client.vms.fork("arkuntu")
+    before = arker_client.vms.list().total
+    for ttl in (0, -1, "60", 1.5, True, 10**30):
+        body = {"is_public": False, "ttl": ttl}
+        r = api.post(f"/api/v1/vms/{ARKUNTU_ID}/fork", json=body)
+        assert r.status_code == 400, (ttl, r.text)
+        assert r.json()["error"]["code"] == "bad_request"
+        t = api.post(f"/api/v1/vms/{vm.vm_id}/touch", json={"ttl": ttl})
+        assert t.status_code == 400, (ttl, t.text)
+    assert api.post(f"/api/v1/vms/{vm.vm_id}/touch", json={}).status_code == 400
+    assert arker_client.vms.list().total == before
+    arker_client.vms.delete(vm.vm_id)
