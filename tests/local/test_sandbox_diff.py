@@ -4,11 +4,15 @@ parent as of the fork."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from arker.local.sandbox import Engine, SandboxError
+from arker.local.sandbox import Engine, Limits, SandboxError
 from arker.local.sandbox.diff import DiffResult
+from arker.local.sandbox.layers import FLATTEN_THRESHOLD
+from tests.local.test_sandbox_btrfs import open_btrfs
 
 BASE_VM = "01KQBYKEV5WJ7YB010603T1DCT_d8c0"
 HOME = "/home/user"
@@ -26,6 +30,20 @@ def paths(d: DiffResult) -> tuple[list[str], list[str], list[str]]:
         [c.path for c in d.modified],
         [c.path for c in d.deleted],
     )
+
+
+@pytest.fixture(params=["dir", "btrfs"])
+def engine(request: pytest.FixtureRequest, sandbox_data_dir: Path) -> Iterator[Engine]:
+    """Both storages: directories, and btrfs (copy-ups are reflinks there)."""
+    if request.param == "btrfs":
+        eng = open_btrfs(sandbox_data_dir, 256 << 20)
+    else:
+        eng = Engine(sandbox_data_dir, network=False, limits=Limits())
+        eng.ensure_base(BASE_VM)
+    try:
+        yield eng
+    finally:
+        eng.close()
 
 
 @pytest.fixture
@@ -145,3 +163,21 @@ def test_a_base_image_has_nothing_to_compare(engine: Engine) -> None:
     with pytest.raises(SandboxError) as ei:
         engine.diff("absent", HOME)
     assert ei.value.code == "not_found"
+
+
+def test_a_vm_whose_layers_were_merged_says_so(engine: Engine, parent: str) -> None:
+    engine.fork(parent, "m")
+    for i in range(FLATTEN_THRESHOLD + 1):
+        out(engine, "m", f"echo {i} > ~/f{i}")
+        engine.fork("m", f"k{i}")
+    with pytest.raises(SandboxError) as ei:
+        engine.diff("m", HOME)
+    assert ei.value.code == "bad_request" and "merged" in ei.value.message
+    # its children compare with it as it was when they were made
+    out(engine, f"k{FLATTEN_THRESHOLD}", "rm ~/f0")
+    assert paths(engine.diff(f"k{FLATTEN_THRESHOLD}", HOME)) == ([], [], [f"{HOME}/f0"])
+    engine.fork(BASE_VM, "n")  # forked from an untouched base: nothing below it to lose
+    for i in range(FLATTEN_THRESHOLD + 1):
+        out(engine, "n", f"echo {i} > ~/f{i}")
+        engine.fork("n", f"j{i}")
+    assert len(engine.diff("n", HOME).added) == FLATTEN_THRESHOLD + 1
