@@ -208,3 +208,13 @@ def test_the_server_answers_bad_ttls_with_400_and_forks_nothing(
     assert api.post(f"/api/v1/vms/{vm.vm_id}/touch", json={}).status_code == 400
     assert arker_client.vms.list().total == before
     arker_client.vms.delete(vm.vm_id)
+
+
+def test_odd_diff_paths_answer_cleanly(arker_client: Arker, parent: str) -> None:
+    with arker_client.vms.fork(parent) as child:
+        for path in ("/" + "n" * 300, "/home/user/" + "a/" * 3000, "/home/user/%00", "/proc"):
+            try:
+                d = arker_client.vms.diff(child.vm_id, path=path)
+            except BadRequestError:
+                continue
+            assert not d.added and not d.modified and not d.deleted

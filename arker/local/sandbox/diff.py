@@ -37,7 +37,15 @@ DIFF_CAP = 100_000
 
 _OPAQUE = "user.overlay.opaque"
 _BLOCK = 1 << 20
-_GONE = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EXDEV, errno.EACCES, errno.EPERM)
+_GONE = (
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.ELOOP,
+    errno.EXDEV,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENAMETOOLONG,
+)
 
 
 @dataclass(frozen=True)
@@ -86,7 +94,7 @@ def _lstat(root: int, rel: str) -> os.stat_result | None:
     try:
         return os.stat(name, dir_fd=fd, follow_symlinks=False)
     except OSError as exc:
-        if exc.errno in _GONE or exc.errno == errno.ENAMETOOLONG:
+        if exc.errno in _GONE:
             return None
         raise
     finally:
