@@ -115,6 +115,19 @@ def _open_dir(root: int, rel: str) -> int | None:
         raise
 
 
+def _is_opaque(root: int, rel: str) -> bool:
+    """Whether directory ``rel`` of one layer hides the layers below (no listing)."""
+    fd = _open_dir(root, rel)
+    if fd is None:
+        return False
+    try:
+        return os.getxattr(fd, _OPAQUE) == b"y"
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def _dir_state(root: int, rel: str) -> tuple[list[str], bool] | None:
     """The names in directory ``rel`` of one layer and whether it is opaque."""
     fd = _open_dir(root, rel)
@@ -177,11 +190,20 @@ class _View:
 
     def __init__(self, roots: list[int]) -> None:
         self.roots = roots
+        self._dirs: dict[str, tuple[list[int], bool]] = {}  # the last few dir_layers
 
     def dir_layers(self, rel: str) -> tuple[list[int], bool]:
         """The layers whose directory ``rel`` is part of the view, and whether the view
         is cut there (a whiteout, an opaque directory or a file on the way down):
         below a cut, layers under these ones (another view) are hidden."""
+        known = self._dirs.get(rel)
+        if known is None:
+            if len(self._dirs) >= 64:  # siblings are looked up together: a small memo
+                self._dirs.clear()
+            known = self._dirs[rel] = self._dir_layers(rel)
+        return list(known[0]), known[1]
+
+    def _dir_layers(self, rel: str) -> tuple[list[int], bool]:
         layers, cut = list(self.roots), False
         parts = [p for p in rel.split("/") if p]
         for i in range(len(parts)):
@@ -195,8 +217,7 @@ class _View:
                     cut = True
                     break
                 nxt.append(root)
-                state = _dir_state(root, prefix)
-                if state is not None and state[1]:
+                if _is_opaque(root, prefix):
                     cut = True
                     break
             layers = nxt
