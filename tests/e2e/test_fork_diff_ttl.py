@@ -218,3 +218,24 @@ def test_odd_diff_paths_answer_cleanly(arker_client: Arker, parent: str) -> None
             except BadRequestError:
                 continue
             assert not d.added and not d.modified and not d.deleted
+
+
+def test_diff_of_a_fork_taken_while_the_parent_runs_a_command(
+    arker_client: Arker, parent: str
+) -> None:
+    handle = arker_client.runs.start(parent, "echo busy > ~/during; sleep 60")
+    try:
+        deadline = time.monotonic() + 30
+        probe = arker_client.vm(parent)
+        while probe.run("cat ~/during", session_id="probe").stdout != b"busy\n":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        with arker_client.vms.fork(parent) as child:  # the parent's upper is copied, frozen
+            sh(arker_client, child.vm_id, "cd ~ && echo c > mine && rm during")
+            assert changes(arker_client.vms.diff(child.vm_id)) == (
+                [f"{HOME}/mine"],
+                [],
+                [f"{HOME}/during"],
+            )
+    finally:
+        handle.cancel()
