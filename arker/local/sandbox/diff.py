@@ -128,21 +128,6 @@ def _is_opaque(root: int, rel: str) -> bool:
         os.close(fd)
 
 
-def _dir_state(root: int, rel: str) -> tuple[list[str], bool] | None:
-    """The names in directory ``rel`` of one layer and whether it is opaque."""
-    fd = _open_dir(root, rel)
-    if fd is None:
-        return None
-    try:
-        try:
-            opaque = os.getxattr(fd, _OPAQUE) == b"y"
-        except OSError:
-            opaque = False
-        return os.listdir(fd), opaque
-    finally:
-        os.close(fd)
-
-
 def _digest(root: int, rel: str) -> tuple[str, int] | None:
     """sha256 and size of the regular file ``rel`` of one layer (None: gone, unreadable)."""
     try:
@@ -235,30 +220,40 @@ class _View:
             return "dir" if stat.S_ISDIR(st.st_mode) else (root, st)
         return None
 
-    def listing(self, layers: list[int], rel: str) -> dict[str, _Found | str]:
-        """The merged entries of directory ``rel`` held by ``layers`` (top first)."""
+    def listing(self, layers: list[int], rel: str) -> tuple[dict[str, _Found | str], set[str]]:
+        """The merged entries of directory ``rel`` held by ``layers`` (top first), and
+        the names a whiteout in them hides."""
         out: dict[str, _Found | str] = {}
         hidden: set[str] = set()
         for root in layers:
-            state = _dir_state(root, rel)
-            if state is None:
+            fd = _open_dir(root, rel)
+            if fd is None:
                 continue
-            names, opaque = state
-            for name in names:
-                if name in out or name in hidden:
-                    continue
-                st = _lstat(root, f"{rel}/{name}" if rel else name)
-                if st is None:
-                    continue
-                if _is_whiteout(st):
-                    hidden.add(name)
-                elif stat.S_ISDIR(st.st_mode):
-                    out[name] = "dir"
-                else:
-                    out[name] = (root, st)
+            try:
+                try:
+                    opaque = os.getxattr(fd, _OPAQUE) == b"y"
+                except OSError:
+                    opaque = False
+                for name in os.listdir(fd):
+                    if name in out or name in hidden:
+                        continue
+                    try:  # relative to the open directory: no path walked, no link followed
+                        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    except OSError as exc:
+                        if exc.errno in _GONE:
+                            continue
+                        raise
+                    if _is_whiteout(st):
+                        hidden.add(name)
+                    elif stat.S_ISDIR(st.st_mode):
+                        out[name] = "dir"
+                    else:
+                        out[name] = (root, st)
+            finally:
+                os.close(fd)
             if opaque:
                 break
-        return out
+        return out, hidden - set(out)
 
 
 class _Differ:
@@ -281,7 +276,8 @@ class _Differ:
         pending = [(rel, layers)] if layers else []
         while pending:
             d, dl = pending.pop()
-            for name, found in sorted(self.own.listing(dl, d).items()):
+            entries, hidden = self.own.listing(dl, d)
+            for name, found in sorted(entries.items()):
                 self.count()
                 child = f"{d}/{name}" if d else name
                 if found == "dir":
@@ -295,13 +291,7 @@ class _Differ:
                     self.present.add(child)
                     self.file(child, found)
             # whiteouts in the VM's layers hide the parent's entries
-            for root in dl:
-                state = _dir_state(root, d)
-                for name in state[0] if state else []:
-                    child = f"{d}/{name}" if d else name
-                    st = _lstat(root, child)
-                    if st is not None and _is_whiteout(st) and self.own.lookup(child) is None:
-                        self.replaced.append(child)
+            self.replaced.extend(f"{d}/{name}" if d else name for name in sorted(hidden))
         for top in self.replaced:
             self.gone(top)
 
@@ -355,7 +345,7 @@ class _Differ:
         pending = [rel]
         while pending:
             d = pending.pop()
-            for name, entry in self.lower.listing(self.lower.dir_layers(d)[0], d).items():
+            for name, entry in self.lower.listing(self.lower.dir_layers(d)[0], d)[0].items():
                 self.count()
                 child = f"{d}/{name}" if d else name
                 if entry == "dir":
