@@ -17,6 +17,12 @@ cost like ``big-10000`` and far more than ``small-10``. It prints, it does not
 assert::
 
     python benchmarks/diff.py [--samples 7]
+
+Measured on the development machine (2 shared cores under load from other jobs, btrfs
+storage, 5 samples): ``small-10`` 10.5 ms, ``big-10`` 15.6 ms, ``big-10000`` 2,550 ms
+(medians); ``big-10000 / big-10`` = 164, ``big-10 / small-10`` = 1.5. The 10-change
+diff costs about the same on a 1 GiB VM as on a 10 MiB one; 10,000 changes cost about
+0.25 ms each (each one: its stat, both versions hashed, the parent's lookup).
 """
 
 from __future__ import annotations
