@@ -13,6 +13,7 @@ from ._client import Arker
 from ._computer import Computer, Sync
 from ._config import Timeout
 from ._constants import ARKUNTU_ID
+from ._diff_models import DiffEntry, ForkDiff
 from ._exceptions import (
     APIConnectionError,
     APIStatusError,
@@ -70,8 +71,10 @@ __all__ = [
     "Computer",
     "ConfigurationError",
     "ConflictError",
+    "DiffEntry",
     "DirSyncResult",
     "ExposedPort",
+    "ForkDiff",
     "ForkResult",
     "InternalServerError",
     "NotFoundError",

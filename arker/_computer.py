@@ -57,14 +57,17 @@ class Computer:
         is_public: bool = False,
         region: str | None = None,
         idempotency_key: str | None = None,
+        ttl: int | None = None,
     ) -> Computer:
-        """Branch off this VM in constant time (copy-on-write); returns the child."""
+        """Branch off this VM in constant time (copy-on-write); returns the child.
+        With ``ttl``, the server deletes the child that many seconds from now."""
         forked = self._client.vms.fork(
             self.id,
             name=name,
             is_public=is_public,
             region=region,
             idempotency_key=idempotency_key,
+            ttl=ttl,
         )
         return Computer(self._client, forked.vm_id)
 

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import base64
+import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import TracebackType
 from typing import Literal
 
-from pydantic import AliasChoices, AwareDatetime, BaseModel, ConfigDict, Field, field_serializer
+from pydantic import (
+    AliasChoices,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_serializer,
+)
 
 from ._exceptions import ResponseValidationError
 from ._wire import ForkResponse, ListVmsResponse, RunResponse, VmSummaryWire, decode_content
@@ -115,6 +125,7 @@ class VmSummary(_PublicModel):
         base_image: The id of the image it descends from.
         region: Where it runs.
         created_at: Creation time, timezone-aware (UTC).
+        expires_at: When the server deletes it (it has a TTL); None: never.
     """
 
     vm_id: str
@@ -122,6 +133,7 @@ class VmSummary(_PublicModel):
     base_image: str
     region: str
     created_at: AwareDatetime
+    expires_at: AwareDatetime | None = None
 
     @classmethod
     def from_wire(cls, wire: VmSummaryWire) -> VmSummary:
@@ -188,12 +200,16 @@ class VmList(_PublicModel):
 class ForkResult(_PublicModel):
     """The VM a fork created. Fields other than ``vm_id`` are set when the server sends them.
 
+    Usable as a context manager: the VM is deleted when the block ends (a failed clean-up
+    after an error in the block is logged, never masks that error).
+
     Attributes:
         vm_id: The new VM's id.
         name: Its name, if any.
         base_image: The image it descends from.
         region: Where it runs.
         created_at: Creation time, timezone-aware.
+        expires_at: When the server deletes it (forked with a TTL); None: never.
     """
 
     vm_id: str
@@ -201,10 +217,37 @@ class ForkResult(_PublicModel):
     base_image: str | None = None
     region: str | None = None
     created_at: AwareDatetime | None = None
+    expires_at: AwareDatetime | None = None
+    _delete: Callable[[str], None] | None = PrivateAttr(default=None)
 
     @classmethod
-    def from_wire(cls, wire: ForkResponse) -> ForkResult:
-        return cls.model_validate(wire.model_dump())
+    def from_wire(
+        cls, wire: ForkResponse, delete: Callable[[str], None] | None = None
+    ) -> ForkResult:
+        result = cls.model_validate(wire.model_dump())
+        result._delete = delete
+        return result
+
+    def __enter__(self) -> ForkResult:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._delete is None:
+            return
+        if exc is None:
+            self._delete(self.vm_id)
+            return
+        try:
+            self._delete(self.vm_id)
+        except Exception:
+            logging.getLogger("arker").warning(
+                "could not delete VM %s after an error", self.vm_id, exc_info=True
+            )
 
 
 class DirSyncResult(_PublicModel):

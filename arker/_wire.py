@@ -149,6 +149,8 @@ class VmSummaryWire(WireModel):
     base_image: str
     region: str
     created_at: UtcDatetime
+    # (ext) when the server deletes the VM (it was forked with a TTL); absent: never.
+    expires_at: UtcDatetime | None = None
 
 
 class ListVmsResponse(Envelope):
@@ -157,6 +159,10 @@ class ListVmsResponse(Envelope):
 
 
 # --- fork -------------------------------------------------------------------------------
+
+
+MAX_TTL_S = 366 * 24 * 3600
+"""The longest TTL a VM may be given (one year and a day), in seconds."""
 
 
 class ForkRequest(RequestModel):
@@ -169,6 +175,8 @@ class ForkRequest(RequestModel):
     # (ext) by-name route: pin the org whose public VM ``from`` names (platform fields).
     source_org_id: str | None = Field(default=None, max_length=128)
     source_org_name: str | None = Field(default=None, max_length=256)
+    # (ext) delete the new VM this many seconds from now (docs/wire-extensions.md).
+    ttl: int | None = Field(default=None, ge=1, le=MAX_TTL_S)
 
 
 class ForkResponse(Envelope):
@@ -178,6 +186,7 @@ class ForkResponse(Envelope):
     base_image: str | None = None
     region: str | None = None
     created_at: UtcDatetime | None = None
+    expires_at: UtcDatetime | None = None
 
 
 # --- delete -----------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from .routes_live import live_router
 from .routes_platform import platform_router
 from .routes_ports import ports_router
 from .routes_pty import pty_router
+from .routes_vm_ext import vm_ext_router
 from .services import Services
 
 _TIMEOUT_CAP_S = 10**9
@@ -90,6 +91,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(live_router(services))  # live runs and sessions (routes_live.py)
     app.include_router(pty_router(services))  # interactive terminals (routes_pty.py)
     app.include_router(ports_router(services))  # exposed ports (routes_ports.py)
+    app.include_router(vm_ext_router(services))  # fork diffs and TTLs (routes_vm_ext.py)
 
     @app.get("/api/v1/health", response_model=HealthResponse, responses=error_docs())
     def health() -> JSONResponse:

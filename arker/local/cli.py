@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .._wire import MAX_TTL_S
 from .config import ServerConfig, default_data_dir, prepare_data_dir
 
 MISSING_EXTRA = "arker serve needs the local extra: pip install 'arker[local]'"
@@ -75,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         "the data dir has no VMs on directories (default: %(default)s)",
     )
     parser.add_argument(
+        "--default-ttl",
+        type=_ttl,
+        default=None,
+        metavar="SECONDS",
+        help="delete forks that name no TTL after SECONDS (default: keep them)",
+    )
+    parser.add_argument(
         "--storage-size",
         type=parse_bytes,
         default=ServerConfig.storage_size,
@@ -127,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $ARKER_IMAGE_CACHE, else /var/cache/arker/images as root)",
     )
     return parser
+
+
+def _ttl(text: str) -> int:
+    """A TTL in whole seconds, 1 to one year and a day."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 1 <= value <= MAX_TTL_S:
+        raise argparse.ArgumentTypeError(f"must be 1 to {MAX_TTL_S} seconds, got {value}")
+    return value
 
 
 def parse_bytes(text: str) -> int:
@@ -204,6 +223,7 @@ def serve_main(argv: Sequence[str]) -> int:
         runs_total=args.runs_total,
         vm_uid_base=args.vm_uid_base,
         vm_uids=args.vm_uids,
+        default_ttl=args.default_ttl,
     )
     return serve(config)
 

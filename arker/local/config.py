@@ -95,6 +95,7 @@ class ServerConfig:
         vm_uid_base: First host uid of the range whose uids the VMs run as.
         vm_uids: How many uids that range holds (0: every VM runs as one uid).
         pty: Bounds of interactive terminals.
+        default_ttl: Seconds a fork that names no TTL lives (None: until deleted).
     """
 
     data_dir: Path
@@ -122,6 +123,7 @@ class ServerConfig:
     vm_uid_base: int = 2_000_000_000
     vm_uids: int = 65536
     pty: PtyLimits = PtyLimits()
+    default_ttl: int | None = None
 
     @property
     def db_path(self) -> Path:

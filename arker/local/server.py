@@ -28,6 +28,7 @@ from types import FrameType
 from .config import EXIT_SANDBOX_UNAVAILABLE, ServerConfig, prepare_data_dir
 from .private_file import write_private
 from .store import Store
+from .vm_expiry import TtlReaper
 
 DEFAULT_ORG = "default"
 
@@ -135,6 +136,7 @@ def serve(config: ServerConfig) -> int:
 
     store = Store(config.db_path)
     engine = None
+    reaper: TtlReaper | None = None
     try:
         api_key = ensure_default_key(store, data_dir, config.api_key)
         if config.network == "host":
@@ -164,6 +166,8 @@ def serve(config: ServerConfig) -> int:
         services.vms.ensure_base_image()
         engine.gc(store.vm_ids())
         services.uploads.cleanup(config.upload_ttl_s)
+        reaper = services.vms.reaper()
+        reaper.start()  # VMs whose TTL ran out while the server was stopped go first
         store.expire_idempotent(datetime.now(timezone.utc) - timedelta(seconds=config.upload_ttl_s))
 
         from .app import create_app
@@ -201,6 +205,8 @@ def serve(config: ServerConfig) -> int:
     except (KeyboardInterrupt, _Shutdown):
         return 0
     finally:
+        if reaper is not None:
+            reaper.stop()
         if engine is not None:
             engine.close()
         store.close()

@@ -17,6 +17,7 @@ from .store import Store
 from .sync import Sync
 from .terminals import Terminals
 from .uploads import Uploads
+from .vm_expiry import Expiry
 from .vmfiles import VmFiles
 from .vms import Vms
 
@@ -47,7 +48,7 @@ def build_services(config: ServerConfig, store: Store, engine: EngineLike) -> Se
     secret = load_or_create_secret(config.secret_path)
     signer = Signer(secret)
     uploads = Uploads(store, engine)
-    vms = Vms(store, engine, config)
+    vms = Vms(store, engine, config, Expiry(config.db_path))
     ports = ExposedPorts(PortStore(config.db_path), store, vms, secret)
     ports.records.prune(store.vm_ids())  # ports of VMs deleted before this start
     return Services(

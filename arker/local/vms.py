@@ -7,6 +7,7 @@ it may fork its own and any public one. Anything else answers 404 as if absent.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 
 from .._constants import ARKUNTU_ID
@@ -20,26 +21,39 @@ from .._wire import (
     VmSummaryWire,
     encode_content,
 )
+from .._wire_diff import DiffEntryWire, ForkDiffResponse, TouchResponse
 from .config import REGION, REGION_SUFFIX, ServerConfig
-from .engine_api import EngineLike
+from .engine_api import DiffChangeLike, EngineLike
 from .engine_errors import engine_errors
 from .errors import ApiError
 from .idempotency import FinalError
 from .names import BASE_IMAGE_NAME, Names
 from .store import SYSTEM_ORG, Store, VmRow, utc_now_iso
+from .vm_expiry import Expiry, TtlReaper
 
 log = logging.getLogger("arker.local")
 
 
-def summary(vm: VmRow) -> VmSummaryWire:
-    """The wire summary of a VM row."""
+def summary(vm: VmRow, expires_at: datetime | None = None) -> VmSummaryWire:
+    """The wire summary of a VM row (and its expiry, when it has a TTL)."""
     return VmSummaryWire(
         vm_id=vm.id,
         name=vm.name,
         base_image=vm.base_image,
         region=vm.region,
         created_at=datetime.fromisoformat(vm.created_at),
+        expires_at=expires_at,
     )
+
+
+def diff_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot be the directory a diff compares, or None: absolute, no
+    ``..``, no NUL, at most 4096 bytes."""
+    if not path.startswith("/") or "\0" in path or ".." in path.split("/"):
+        return f"path must be absolute, without '..' or NUL: {path!r}"
+    if len(path.encode("utf-8", "surrogatepass")) > 4096:
+        return "path is longer than 4096 bytes"
+    return None
 
 
 def may_use(vm: VmRow | None, org_id: str, *, fork: bool = False) -> bool:
@@ -54,13 +68,17 @@ class Vms:
         store: VM rows.
         engine: The sandbox engine.
         config: Timeout defaults and limits.
+        expiry: The VMs' TTLs (None: forks with a TTL are refused).
     """
 
-    def __init__(self, store: Store, engine: EngineLike, config: ServerConfig) -> None:
+    def __init__(
+        self, store: Store, engine: EngineLike, config: ServerConfig, expiry: Expiry | None = None
+    ) -> None:
         self._store = store
         self._engine = engine
         self._config = config
         self._names = Names(store)
+        self._expiry = expiry
 
     def ensure_base_image(self) -> None:
         """Create the public ``arkuntu`` image (engine layer and DB row) if missing."""
@@ -97,7 +115,8 @@ class Vms:
     ) -> ListVmsResponse:
         """One page of the org's VMs; ``total`` ignores ``limit`` and ``offset``."""
         rows, total = self._store.list_vms(org_id, limit=limit, offset=offset, q=q, sort=sort)
-        return ListVmsResponse(items=[summary(r) for r in rows], total=total)
+        expiries = self._expiry.of(r.id for r in rows) if self._expiry else {}
+        return ListVmsResponse(items=[summary(r, expiries.get(r.id)) for r in rows], total=total)
 
     def fork_by_id(self, org_id: str, source_id: str, req: ForkRequest) -> ForkResponse:
         """Fork ``source_id`` (own or public) into a new VM of ``org_id``."""
@@ -125,11 +144,52 @@ class Vms:
         # The DB row is the commit point: once it is gone the VM is gone, and a crash
         # before the engine cleanup leaves only garbage that start-up GC removes.
         self._store.delete_vm(vm.id)
+        self.drop(vm.id)
+
+    def drop(self, vm_id: str) -> None:
+        """Tear down the engine state of a VM whose row is gone (deleted, expired)."""
         try:
             with engine_errors():
-                self._engine.delete(vm.id)
+                self._engine.delete(vm_id)
         except ApiError as exc:
-            log.warning("engine delete of %s failed (GC will retry): %s", vm.id, exc)
+            log.warning("engine delete of %s failed (GC will retry): %s", vm_id, exc)
+
+    def reaper(self, interval_s: float = 1.0) -> TtlReaper:
+        """The thread deleting this server's expired VMs (not started)."""
+        if self._expiry is None:
+            raise RuntimeError("no expiry store: nothing to reap")
+        return TtlReaper(self._expiry, self.drop, interval_s)
+
+    def touch(self, org_id: str, vm_id: str, ttl: int) -> TouchResponse:
+        """Expire the VM ``ttl`` seconds from now (an extension)."""
+        vm = self.owned(org_id, vm_id)
+        when = self._expiry.set(vm.id, ttl) if self._expiry else None
+        if when is None:  # reaped (or deleted) since the lookup
+            raise ApiError("not_found", f"vm not found: {vm_id}")
+        return TouchResponse(vm_id=vm.id, expires_at=when)
+
+    def diff(self, org_id: str, vm_id: str, path: str) -> ForkDiffResponse:
+        """What the VM changed under ``path`` since it was forked (an extension)."""
+        problem = diff_path_problem(path)
+        if problem:
+            raise ApiError("bad_request", problem)
+        vm = self.owned(org_id, vm_id)
+        with engine_errors():
+            got = self._engine.diff(vm.id, path)
+
+        def entries(changes: Sequence[DiffChangeLike]) -> list[DiffEntryWire]:
+            return [
+                DiffEntryWire(path=c.path, size=c.size, mode=c.mode, sha256=c.sha256)
+                for c in changes
+            ]
+
+        return ForkDiffResponse(
+            path=path,
+            added=entries(got.added),
+            modified=entries(got.modified),
+            deleted=entries(got.deleted),
+            truncated=got.truncated,
+        )
 
     def run(self, org_id: str, vm_id: str, req: RunRequest) -> RunResponse:
         """Run ``req.command`` in the VM's session and describe the outcome."""
@@ -170,6 +230,9 @@ class Vms:
                 f"region {req.region!r} is not served here; this server serves {REGION!r}",
             )
         self._names.check_new_name(org_id, req.name)
+        ttl = req.ttl if req.ttl is not None else self._config.default_ttl
+        if ttl is not None and self._expiry is None:
+            raise ApiError("unsupported_operation", "this server keeps no VM TTLs")
         child_id = f"{new_ulid()}_{REGION_SUFFIX}"
         # Engine first, DB row second: the row is the commit point, and an engine
         # layer without a row is garbage that start-up GC removes.
@@ -186,6 +249,7 @@ class Vms:
             parent=source.id,
         )
         self._store.insert_vm(child)
+        expires_at = self._expiry.set(child.id, ttl) if ttl is not None and self._expiry else None
         s = summary(child)
         return ForkResponse(
             vm_id=child.id,
@@ -193,4 +257,5 @@ class Vms:
             base_image=s.base_image,
             region=s.region,
             created_at=s.created_at,
+            expires_at=expires_at,
         )

@@ -1,14 +1,26 @@
-"""``client.vms``: list, iterate, get, fork, update and delete VMs; expose their ports."""
+"""``client.vms``: list, iterate, get, fork, update and delete VMs; expose their ports;
+their diffs and TTLs (extensions)."""
 
 from __future__ import annotations
 
 import builtins
 from collections.abc import Iterator
+from datetime import datetime
 
-from .._exceptions import refused_before_sending
+from .._diff_models import ForkDiff
+from .._exceptions import NotFoundError, UnsupportedError, refused_before_sending
 from .._ids import looks_like_vm_id, new_ulid, resolve_source
 from .._models import ExposedPort, ForkResult, VmDetails, VmList, VmSummary
-from .._wire import SORT_KEYS, DeleteResponse, ForkRequest, ForkResponse, ListVmsResponse, SortOrder
+from .._wire import (
+    MAX_TTL_S,
+    SORT_KEYS,
+    DeleteResponse,
+    ForkRequest,
+    ForkResponse,
+    ListVmsResponse,
+    SortOrder,
+)
+from .._wire_diff import ForkDiffResponse, TouchRequest, TouchResponse
 from .._wire_platform import PatchVmRequest, PlatformVm
 from .._wire_ports import (
     PORT_MAX,
@@ -36,6 +48,22 @@ def _check_list_args(limit: int, offset: int, sort: str | None) -> None:
         raise refused_before_sending(f"offset must be >= 0, got {offset}")
     if sort is not None and sort not in SORT_KEYS:
         raise refused_before_sending(f"sort must be one of {SORT_KEYS}, got {sort!r}")
+
+
+def _check_ttl(ttl: int | None) -> None:
+    if ttl is None:
+        return
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or not 1 <= ttl <= MAX_TTL_S:
+        raise refused_before_sending(f"ttl must be whole seconds, 1-{MAX_TTL_S}, got {ttl!r}")
+
+
+def _unsupported_if_no_route(exc: NotFoundError, what: str) -> Exception:
+    """A 404 naming no VM is the route missing: a server without the extension."""
+    if "vm" in exc.message.lower():
+        return exc
+    return UnsupportedError(
+        "unsupported_operation", f"this server has no {what} ({exc.message})", exc.status
+    )
 
 
 class VmsResource(Resource):
@@ -96,8 +124,14 @@ class VmsResource(Resource):
         is_public: bool = False,
         region: str | None = None,
         idempotency_key: str | None = None,
+        ttl: int | None = None,
     ) -> ForkResult:
         """Create a copy-on-write child of ``source`` in constant time.
+
+        The result is a context manager that deletes the new VM when the block ends::
+
+            with client.vms.fork("arkuntu", ttl=3600) as vm:
+                client.runs.create(vm.vm_id, "make test")
 
         Args:
             source: A VM id, a public image alias (``"arkuntu"``) or a VM name.
@@ -106,13 +140,16 @@ class VmsResource(Resource):
             region: Region for the new VM (server default when omitted).
             idempotency_key: Makes the fork exactly-once across retries and calls;
                 one is minted per call when omitted.
+            ttl: Seconds until the server deletes the new VM (an extension of
+                ``arker serve``; `touch` extends it). Whole seconds, 1 to one year.
 
         Returns:
-            The new VM.
+            The new VM (``expires_at`` set when it has a TTL).
         """
         resolved = resolve_source(source)
         key = idempotency_key or new_ulid()
-        body = build_request(ForkRequest, is_public=is_public, name=name, region=region)
+        _check_ttl(ttl)
+        body = build_request(ForkRequest, is_public=is_public, name=name, region=region, ttl=ttl)
         if looks_like_vm_id(resolved):
             wire = self._client.call(
                 "POST", vm_path(resolved, "/fork"), ForkResponse, body=body, idempotency_key=key
@@ -128,7 +165,51 @@ class VmsResource(Resource):
                 body=body,
                 idempotency_key=key,
             )
-        return ForkResult.from_wire(wire)
+        return ForkResult.from_wire(wire, self.delete)
+
+    def diff(self, vm_id: str, *, path: str = "/home/user") -> ForkDiff:
+        """What the VM changed under ``path`` relative to the VM it was forked from, as
+        of the fork (an extension of ``arker serve``).
+
+        Args:
+            vm_id: The VM (a fork).
+            path: The absolute directory to compare.
+
+        Returns:
+            ``added``, ``modified`` and ``deleted`` entries, each sorted by path.
+
+        Raises:
+            UnsupportedError: ``unsupported_operation``: the server has no fork diffs.
+            BadRequestError: a bad path, or a VM that was not forked.
+        """
+        if not isinstance(path, str) or not path.startswith("/"):
+            raise refused_before_sending(f"path must be an absolute path, got {path!r}")
+        try:
+            wire = self._client.call(
+                "GET", vm_path(vm_id, "/diff"), ForkDiffResponse, params={"path": path}
+            )
+        except NotFoundError as exc:
+            raise _unsupported_if_no_route(exc, "fork diffs") from None
+        return ForkDiff.from_wire(wire)
+
+    def touch(self, vm_id: str, *, ttl: int) -> datetime:
+        """Make the server delete the VM ``ttl`` seconds from now (extending or
+        shortening its TTL, or giving it one).
+
+        Returns:
+            The new expiry, timezone-aware.
+
+        Raises:
+            UnsupportedError: ``unsupported_operation``: the server keeps no TTLs.
+            NotFoundError: the VM is gone (its TTL may have run out already).
+        """
+        _check_ttl(ttl)
+        body = build_request(TouchRequest, ttl=ttl)
+        try:
+            wire = self._client.call("POST", vm_path(vm_id, "/touch"), TouchResponse, body=body)
+        except NotFoundError as exc:
+            raise _unsupported_if_no_route(exc, "VM TTLs") from None
+        return wire.expires_at
 
     def get(self, vm_id: str) -> VmDetails:
         """One VM of your organisation: name, description, state, sessions.

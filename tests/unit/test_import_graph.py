@@ -22,6 +22,7 @@ SHARED = {
     "arker._wire_live",
     "arker._wire_ports",
     "arker._wire_platform",
+    "arker._wire_diff",
 }
 
 

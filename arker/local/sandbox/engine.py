@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from . import diff as vm_diff
 from . import files, freeze, manifest, pty, recovery, staging
 from . import vm_uids as uid_table
 from .background import BackgroundQueue
@@ -350,6 +351,17 @@ class Engine:
         uid = self._uids.uid_of(vm_id)  # the VM's files appear as its uid's (idmap)
         with self._inside(vm_id) as (_, root_fd), files.as_fs_user(uid, uid):
             return manifest.walk(root_fd, path, cap)
+
+    def diff(self, vm_id: str, path: str) -> vm_diff.DiffResult:
+        """What the VM changed under ``path`` since its fork, from its own layers (diff.py)."""
+        self._check_open()
+        vm = self._get(vm_id)
+        vm.gate.enter(self._check_open)  # no fork or delete moves its layers meanwhile
+        try:
+            base_dir = self._bases.path(vm.meta.base)
+            return vm_diff.vm_diff(self._store, vm.meta, base_dir, path, self.sandbox_uid)
+        finally:
+            vm.gate.leave()
 
     def delete_files(self, vm_id: str, paths: list[str]) -> list[str]:
         """Unlink ``paths`` in order as the VM user; return those that existed."""

@@ -87,6 +87,8 @@ def fork_copy(
     frozen_layers = [*meta.layers, copy]
     if len(frozen_layers) > FLATTEN_THRESHOLD:
         frozen_layers = [store.flatten(frozen_layers, base_dir)]
-    child = VmMeta(child_id, meta.base, frozen_layers, store.new_upper())
+    child = VmMeta(
+        child_id, meta.base, frozen_layers, store.new_upper(), fork_point=list(frozen_layers)
+    )
     store.save_meta(child, durable=False)
     return child

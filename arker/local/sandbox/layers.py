@@ -64,6 +64,9 @@ class VmMeta:
         layers: Frozen layer ids, bottom first.
         upper: Id of the VM's private writable upper.
         is_base: True for a public base image VM (never garbage-collected).
+        fork_point: The frozen layers it was forked onto (its parent's view as of the
+            fork, bottom first); None for a base image and VMs forked before it was
+            recorded. Its own writes are in the layers above them and its upper.
     """
 
     vm_id: str
@@ -71,6 +74,7 @@ class VmMeta:
     layers: list[str] = field(default_factory=list)
     upper: str = ""
     is_base: bool = False
+    fork_point: list[str] | None = None
 
     def to_json(self) -> bytes:
         """Serialize for the metadata file."""
@@ -82,6 +86,7 @@ class VmMeta:
                 "layers": self.layers,
                 "upper": self.upper,
                 "is_base": self.is_base,
+                **({} if self.fork_point is None else {"fork_point": self.fork_point}),
             }
         ).encode()
 
@@ -95,6 +100,7 @@ class VmMeta:
             layers=[str(x) for x in d["layers"]],
             upper=str(d["upper"]),
             is_base=bool(d.get("is_base", False)),
+            fork_point=None if d.get("fork_point") is None else [str(x) for x in d["fork_point"]],
         )
 
 
@@ -223,6 +229,7 @@ class LayerStore:
             The child's metadata (saved; durable after the next `syncfs`).
         """
         child = VmMeta(child_id, meta.base, list(meta.layers), self.new_upper())
+        child.fork_point = list(meta.layers)
         self.save_meta(child, durable=False)
         return child
 
@@ -251,8 +258,10 @@ class LayerStore:
         frozen = [*meta.layers, meta.upper]
         if len(frozen) > FLATTEN_THRESHOLD:
             frozen = [self.flatten(frozen, base_dir)]
-        child = VmMeta(child_id, meta.base, list(frozen), self.new_upper())
-        new_parent = VmMeta(meta.vm_id, meta.base, list(frozen), self.new_upper(), meta.is_base)
+        child = VmMeta(child_id, meta.base, list(frozen), self.new_upper(), False, list(frozen))
+        new_parent = VmMeta(
+            meta.vm_id, meta.base, list(frozen), self.new_upper(), meta.is_base, meta.fork_point
+        )
         # Child's metadata in a temp file, parent's replaced (the commit point), then
         # the child's renamed in: after a crash the parent is whole and the child
         # either whole or absent (start-up removes temp files). No fsyncs here (see
