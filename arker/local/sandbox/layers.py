@@ -15,7 +15,8 @@ With the btrfs storage (volume.py) the store lives on the loop-mounted volume an
 ``layers/<id>`` is a btrfs subvolume holding ``root/`` (the layer itself) and
 ``work/`` (its overlay work dir: overlay renames from work into upper, which btrfs
 refuses across subvolumes). An upper's subvolume carries the kernel-enforced byte
-limit; a flattened layer is a plain directory of the same shape.
+limit; a flattened layer is a plain directory of the same shape. New uppers come from
+a pool of spares made and committed ahead (upper_pool.py).
 """
 
 from __future__ import annotations
@@ -33,7 +34,15 @@ from pathlib import Path
 
 from .errors import SandboxError
 from .flatten import merge_layers
-from .volume import BtrfsVolume, create_subvolume, destroy_subvolume, is_subvolume, set_limit
+from .upper_pool import UpperPool
+from .volume import (
+    BtrfsVolume,
+    commit_transaction,
+    create_subvolume,
+    destroy_subvolume,
+    is_subvolume,
+    set_limit,
+)
 
 __all__ = [
     "FLATTEN_THRESHOLD",
@@ -115,10 +124,16 @@ class LayerStore:
             `close` unmounts it); each upper is then a subvolume of it.
         upper_limit: With a volume: the bytes each upper may hold, enforced by the
             kernel (``EDQUOT``); 0 for no limit.
+        spares: With a volume: how many empty uppers `UpperPool` keeps ready (0: none).
     """
 
     def __init__(
-        self, root: Path, *, volume: BtrfsVolume | None = None, upper_limit: int = 0
+        self,
+        root: Path,
+        *,
+        volume: BtrfsVolume | None = None,
+        upper_limit: int = 0,
+        spares: int = 8,
     ) -> None:
         self.root = root
         self._volume = volume
@@ -136,9 +151,16 @@ class LayerStore:
         # reading its /proc/self/mountinfo learns no host path from them.
         self._layers_fd = os.open(self.layers_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._work_fd = os.open(self.work_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.pool: UpperPool | None = None
+        if volume is not None and spares > 0:
+            self.pool = UpperPool(
+                self._make_upper, lambda: commit_transaction(self.layers_dir), size=spares
+            )
 
     def close(self) -> None:
         """Release the directory handle (and unmount the btrfs volume, if any)."""
+        if self.pool is not None:
+            self.pool.close()
         for fd in (self._layers_fd, self._work_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -168,19 +190,29 @@ class LayerStore:
         return f"/proc/self/fd/{self._work_fd}/{upper_id}"
 
     def new_upper(self) -> str:
-        """Create an empty upper owned by root (it becomes the VM's ``/``)."""
+        """Create an empty upper owned by root (it becomes the VM's ``/``).
+
+        On the btrfs storage a spare from the pool, when one is ready.
+        """
+        spare = None if self.pool is None else self.pool.take()
+        if spare is not None:
+            return spare
         while True:
             lid = secrets.token_hex(4)
             try:
-                if self.subvolumes:
-                    create_subvolume(self.layers_dir, lid, self._upper_limit)
-                    os.mkdir(self.layer_path(lid), 0o755)
-                else:
-                    os.mkdir(self.layers_dir / lid, 0o755)
+                self._make_upper(lid)
             except FileExistsError:
                 continue
-            os.chmod(self.layer_path(lid), 0o755)  # umask-proof
             return lid
+
+    def _make_upper(self, lid: str) -> None:
+        """Make the empty upper ``lid`` (``FileExistsError`` when the id is taken)."""
+        if self.subvolumes:
+            create_subvolume(self.layers_dir, lid, self._upper_limit)
+            os.mkdir(self.layer_path(lid), 0o755)
+        else:
+            os.mkdir(self.layers_dir / lid, 0o755)
+        os.chmod(self.layer_path(lid), 0o755)  # umask-proof
 
     def limit_upper(self, upper_id: str, limit: int) -> None:
         """Set an upper's kernel byte limit (btrfs storage; a no-op on directories).
@@ -209,6 +241,10 @@ class LayerStore:
                 destroy_subvolume(self.layers_dir, layer_id)  # frees its blocks
         shutil.rmtree(self.layers_dir / layer_id, ignore_errors=True)
         shutil.rmtree(self.work_dir / layer_id, ignore_errors=True)
+
+    def spare_ids(self) -> set[str]:
+        """Layers that are the pool's spares (no VM's yet, not garbage)."""
+        return set() if self.pool is None else self.pool.reserved()
 
     def layer_ids_on_disk(self) -> set[str]:
         """Every complete layer directory present."""
@@ -278,7 +314,8 @@ class LayerStore:
             used.update(meta.layers)
             used.add(meta.upper)
             uppers.add(meta.upper)
-        removed = sorted(self.layer_ids_on_disk() - used)
+        # The disk is listed before the spares are: a spare is reserved before it exists.
+        removed = sorted(self.layer_ids_on_disk() - used - self.spare_ids())
         for lid in removed:
             self.remove_layer(lid)
         for name in os.listdir(self.work_dir):
