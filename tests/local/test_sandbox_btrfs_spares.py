@@ -34,6 +34,7 @@ def test_a_spare_is_handed_out_only_after_the_commit_that_made_it() -> None:
 
     pool = UpperPool(make, commit, size=2)
     try:
+        assert pool.take() is None  # starts the thread
         wait_for(lambda: len(events) == 2)
         assert pool.take() is None  # made, not committed yet
         assert len(pool.reserved()) == 2  # but not garbage either
@@ -57,11 +58,20 @@ def test_a_spare_is_reserved_before_it_is_made_so_gc_cannot_take_it() -> None:
         seen.append(lid in pools[0].reserved())
 
     pool = UpperPool(make, lambda: None, size=1)
+    pool.take()
     pools.append(pool)
     started.set()
     wait_for(lambda: seen)
     pool.close()
     assert seen == [True]
+
+
+def test_no_spare_is_made_before_one_is_asked_for() -> None:
+    made: list[str] = []
+    pool = UpperPool(made.append, lambda: None, size=2)
+    time.sleep(0.2)
+    pool.close()
+    assert made == [] and pool.reserved() == set()
 
 
 def test_a_failed_commit_gives_up_the_spares_and_the_pool_tries_again() -> None:
@@ -74,6 +84,7 @@ def test_a_failed_commit_gives_up_the_spares_and_the_pool_tries_again() -> None:
 
     pool = UpperPool(lambda lid: None, commit, size=1)
     try:
+        pool.take()
         wait_for(pool.ready)
         assert len(calls) == 2 and len(pool.reserved()) == 1
     finally:
@@ -87,6 +98,7 @@ def test_forks_on_btrfs_get_uppers_made_in_an_already_committed_transaction(
     try:
         pool = eng._store.pool
         assert pool is not None
+        # made on the first request (the base VM's upper): none on a server that never forks
         wait_for(lambda: pool.ready() > 2)
         spares = pool.reserved()
         eng.fork(BASE_VM, "a")

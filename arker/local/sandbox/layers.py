@@ -28,12 +28,14 @@ import os
 import re
 import secrets
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SandboxError
 from .flatten import merge_layers
+from .merge_ahead import MergeAhead
 from .upper_pool import UpperPool
 from .volume import (
     BtrfsVolume,
@@ -151,6 +153,10 @@ class LayerStore:
         # reading its /proc/self/mountinfo learns no host path from them.
         self._layers_fd = os.open(self.layers_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._work_fd = os.open(self.work_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._pin_lock = threading.Lock()
+        self._pinned: set[str] = set()  # layers kept from collection though unreferenced
+        self._flattening: set[str] = set()  # tmp-<id> dirs being written
+        self._ahead = MergeAhead(self._merge_pinned, self._unpin, FLATTEN_THRESHOLD)
         self.pool: UpperPool | None = None
         if volume is not None and spares > 0:
             self.pool = UpperPool(
@@ -159,6 +165,7 @@ class LayerStore:
 
     def close(self) -> None:
         """Release the directory handle (and unmount the btrfs volume, if any)."""
+        self._ahead.close()
         if self.pool is not None:
             self.pool.close()
         for fd in (self._layers_fd, self._work_fd):
@@ -286,7 +293,9 @@ class LayerStore:
         """
         frozen = [*meta.layers, meta.upper]
         if len(frozen) > FLATTEN_THRESHOLD:
-            frozen = [self.flatten(frozen, base_dir)]
+            # Merged ahead in the background (merge_ahead.py), else merged now.
+            frozen = self._ahead.shorten(frozen, base_dir) or [self.flatten(frozen, base_dir)]
+        self._ahead.consider(frozen, base_dir)
         child = VmMeta(child_id, meta.base, list(frozen), self.new_upper())
         new_parent = VmMeta(meta.vm_id, meta.base, list(frozen), self.new_upper(), meta.is_base)
         # Child's metadata in a temp file, parent's replaced (the commit point), then
@@ -314,22 +323,28 @@ class LayerStore:
             used.update(meta.layers)
             used.add(meta.upper)
             uppers.add(meta.upper)
-        # The disk is listed before the spares are: a spare is reserved before it exists.
-        removed = sorted(self.layer_ids_on_disk() - used - self.spare_ids())
+        # The disk is listed before the spares and pins: both are kept before they exist.
+        on_disk = self.layer_ids_on_disk()
+        removed = sorted(on_disk - used - self.spare_ids() - self._pinned_ids())
         for lid in removed:
             self.remove_layer(lid)
+        self._ahead.drop_stale(on_disk - set(removed))
         for name in os.listdir(self.work_dir):
             if name not in uppers:
                 shutil.rmtree(self.work_dir / name, ignore_errors=True)
         return removed
 
-    def flatten(self, layer_ids_bottom_first: list[str], base_dir: Path | None) -> str:
+    def flatten(
+        self, layer_ids_bottom_first: list[str], base_dir: Path | None, *, pin: bool = False
+    ) -> str:
         """Merge frozen layers into one new frozen layer, hard-linking file data.
 
         Args:
             layer_ids_bottom_first: Layers to merge (all immutable).
             base_dir: The base layer that stays below the merged one (whiteouts are
                 kept only where they hide something in it).
+            pin: Keep the new layer from collection until `_unpin` (a merge made
+                without the engine's GC lock, which no VM references yet).
 
         Returns:
             The id of the new layer (complete and durable on return).
@@ -338,15 +353,38 @@ class LayerStore:
         while (self.layers_dir / lid).exists():
             lid = secrets.token_hex(4)
         tmp = self.layers_dir / f"tmp-{lid}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.mkdir(tmp, 0o755)
-        if self.subvolumes:
-            os.mkdir(tmp / "root", 0o755)
-        srcs = [self.layer_path(x) for x in reversed(layer_ids_bottom_first)]
-        merge_layers(srcs, base_dir, Path(f"{tmp}{self._inner}"))
-        os.rename(tmp, self.layers_dir / lid)
-        _fsync_dir(self.layers_dir)
+        with self._pin_lock:
+            self._flattening.add(tmp.name)
+            if pin:
+                self._pinned.add(lid)
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.mkdir(tmp, 0o755)
+            if self.subvolumes:
+                os.mkdir(tmp / "root", 0o755)
+            srcs = [self.layer_path(x) for x in reversed(layer_ids_bottom_first)]
+            merge_layers(srcs, base_dir, Path(f"{tmp}{self._inner}"))
+            os.rename(tmp, self.layers_dir / lid)
+            _fsync_dir(self.layers_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self._unpin(lid)
+            raise
+        finally:
+            with self._pin_lock:
+                self._flattening.discard(tmp.name)
         return lid
+
+    def _merge_pinned(self, layer_ids_bottom_first: list[str], base_dir: Path) -> str:
+        return self.flatten(layer_ids_bottom_first, base_dir, pin=True)
+
+    def _unpin(self, layer_id: str) -> None:
+        with self._pin_lock:
+            self._pinned.discard(layer_id)
+
+    def _pinned_ids(self) -> set[str]:
+        with self._pin_lock:
+            return set(self._pinned)
 
     # -- metadata ----------------------------------------------------------------------
 
@@ -419,6 +457,8 @@ class LayerStore:
             if name.startswith(".") and name.endswith(".tmp"):
                 with contextlib.suppress(OSError):
                     os.unlink(self.vms_dir / name)
+        with self._pin_lock:
+            busy = set(self._flattening)
         for name in os.listdir(self.layers_dir):
-            if name.startswith("tmp-"):
+            if name.startswith("tmp-") and name not in busy:
                 shutil.rmtree(self.layers_dir / name, ignore_errors=True)

@@ -10,7 +10,8 @@ only once the transaction that made them has been committed. Making a subvolume 
 joins the running transaction, which waits while a commit is in progress: with spares
 a fork makes none.
 
-A daemon thread keeps up to ``size`` spares: when a fork takes one and fewer than
+A daemon thread, started by the first request for a spare (a server that never
+forks makes none), keeps up to ``size`` spares: when a fork takes one and fewer than
 half are left, it makes the missing ones, commits (``BTRFS_IOC_START_SYNC``, which
 does not flush file data), then hands them out. An empty pool (a burst of forks) is
 not an error: the caller makes its upper itself, as without the pool. Spares left
@@ -52,12 +53,19 @@ class UpperPool:
         self._ready: list[str] = []  # committed: safe to hand out
         self._reserved: set[str] = set()  # ready, or being made: not garbage
         self._stop = False
-        self._thread = threading.Thread(target=self._main, name="arker-upper-pool", daemon=True)
-        self._thread.start()
+        self._thread: threading.Thread | None = None
 
     def take(self) -> str | None:
-        """A committed spare's layer id (now the caller's), or None when none is ready."""
+        """A committed spare's layer id (now the caller's), or None when none is ready.
+
+        The first call starts the thread that makes them.
+        """
         with self._cond:
+            if self._thread is None and not self._stop:
+                self._thread = threading.Thread(
+                    target=self._main, name="arker-upper-pool", daemon=True
+                )
+                self._thread.start()
             if not self._ready:
                 self._cond.notify()
                 return None
@@ -82,7 +90,9 @@ class UpperPool:
         with self._cond:
             self._stop = True
             self._cond.notify()
-        self._thread.join()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
 
     def _main(self) -> None:
         while True:
