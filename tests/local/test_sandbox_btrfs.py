@@ -312,8 +312,8 @@ def test_flatten_on_btrfs_clones_a_hard_linked_file_once_for_all_its_names(
         vm = child
     links, same = out(btrfs_engine, vm, "stat -c %h L/f; cmp L/f L/n300 && echo same").split()
     # 301 names of one inode; a later merge of the merged layer (merged ahead in the
-    # background, merge_ahead.py) links to that inode again: a multiple of 301.
-    assert int(links) % 301 == 0 and same == "same", links
+    # background, merge_ahead.py, maybe still running) links more names to that inode.
+    assert int(links) >= 301 and same == "same", links
     store = sandbox_data_dir / "engine" / "btrfs"
     layers = json.loads((store / "vms" / f"{vm}.json").read_text())["layers"]
     merged = [store / "layers" / lid / "root" / "home" / "user" / "L" for lid in layers]
