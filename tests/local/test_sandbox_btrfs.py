@@ -310,7 +310,10 @@ def test_flatten_on_btrfs_clones_a_hard_linked_file_once_for_all_its_names(
         child = f"h{i + 1}"
         btrfs_engine.fork(vm, child)
         vm = child
-    assert out(btrfs_engine, vm, "stat -c %h L/f; cmp L/f L/n300 && echo same") == "301\nsame\n"
+    links, same = out(btrfs_engine, vm, "stat -c %h L/f; cmp L/f L/n300 && echo same").split()
+    # 301 names of one inode; a later merge of the merged layer (merged ahead in the
+    # background, merge_ahead.py, maybe still running) links more names to that inode.
+    assert int(links) >= 301 and same == "same", links
     store = sandbox_data_dir / "engine" / "btrfs"
     layers = json.loads((store / "vms" / f"{vm}.json").read_text())["layers"]
     merged = [store / "layers" / lid / "root" / "home" / "user" / "L" for lid in layers]

@@ -15,25 +15,35 @@ With the btrfs storage (volume.py) the store lives on the loop-mounted volume an
 ``layers/<id>`` is a btrfs subvolume holding ``root/`` (the layer itself) and
 ``work/`` (its overlay work dir: overlay renames from work into upper, which btrfs
 refuses across subvolumes). An upper's subvolume carries the kernel-enforced byte
-limit; a flattened layer is a plain directory of the same shape.
+limit; a flattened layer is a plain directory of the same shape. New uppers come from
+a pool of spares made and committed ahead (upper_pool.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import os
 import re
 import secrets
 import shutil
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import SandboxError
 from .flatten import merge_layers
-from .volume import BtrfsVolume, create_subvolume, destroy_subvolume, is_subvolume, set_limit
+from .merge_ahead import MergeAhead
+from .upper_pool import UpperPool
+from .vm_meta import VmMeta, check_vm_id
+from .volume import (
+    BtrfsVolume,
+    commit_transaction,
+    create_subvolume,
+    destroy_subvolume,
+    is_subvolume,
+    set_limit,
+)
 
 __all__ = [
     "FLATTEN_THRESHOLD",
@@ -43,65 +53,8 @@ __all__ = [
 ]
 
 FLATTEN_THRESHOLD = 32
-_VM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _LAYER_ID = re.compile(r"^[0-9a-f]{8}$")
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def check_vm_id(vm_id: str) -> None:
-    """Reject ids that could not be used safely as file names."""
-    if not isinstance(vm_id, str) or not _VM_ID.match(vm_id):
-        raise SandboxError("bad_request", f"invalid vm id: {vm_id!r}")
-
-
-@dataclass
-class VmMeta:
-    """Chain metadata of one VM.
-
-    Attributes:
-        vm_id: The VM id.
-        base: Base image name (``host`` or ``debian``).
-        layers: Frozen layer ids, bottom first.
-        upper: Id of the VM's private writable upper.
-        is_base: True for a public base image VM (never garbage-collected).
-        fork_point: The frozen layers it was forked onto (its parent's view as of the
-            fork, bottom first); None for a base image and VMs forked before it was
-            recorded. Its own writes are in the layers above them and its upper.
-    """
-
-    vm_id: str
-    base: str
-    layers: list[str] = field(default_factory=list)
-    upper: str = ""
-    is_base: bool = False
-    fork_point: list[str] | None = None
-
-    def to_json(self) -> bytes:
-        """Serialize for the metadata file."""
-        return json.dumps(
-            {
-                "v": 1,
-                "vm_id": self.vm_id,
-                "base": self.base,
-                "layers": self.layers,
-                "upper": self.upper,
-                "is_base": self.is_base,
-                **({} if self.fork_point is None else {"fork_point": self.fork_point}),
-            }
-        ).encode()
-
-    @classmethod
-    def from_json(cls, raw: bytes) -> VmMeta:
-        """Parse a metadata file."""
-        d = json.loads(raw)
-        return cls(
-            vm_id=str(d["vm_id"]),
-            base=str(d["base"]),
-            layers=[str(x) for x in d["layers"]],
-            upper=str(d["upper"]),
-            is_base=bool(d.get("is_base", False)),
-            fork_point=None if d.get("fork_point") is None else [str(x) for x in d["fork_point"]],
-        )
 
 
 def _fsync_dir(path: Path) -> None:
@@ -121,10 +74,16 @@ class LayerStore:
             `close` unmounts it); each upper is then a subvolume of it.
         upper_limit: With a volume: the bytes each upper may hold, enforced by the
             kernel (``EDQUOT``); 0 for no limit.
+        spares: With a volume: how many empty uppers `UpperPool` keeps ready (0: none).
     """
 
     def __init__(
-        self, root: Path, *, volume: BtrfsVolume | None = None, upper_limit: int = 0
+        self,
+        root: Path,
+        *,
+        volume: BtrfsVolume | None = None,
+        upper_limit: int = 0,
+        spares: int = 8,
     ) -> None:
         self.root = root
         self._volume = volume
@@ -142,9 +101,21 @@ class LayerStore:
         # reading its /proc/self/mountinfo learns no host path from them.
         self._layers_fd = os.open(self.layers_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self._work_fd = os.open(self.work_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._pin_lock = threading.Lock()
+        self._pinned: set[str] = set()  # layers kept from collection though unreferenced
+        self._flattening: set[str] = set()  # tmp-<id> dirs being written
+        self._ahead = MergeAhead(self._merge_pinned, self._unpin, FLATTEN_THRESHOLD)
+        self.pool: UpperPool | None = None
+        if volume is not None and spares > 0:
+            self.pool = UpperPool(
+                self._make_upper, lambda: commit_transaction(self.layers_dir), size=spares
+            )
 
     def close(self) -> None:
         """Release the directory handle (and unmount the btrfs volume, if any)."""
+        self._ahead.close()
+        if self.pool is not None:
+            self.pool.close()
         for fd in (self._layers_fd, self._work_fd):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -174,19 +145,29 @@ class LayerStore:
         return f"/proc/self/fd/{self._work_fd}/{upper_id}"
 
     def new_upper(self) -> str:
-        """Create an empty upper owned by root (it becomes the VM's ``/``)."""
+        """Create an empty upper owned by root (it becomes the VM's ``/``).
+
+        On the btrfs storage a spare from the pool, when one is ready.
+        """
+        spare = None if self.pool is None else self.pool.take()
+        if spare is not None:
+            return spare
         while True:
             lid = secrets.token_hex(4)
             try:
-                if self.subvolumes:
-                    create_subvolume(self.layers_dir, lid, self._upper_limit)
-                    os.mkdir(self.layer_path(lid), 0o755)
-                else:
-                    os.mkdir(self.layers_dir / lid, 0o755)
+                self._make_upper(lid)
             except FileExistsError:
                 continue
-            os.chmod(self.layer_path(lid), 0o755)  # umask-proof
             return lid
+
+    def _make_upper(self, lid: str) -> None:
+        """Make the empty upper ``lid`` (``FileExistsError`` when the id is taken)."""
+        if self.subvolumes:
+            create_subvolume(self.layers_dir, lid, self._upper_limit)
+            os.mkdir(self.layer_path(lid), 0o755)
+        else:
+            os.mkdir(self.layers_dir / lid, 0o755)
+        os.chmod(self.layer_path(lid), 0o755)  # umask-proof
 
     def limit_upper(self, upper_id: str, limit: int) -> None:
         """Set an upper's kernel byte limit (btrfs storage; a no-op on directories).
@@ -215,6 +196,10 @@ class LayerStore:
                 destroy_subvolume(self.layers_dir, layer_id)  # frees its blocks
         shutil.rmtree(self.layers_dir / layer_id, ignore_errors=True)
         shutil.rmtree(self.work_dir / layer_id, ignore_errors=True)
+
+    def spare_ids(self) -> set[str]:
+        """Layers that are the pool's spares (no VM's yet, not garbage)."""
+        return set() if self.pool is None else self.pool.reserved()
 
     def layer_ids_on_disk(self) -> set[str]:
         """Every complete layer directory present."""
@@ -257,7 +242,9 @@ class LayerStore:
         """
         frozen = [*meta.layers, meta.upper]
         if len(frozen) > FLATTEN_THRESHOLD:
-            frozen = [self.flatten(frozen, base_dir)]
+            # Merged ahead in the background (merge_ahead.py), else merged now.
+            frozen = self._ahead.shorten(frozen, base_dir) or [self.flatten(frozen, base_dir)]
+        self._ahead.consider(frozen, base_dir)
         child = VmMeta(child_id, meta.base, list(frozen), self.new_upper(), False, list(frozen))
         new_parent = VmMeta(
             meta.vm_id, meta.base, list(frozen), self.new_upper(), meta.is_base, meta.fork_point
@@ -287,21 +274,28 @@ class LayerStore:
             used.update(meta.layers)
             used.add(meta.upper)
             uppers.add(meta.upper)
-        removed = sorted(self.layer_ids_on_disk() - used)
+        # The disk is listed before the spares and pins: both are kept before they exist.
+        on_disk = self.layer_ids_on_disk()
+        removed = sorted(on_disk - used - self.spare_ids() - self._pinned_ids())
         for lid in removed:
             self.remove_layer(lid)
+        self._ahead.drop_stale(on_disk - set(removed))
         for name in os.listdir(self.work_dir):
             if name not in uppers:
                 shutil.rmtree(self.work_dir / name, ignore_errors=True)
         return removed
 
-    def flatten(self, layer_ids_bottom_first: list[str], base_dir: Path | None) -> str:
+    def flatten(
+        self, layer_ids_bottom_first: list[str], base_dir: Path | None, *, pin: bool = False
+    ) -> str:
         """Merge frozen layers into one new frozen layer, hard-linking file data.
 
         Args:
             layer_ids_bottom_first: Layers to merge (all immutable).
             base_dir: The base layer that stays below the merged one (whiteouts are
                 kept only where they hide something in it).
+            pin: Keep the new layer from collection until `_unpin` (a merge made
+                without the engine's GC lock, which no VM references yet).
 
         Returns:
             The id of the new layer (complete and durable on return).
@@ -310,15 +304,38 @@ class LayerStore:
         while (self.layers_dir / lid).exists():
             lid = secrets.token_hex(4)
         tmp = self.layers_dir / f"tmp-{lid}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.mkdir(tmp, 0o755)
-        if self.subvolumes:
-            os.mkdir(tmp / "root", 0o755)
-        srcs = [self.layer_path(x) for x in reversed(layer_ids_bottom_first)]
-        merge_layers(srcs, base_dir, Path(f"{tmp}{self._inner}"))
-        os.rename(tmp, self.layers_dir / lid)
-        _fsync_dir(self.layers_dir)
+        with self._pin_lock:
+            self._flattening.add(tmp.name)
+            if pin:
+                self._pinned.add(lid)
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.mkdir(tmp, 0o755)
+            if self.subvolumes:
+                os.mkdir(tmp / "root", 0o755)
+            srcs = [self.layer_path(x) for x in reversed(layer_ids_bottom_first)]
+            merge_layers(srcs, base_dir, Path(f"{tmp}{self._inner}"))
+            os.rename(tmp, self.layers_dir / lid)
+            _fsync_dir(self.layers_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            self._unpin(lid)
+            raise
+        finally:
+            with self._pin_lock:
+                self._flattening.discard(tmp.name)
         return lid
+
+    def _merge_pinned(self, layer_ids_bottom_first: list[str], base_dir: Path) -> str:
+        return self.flatten(layer_ids_bottom_first, base_dir, pin=True)
+
+    def _unpin(self, layer_id: str) -> None:
+        with self._pin_lock:
+            self._pinned.discard(layer_id)
+
+    def _pinned_ids(self) -> set[str]:
+        with self._pin_lock:
+            return set(self._pinned)
 
     # -- metadata ----------------------------------------------------------------------
 
@@ -391,6 +408,8 @@ class LayerStore:
             if name.startswith(".") and name.endswith(".tmp"):
                 with contextlib.suppress(OSError):
                     os.unlink(self.vms_dir / name)
+        with self._pin_lock:
+            busy = set(self._flattening)
         for name in os.listdir(self.layers_dir):
-            if name.startswith("tmp-"):
+            if name.startswith("tmp-") and name not in busy:
                 shutil.rmtree(self.layers_dir / name, ignore_errors=True)

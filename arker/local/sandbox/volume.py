@@ -65,6 +65,8 @@ _SNAP_DESTROY = 0x5000940F  # _IOW(0x94, 15, vol_args)
 _QUOTA_CTL = 0xC0109428  # _IOWR(0x94, 40, btrfs_ioctl_quota_ctl_args)
 _QGROUP_LIMIT = 0x8030942B  # _IOR(0x94, 43, btrfs_ioctl_qgroup_limit_args)
 _RESIZE = 0x50009403  # _IOW(0x94, 3, vol_args)
+_START_SYNC = 0x80089418  # _IOR(0x94, 24, __u64)
+_WAIT_SYNC = 0x40089416  # _IOW(0x94, 22, __u64)
 _FICLONE = 0x40049409
 _LOOP_SET_CAPACITY = 0x4C07
 _QUOTA_ENABLE = 1
@@ -281,6 +283,21 @@ def set_limit(subvolume: Path, limit: int) -> None:
         # qgroupid 0: the subvolume of fd; then flags, max_rfer, max_excl, rsv_*.
         args = struct.pack("QQQQQQ", 0, _LIMIT_MAX_EXCL, 0, limit, 0, 0)
         fcntl.ioctl(fd, _QGROUP_LIMIT, args)
+    finally:
+        os.close(fd)
+
+
+def commit_transaction(path: Path) -> None:
+    """Commit the running btrfs transaction of the filesystem holding ``path``, and wait.
+
+    Unlike ``syncfs`` it does not write out dirty file data first: only the
+    transaction (metadata, subvolumes made in it) is committed.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        transid = bytearray(8)
+        fcntl.ioctl(fd, _START_SYNC, transid)
+        fcntl.ioctl(fd, _WAIT_SYNC, transid)
     finally:
         os.close(fd)
 
