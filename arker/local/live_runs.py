@@ -30,6 +30,7 @@ from .._ids import new_ulid
 from .engine_api import EngineLike, LiveSinkLike, SandboxError
 from .engine_errors import engine_errors
 from .errors import ApiError
+from .run_slots import share_refused
 from .run_store import RunRow, RunStore
 from .store import utc_now_iso
 
@@ -45,6 +46,9 @@ class LiveLimits:
     """Bounds of live runs (each refusal is ``429 rate_limited`` with the limit named).
 
     Attributes:
+        runs_per_org: Unfinished runs one organisation may have, across its VMs: past
+            it ``429 quota_exceeded`` with ``Retry-After`` (its fair share, as the
+            0.1.0 route's `run_slots` share).
         runs_per_vm: Unfinished (pending or running) runs one VM may have.
         runs_per_server: Unfinished runs of all VMs together.
         followers_per_run: ``…/output`` requests waiting on one run at once.
@@ -53,6 +57,7 @@ class LiveLimits:
             (the rest is read with ``…/output``).
     """
 
+    runs_per_org: int = 32
     runs_per_vm: int = 16
     runs_per_server: int = 64
     followers_per_run: int = 32
@@ -158,6 +163,13 @@ class LiveRuns:
                     "rate_limited",
                     f"vm {vm_id} has {on_vm} unfinished runs, the most this server allows "
                     "per VM; wait for one to end or cancel one",
+                )
+            on_org = sum(1 for r in self._live.values() if r.row.org_id == org_id)
+            if on_org >= self.limits.runs_per_org:
+                raise share_refused(
+                    "quota_exceeded",
+                    f"this organisation has {on_org} unfinished runs, its share of the "
+                    "server; wait for one to end or cancel one",
                 )
             if len(self._live) >= self.limits.runs_per_server:
                 raise ApiError(

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .errors import ApiError
 
-__all__ = ["RETRY_AFTER_S", "RunSlot", "RunSlots"]
+__all__ = ["RETRY_AFTER_S", "RunSlot", "RunSlots", "share_refused"]
 
 RETRY_AFTER_S = 1
 """``Retry-After`` of a refused run, in seconds: runs end at any time, so a short one."""
@@ -78,19 +78,19 @@ class RunSlots:
         """
         with self._lock:
             if self._by_org[org] >= self.per_org:
-                raise _refused(
+                raise share_refused(
                     "quota_exceeded",
                     f"this organisation already runs {self.per_org} commands at once, "
                     "its share of the server; try again when one ends",
                 )
             if self._by_vm[org, vm] >= self.per_vm:
-                raise _refused(
+                raise share_refused(
                     "quota_exceeded",
                     f"this VM already runs {self.per_vm} commands at once, its share of "
                     "the server; try again when one ends",
                 )
             if self._all >= self.total:
-                raise _refused(
+                raise share_refused(
                     "unavailable",
                     f"the server already runs {self.total} commands at once; "
                     "try again when one ends",
@@ -117,5 +117,6 @@ class RunSlots:
             self._all -= 1
 
 
-def _refused(code: str, message: str) -> ApiError:
+def share_refused(code: str, message: str) -> ApiError:
+    """A refusal past a share: the error with a ``Retry-After`` header."""
     return ApiError(code, message, headers={"Retry-After": str(RETRY_AFTER_S)})
