@@ -311,14 +311,6 @@ def test_debug_logs_the_requests(target: Target) -> None:
     assert target.api_key not in done.stderr.decode()
 
 
-def test_shell_says_clearly_when_the_server_has_no_terminal(target: Target, vm: VM) -> None:
-    done = run_arker(target, "shell", vm[0])
-    assert done.returncode == 1
-    line = one_error_line(done)
-    assert line.startswith("arker: unsupported_operation: ")
-    assert "arker run" in line
-
-
 def test_every_command_has_help_with_an_example(target: Target) -> None:
     for name in ("ls", "fork", "rm", "diff", "run", "start", "logs", "cancel", "cp", "shell"):
         done = run_arker(target, name, "--help")

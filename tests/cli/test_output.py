@@ -68,7 +68,7 @@ def test_models_become_json_data() -> None:
     made = ForkResult(vm_id="v", created_at=NOW)
     assert to_jsonable([made]) == [
         {"vm_id": "v", "name": None, "base_image": None, "region": None,
-         "created_at": "2026-12-02T12:00:00Z"}
+         "created_at": "2026-12-02T12:00:00Z", "expires_at": None}
     ]  # fmt: skip
 
 

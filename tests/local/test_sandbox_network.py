@@ -245,7 +245,9 @@ def test_an_idle_vms_namespace_ends_and_is_made_again_on_the_next_run(
         with pytest.raises(SandboxError):
             eng.open_connection(VM, 8080)  # no namespace while idle
         second = run(eng, "readlink /proc/self/ns/net")
-        assert first.startswith("net:") and second.startswith("net:") and first != second
+        # Not compared by number: the kernel may give a new namespace the inode number
+        # of the freed one. The pasta count and open_connection above show it was gone.
+        assert first.startswith("net:") and second.startswith("net:")
         assert len(pasta_pids() - before) == 1
 
 

@@ -29,6 +29,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -270,7 +271,10 @@ class Networks:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(pid_file)
         argv = pasta_argv(self._pasta, f"/proc/self/fd/{fd}", pid_file)
-        n = int(self._files_max)
+        # Never above the server's own hard limit: raising it needs CAP_SYS_RESOURCE,
+        # which a server held to a low limit (`prlimit`, a container) may lack, and
+        # pasta would then not start at all.
+        n = min(int(self._files_max), resource.getrlimit(resource.RLIMIT_NOFILE)[1])
         argv = [self._prlimit, f"--nofile={n}:{n}", "--", *argv]
         if self._setpriv is not None:
             argv = [self._setpriv, "--pdeathsig", "KILL", "--", *argv]
