@@ -101,7 +101,7 @@ def create_app(services: Services) -> FastAPI:
     def list_vms(
         org_id: OrgId,
         limit: Annotated[int, Query(ge=1, le=100)] = 25,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        offset: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,  # SQLite integers
         q: Annotated[str | None, Query(max_length=256)] = None,
         sort: SortOrder = "-created_at",
     ) -> JSONResponse:
